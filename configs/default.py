@@ -1,0 +1,84 @@
+"""Shared defaults: the SimCLR paper's recipe (Chen et al., 2020; v2 head), on TFDS food101.
+
+Variant configs import `get_config` from here and override what differs.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  # Data. data_source: 'tfds' (any TFDS image dataset named by `dataset`) or 'digits'.
+  config.data_source = "tfds"
+  config.dataset = "food101"
+  config.data_dir = ml_collections.config_dict.placeholder(str)  # Local path or gs://.
+  config.train_split = "train"
+  config.eval_split = "validation"
+  config.shuffle_buffer = 16_384
+  config.data_threads = 0  # tf.data threads; 0 = all cores of the host.
+  config.data_deterministic = False
+
+  # Augmentations (SimCLR paper, Appendix A): colour strength s gives ColorJitter
+  # (0.8s, 0.8s, 0.8s, 0.2s).
+  config.augment = ml_collections.ConfigDict()
+  config.augment.image_size = 224
+  config.augment.crop_area_range = (0.08, 1.0)
+  config.augment.crop_ratio_range = (3 / 4, 4 / 3)
+  config.augment.flip_probability = 0.5
+  config.augment.color_jitter_strength = 1.0
+  config.augment.color_jitter_probability = 0.8
+  config.augment.grayscale_probability = 0.2
+  config.augment.blur_probability = 0.5
+  config.augment.blur_sigma_range = (0.1, 2.0)
+  config.augment.normalize = True  # ImageNet mean/std.
+  config.augment.eval_crop_fraction = 0.875
+
+  # Model: ResNet trunk + projection head widths (hidden..., output).
+  config.model = ml_collections.ConfigDict()
+  config.model.depth = 50
+  config.model.width_multiplier = 1.0
+  config.model.small_image_stem = False
+  config.model.head_widths = (2048, 2048, 128)
+  config.model.head_batch_norm = True
+  # False: one forward pass over both views (BatchNorm statistics over 2N images, as the
+  # paper's TF code). True: one pass per view (as the seed's model(x1), model(x2)).
+  config.model.forward_views_separately = False
+
+  # Loss and training.
+  config.temperature = 0.1
+  config.batch_size = 1024  # Global, across all devices and hosts.
+  config.num_epochs = 100
+  config.num_train_steps = -1  # > 0 overrides num_epochs.
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = "lars"  # 'lars' or 'sgd'.
+  config.optimizer.base_learning_rate = 0.075
+  # 'sqrt': lr = base * sqrt(batch); 'linear': lr = base * batch / 256; 'none': lr = base.
+  config.optimizer.lr_scaling = "sqrt"
+  config.optimizer.momentum = 0.9
+  config.optimizer.weight_decay = 1e-6
+  # Exclude BatchNorm parameters and biases from weight decay (and LARS's trust ratio).
+  config.optimizer.exclude_bn_and_bias = True
+  config.optimizer.trust_coefficient = 0.001
+  config.optimizer.warmup_epochs = 10.0
+  # 'step': the cosine moves every step; 'epoch': held within an epoch, as PyTorch's
+  # CosineAnnealingLR(T_max=epochs) stepped once per epoch.
+  config.optimizer.schedule_unit = "step"
+
+  # Bookkeeping.
+  config.log_every_steps = 50
+  config.checkpoint_every_steps = 1000
+  config.max_checkpoints_to_keep = 3
+
+  # Linear evaluation on frozen features (projection head dropped).
+  config.linear_eval = ml_collections.ConfigDict()
+  config.linear_eval.batch_size = 1024  # Feature extraction and classifier batches.
+  config.linear_eval.epochs = 90
+  config.linear_eval.learning_rate = 0.1
+  config.linear_eval.momentum = 0.9
+  config.linear_eval.weight_decay = 0.0
+  config.linear_eval.standardize_features = True
+  config.linear_eval.few_shot_per_class = 0  # > 0: also a probe on k labels per class.
+  config.linear_eval.random_init_baseline = False  # Also probe a random-init encoder.
+  return config

@@ -1,0 +1,51 @@
+"""The offline demo: SimCLR on scikit-learn's bundled digits (1,797 real 8x8 images).
+
+Sized for 2 CPU cores: a ResNet-18 at 1/8 width with the small-image stem on 16x16 views.
+Digits are grayscale and not mirror-symmetric, so no flip and no colour beyond brightness
+and contrast; the crop is the augmentation that matters.
+"""
+
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.data_source = "digits"
+  config.dataset = "digits"
+  config.train_split = "train"
+  config.eval_split = "test"
+  config.shuffle_buffer = 2048
+  config.data_deterministic = True
+
+  config.augment.image_size = 16
+  config.augment.crop_area_range = (0.3, 1.0)
+  config.augment.flip_probability = 0.0
+  config.augment.color_jitter_strength = 0.5
+  config.augment.grayscale_probability = 0.0
+  config.augment.blur_probability = 0.0
+  config.augment.normalize = False
+  config.augment.eval_crop_fraction = 1.0
+
+  config.model.depth = 18
+  config.model.width_multiplier = 0.125
+  config.model.small_image_stem = True
+  config.model.head_widths = (128, 64)
+  config.model.head_batch_norm = True
+
+  config.temperature = 0.2
+  config.batch_size = 256
+  config.num_train_steps = 400
+  config.optimizer.name = "lars"
+  config.optimizer.base_learning_rate = 0.3
+  config.optimizer.lr_scaling = "linear"
+  config.optimizer.weight_decay = 1e-6
+  config.optimizer.warmup_epochs = 2.0
+  config.log_every_steps = 50
+  config.checkpoint_every_steps = 200
+
+  config.linear_eval.batch_size = 256
+  config.linear_eval.epochs = 100
+  config.linear_eval.learning_rate = 0.1
+  config.linear_eval.few_shot_per_class = 5
+  config.linear_eval.random_init_baseline = True
+  return config

@@ -1,0 +1,18 @@
+"""Food-101 with the SimCLR paper's recipe, sized for a TPU v3-8 / v4-8.
+
+LARS (weight decay 1e-6, trust coefficient 1e-3, BatchNorm and biases excluded), 10 warm-up
+epochs then cosine, lr = 0.075 * sqrt(batch) (the paper's square-root scaling), temperature
+0.1, 3-layer projection head with BatchNorm (SimCLR v2), blur with p = 0.5, colour s = 1.0.
+"""
+
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.dataset = "food101"
+  config.train_split = "train"  # 75,750 images.
+  config.eval_split = "validation"  # 25,250 images.
+  config.batch_size = 1024  # 128 images (256 views) per core on 8 TPU cores.
+  config.num_epochs = 200
+  return config

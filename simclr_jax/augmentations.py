@@ -1,0 +1,232 @@
+"""SimCLR augmentations as small, stateless tf.image functions.
+
+Every random choice comes from an explicit `seed` tensor of shape (2,) (stateless ops), so
+an element's views depend only on (config.seed, its position in the stream): the stream is
+reproducible and resumable. Semantics follow torchvision, which the seed used:
+
+  RandomResizedCrop(size, scale, ratio) -> RandomHorizontalFlip(p)
+  -> RandomApply([ColorJitter(b, c, s, h)], p)  (the four ops in random order)
+  -> RandomGrayscale(p) -> GaussianBlur(kernel, sigma in [0.1, 2.0]) (applied with p)
+  -> ToTensor -> Normalize(mean, std)
+
+Images are float32 in [0, 1] between the ops, shape (H, W, 3).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import tensorflow as tf
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+GRAYSCALE_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601-2, as torchvision and PIL use.
+
+
+def blur_kernel_size(image_size: int) -> int:
+  """The seed's kernel: int(10% of the image size), made odd by adding one if even."""
+  kernel = int(0.1 * image_size)
+  return kernel + 1 if kernel % 2 == 0 else kernel
+
+
+def _uniform(seed, minval, maxval, shape=()):
+  return tf.random.stateless_uniform(shape, seed, minval=minval, maxval=maxval)
+
+
+def _coin(seed, probability: float) -> tf.Tensor:
+  return _uniform(seed, 0.0, 1.0) < probability
+
+
+def random_resized_crop_window(seed, height, width, area_range: Sequence[float],
+                               ratio_range: Sequence[float], attempts: int = 10):
+  """torchvision's RandomResizedCrop.get_params, vectorised over its `attempts` tries.
+
+  The area fraction is uniform in `area_range`, the aspect ratio log-uniform in
+  `ratio_range`; the first try that fits is used, else a centre crop with the ratio
+  clamped to `ratio_range`.
+
+  Returns:
+    int32 (top, left, crop_height, crop_width).
+  """
+  seeds = tf.random.experimental.stateless_split(seed, 4)
+  height_f, width_f = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+  area = height_f * width_f
+  target_area = area * _uniform(seeds[0], area_range[0], area_range[1], [attempts])
+  log_ratio = _uniform(seeds[1], tf.math.log(float(ratio_range[0])),
+                       tf.math.log(float(ratio_range[1])), [attempts])
+  ratio = tf.exp(log_ratio)
+  crop_w = tf.cast(tf.round(tf.sqrt(target_area * ratio)), tf.int32)
+  crop_h = tf.cast(tf.round(tf.sqrt(target_area / ratio)), tf.int32)
+  fits = (crop_w > 0) & (crop_w <= width) & (crop_h > 0) & (crop_h <= height)
+  first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
+
+  # Fallback: centre crop, ratio clamped to the allowed range.
+  in_ratio = width_f / height_f
+  fallback_w = tf.where(in_ratio > ratio_range[1],
+                        tf.cast(tf.round(height_f * ratio_range[1]), tf.int32), width)
+  fallback_h = tf.where(in_ratio < ratio_range[0],
+                        tf.cast(tf.round(width_f / ratio_range[0]), tf.int32), height)
+  any_fits = tf.reduce_any(fits)
+  crop_h = tf.where(any_fits, crop_h[first], fallback_h)
+  crop_w = tf.where(any_fits, crop_w[first], fallback_w)
+  # Offsets uniform over the valid positions (torch.randint(0, H - h + 1)); centred in fallback.
+  u = _uniform(seeds[2], 0.0, 1.0, [2])
+  top = tf.cast(tf.floor(u[0] * tf.cast(height - crop_h + 1, tf.float32)), tf.int32)
+  left = tf.cast(tf.floor(u[1] * tf.cast(width - crop_w + 1, tf.float32)), tf.int32)
+  top = tf.where(any_fits, tf.minimum(top, height - crop_h), (height - crop_h) // 2)
+  left = tf.where(any_fits, tf.minimum(left, width - crop_w), (width - crop_w) // 2)
+  return top, left, crop_h, crop_w
+
+
+def random_resized_crop(image, seed, size: int, area_range, ratio_range):
+  """(H, W, 3) uint8 or float -> (size, size, 3) float32 in [0, 1]."""
+  shape = tf.shape(image)
+  top, left, crop_h, crop_w = random_resized_crop_window(
+      seed, shape[0], shape[1], area_range, ratio_range)
+  crop = tf.image.crop_to_bounding_box(image, top, left, crop_h, crop_w)
+  return resize(crop, size, size)
+
+
+def resize(image, height: int, width: int):
+  """Bilinear resize with antialiasing (as PIL and torchvision do) to float32 in [0, 1]."""
+  image = tf.image.convert_image_dtype(image, tf.float32)
+  resized = tf.image.resize(image, (height, width), method="bilinear", antialias=True)
+  return tf.clip_by_value(resized, 0.0, 1.0)
+
+
+def random_flip(image, seed, probability: float = 0.5):
+  return tf.cond(_coin(seed, probability), lambda: tf.image.flip_left_right(image),
+                 lambda: image)
+
+
+def grayscale(image):
+  """(H, W, 3) -> (H, W, 3) with the luma in every channel."""
+  luma = tf.tensordot(image, tf.constant(GRAYSCALE_WEIGHTS, image.dtype), axes=[[-1], [0]])
+  return tf.repeat(luma[..., None], 3, axis=-1)
+
+
+def random_grayscale(image, seed, probability: float = 0.2):
+  return tf.cond(_coin(seed, probability), lambda: grayscale(image), lambda: image)
+
+
+def adjust_brightness(image, factor):
+  return tf.clip_by_value(image * factor, 0.0, 1.0)
+
+
+def adjust_contrast(image, factor):
+  """Blend with the mean of the grayscale image (torchvision's adjust_contrast)."""
+  mean = tf.reduce_mean(grayscale(image)[..., 0])
+  return tf.clip_by_value(factor * image + (1.0 - factor) * mean, 0.0, 1.0)
+
+
+def adjust_saturation(image, factor):
+  """Blend with the grayscale image (torchvision's adjust_saturation)."""
+  return tf.clip_by_value(factor * image + (1.0 - factor) * grayscale(image), 0.0, 1.0)
+
+
+def adjust_hue(image, delta):
+  """Rotates hue by `delta` of a full turn, delta in [-0.5, 0.5]."""
+  return tf.clip_by_value(tf.image.adjust_hue(image, delta), 0.0, 1.0)
+
+
+def color_jitter(image, seed, brightness: float, contrast: float, saturation: float,
+                 hue: float):
+  """torchvision ColorJitter: factors uniform in [max(0, 1 - x), 1 + x] (hue in [-h, h]),
+  the four adjustments applied in a random order."""
+  seeds = tf.random.experimental.stateless_split(seed, 5)
+  factors = [
+      _uniform(seeds[0], max(0.0, 1.0 - brightness), 1.0 + brightness),
+      _uniform(seeds[1], max(0.0, 1.0 - contrast), 1.0 + contrast),
+      _uniform(seeds[2], max(0.0, 1.0 - saturation), 1.0 + saturation),
+      _uniform(seeds[3], -hue, hue),
+  ]
+  ops = [adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue]
+  order = tf.argsort(_uniform(seeds[4], 0.0, 1.0, [4]))  # A uniform random permutation.
+  for position in range(4):
+    branches = [functools.partial(lambda op, f: op(image, f), op, f)
+                for op, f in zip(ops, factors)]
+    image = tf.switch_case(order[position], branches)
+  return image
+
+
+def gaussian_kernel_1d(kernel_size: int, sigma):
+  """Normalised 1-D Gaussian of `kernel_size` taps (torchvision's _get_gaussian_kernel1d)."""
+  half = (kernel_size - 1) / 2.0
+  x = tf.linspace(-half, half, kernel_size)
+  pdf = tf.exp(-0.5 * tf.square(x / sigma))
+  return pdf / tf.reduce_sum(pdf)
+
+
+def gaussian_blur(image, sigma, kernel_size: int):
+  """Separable Gaussian blur with reflect padding, as torchvision's gaussian_blur."""
+  pad = kernel_size // 2
+  kernel = tf.cast(gaussian_kernel_1d(kernel_size, sigma), image.dtype)
+  padded = tf.pad(image[None], [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
+  vertical = tf.tile(tf.reshape(kernel, [kernel_size, 1, 1, 1]), [1, 1, 3, 1])
+  horizontal = tf.tile(tf.reshape(kernel, [1, kernel_size, 1, 1]), [1, 1, 3, 1])
+  blurred = tf.nn.depthwise_conv2d(padded, vertical, [1, 1, 1, 1], "VALID")
+  blurred = tf.nn.depthwise_conv2d(blurred, horizontal, [1, 1, 1, 1], "VALID")
+  return blurred[0]
+
+
+def random_gaussian_blur(image, seed, probability: float, kernel_size: int,
+                         sigma_range=(0.1, 2.0)):
+  seeds = tf.random.experimental.stateless_split(seed, 2)
+  sigma = _uniform(seeds[1], sigma_range[0], sigma_range[1])
+  return tf.cond(_coin(seeds[0], probability),
+                 lambda: gaussian_blur(image, sigma, kernel_size), lambda: image)
+
+
+def normalize(image, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+  return (image - tf.constant(mean, image.dtype)) / tf.constant(std, image.dtype)
+
+
+def simclr_view(image, seed, aug) -> tf.Tensor:
+  """One SimCLR view of a decoded image.
+
+  Args:
+    image: (H, W, 3) uint8.
+    seed: (2,) int seed for this view.
+    aug: `config.augment` (see configs/default.py).
+
+  Returns:
+    (aug.image_size, aug.image_size, 3) float32.
+  """
+  seeds = tf.random.experimental.stateless_split(seed, 6)
+  view = random_resized_crop(image, seeds[0], aug.image_size, aug.crop_area_range,
+                             aug.crop_ratio_range)
+  if aug.flip_probability > 0:
+    view = random_flip(view, seeds[1], aug.flip_probability)
+  s = aug.color_jitter_strength
+  if s > 0 and aug.color_jitter_probability > 0:
+    view = tf.cond(
+        _coin(seeds[2], aug.color_jitter_probability),
+        lambda: color_jitter(view, seeds[3], 0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s),
+        lambda: view)
+  if aug.grayscale_probability > 0:
+    view = random_grayscale(view, seeds[4], aug.grayscale_probability)
+  if aug.blur_probability > 0:
+    view = random_gaussian_blur(view, seeds[5], aug.blur_probability,
+                                blur_kernel_size(aug.image_size), aug.blur_sigma_range)
+  return normalize(view) if aug.normalize else view
+
+
+def eval_view(image, aug) -> tf.Tensor:
+  """Deterministic view: resize the shorter side to size / crop_fraction, centre crop.
+
+  Args:
+    image: (H, W, 3) uint8.
+    aug: `config.augment`; uses image_size, eval_crop_fraction, normalize.
+
+  Returns:
+    (aug.image_size, aug.image_size, 3) float32.
+  """
+  size = aug.image_size
+  shape = tf.cast(tf.shape(image)[:2], tf.float32)
+  scale = (size / aug.eval_crop_fraction) / tf.reduce_min(shape)
+  new_shape = tf.cast(tf.round(shape * scale), tf.int32)
+  new_shape = tf.maximum(new_shape, size)
+  view = resize(image, new_shape[0], new_shape[1])
+  view = tf.image.resize_with_crop_or_pad(view, size, size)
+  return normalize(view) if aug.normalize else view

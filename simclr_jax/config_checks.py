@@ -1,0 +1,76 @@
+"""Checks a config before anything is built or compiled, with messages that say the fix."""
+
+from __future__ import annotations
+
+import jax
+
+from simclr_jax import models
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work."""
+
+
+def _require(condition: bool, message: str) -> None:
+  if not condition:
+    raise ConfigError(message)
+
+
+def check_batch_size(name: str, batch_size: int) -> None:
+  """The global batch must split evenly over processes and devices."""
+  devices, processes = jax.device_count(), jax.process_count()
+  _require(batch_size > 0, f"{name} must be positive, got {batch_size}.")
+  _require(batch_size % devices == 0,
+           f"{name}={batch_size} does not divide across {devices} devices: use a multiple "
+           f"of {devices}, e.g. --config.{name}={max(devices, batch_size // devices * devices)}.")
+  _require(batch_size % processes == 0,
+           f"{name}={batch_size} does not divide across {processes} processes.")
+
+
+def check_pretrain_config(config) -> None:
+  """Raises ConfigError for values that would fail later or silently do the wrong thing."""
+  check_batch_size("batch_size", config.batch_size)
+  _require(config.temperature > 0,
+           f"temperature must be > 0 (the paper uses 0.1-1.0), got {config.temperature}.")
+  _require(config.model.depth in models.STAGE_SIZES,
+           f"model.depth must be one of {sorted(models.STAGE_SIZES)}, got {config.model.depth}.")
+  _require(config.model.width_multiplier > 0,
+           f"model.width_multiplier must be > 0, got {config.model.width_multiplier}.")
+  _require(len(config.model.head_widths) >= 1 and min(config.model.head_widths) > 0,
+           f"model.head_widths must be positive widths, got {config.model.head_widths}.")
+  _require(config.optimizer.name in ("lars", "sgd"),
+           f"optimizer.name must be 'lars' or 'sgd', got {config.optimizer.name!r}.")
+  _require(config.optimizer.lr_scaling in ("sqrt", "linear", "none"),
+           f"optimizer.lr_scaling must be 'sqrt', 'linear' or 'none', got "
+           f"{config.optimizer.lr_scaling!r}.")
+  _require(config.optimizer.schedule_unit in ("step", "epoch"),
+           f"optimizer.schedule_unit must be 'step' or 'epoch', got "
+           f"{config.optimizer.schedule_unit!r}.")
+  _require(config.data_source in ("tfds", "digits"),
+           f"data_source must be 'tfds' or 'digits', got {config.data_source!r}.")
+  _check_augment(config.augment)
+  _require(config.num_epochs > 0 or config.num_train_steps > 0,
+           "Set num_epochs > 0 or num_train_steps > 0.")
+
+
+def _check_augment(aug) -> None:
+  low, high = aug.crop_area_range
+  _require(0 < low <= high <= 1, f"augment.crop_area_range must satisfy 0 < low <= high <= 1, "
+           f"got {aug.crop_area_range}.")
+  _require(0 < aug.crop_ratio_range[0] <= aug.crop_ratio_range[1],
+           f"augment.crop_ratio_range must be increasing and positive, got "
+           f"{aug.crop_ratio_range}.")
+  _require(aug.image_size > 0, f"augment.image_size must be positive, got {aug.image_size}.")
+  _require(0 < aug.eval_crop_fraction <= 1,
+           f"augment.eval_crop_fraction must be in (0, 1], got {aug.eval_crop_fraction}.")
+  for name in ("flip_probability", "color_jitter_probability", "grayscale_probability",
+               "blur_probability"):
+    _require(0 <= aug[name] <= 1, f"augment.{name} must be in [0, 1], got {aug[name]}.")
+
+
+def check_linear_eval_config(config) -> None:
+  check_batch_size("linear_eval.batch_size", config.linear_eval.batch_size)
+  _require(config.linear_eval.epochs > 0,
+           f"linear_eval.epochs must be > 0, got {config.linear_eval.epochs}.")
+  _require(config.linear_eval.few_shot_per_class >= 0,
+           "linear_eval.few_shot_per_class must be >= 0.")

@@ -1,0 +1,241 @@
+"""tf.data input: data sources, two-view pretraining batches, padded evaluation batches.
+
+Every source yields elements {'image': (H, W, 3) uint8, 'label': int32} for this process's
+share of a split (disjoint across processes, covering the split). Batches are host-local
+NumPy arrays; `global_batches` turns them into global jax.Arrays sharded on the mesh.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+from typing import Iterator
+
+import jax
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from simclr_jax import augmentations
+
+
+def hide_accelerators_from_tensorflow() -> None:
+  """TensorFlow only feeds data: keep it off GPUs/TPUs so JAX owns their memory."""
+  for kind in ("GPU", "TPU"):
+    try:
+      tf.config.set_visible_devices([], kind)
+    except (RuntimeError, ValueError):  # Already initialised, or no such device type.
+      pass
+
+
+class DatasetNotFoundError(RuntimeError):
+  """The requested dataset is not prepared where we were told to look."""
+
+
+# --------------------------------------------------------------------------- sources
+
+
+@dataclasses.dataclass
+class TfdsSource:
+  """A TFDS image-classification dataset, read with `tfds.split_for_jax_process`."""
+  name: str
+  data_dir: str | None = None
+
+  def __post_init__(self):
+    self._builder = tfds.builder(self.name, data_dir=self.data_dir)
+
+  @property
+  def num_classes(self) -> int:
+    return self._builder.info.features["label"].num_classes
+
+  def num_examples(self, split: str) -> int:
+    return self._builder.info.splits[split].num_examples
+
+  def local_dataset(self, split: str, shuffle: bool, seed: int) -> tf.data.Dataset:
+    local_split = tfds.split_for_jax_process(split)
+    read_config = tfds.ReadConfig(shuffle_seed=seed, interleave_cycle_length=16)
+    try:
+      ds = self._builder.as_dataset(split=local_split, shuffle_files=shuffle,
+                                    read_config=read_config,
+                                    decoders={"image": tfds.decode.SkipDecoding()})
+    except (AssertionError, FileNotFoundError, tfds.core.registered.DatasetNotFoundError) as e:
+      raise DatasetNotFoundError(self._not_prepared_message(split)) from e
+    return ds.map(_decode_tfds_example, num_parallel_calls=tf.data.AUTOTUNE)
+
+  def _not_prepared_message(self, split: str) -> str:
+    where = self.data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
+    return (
+        f"TFDS dataset '{self.name}' (split '{split}') is not prepared in data_dir={where!r}.\n"
+        f"Prepare it once, then point the run at it:\n"
+        f"  tfds build {self.name} --data_dir=DIR        # downloads and prepares it\n"
+        f"  python main.py ... --config.data_dir=DIR     # local path or gs://bucket/path\n"
+        f"Without network access, download the archive elsewhere (for food101: "
+        f"food-101.tar.gz) and place it under DIR/downloads/manual/, then run `tfds build "
+        f"{self.name} --data_dir=DIR --manual_dir=DIR/downloads/manual`.")
+
+
+def _decode_tfds_example(example):
+  image = tf.io.decode_image(example["image"], channels=3, expand_animations=False)
+  return {"image": image, "label": tf.cast(example["label"], tf.int32)}
+
+
+@dataclasses.dataclass
+class DigitsSource:
+  """scikit-learn's bundled handwritten digits (1,797 real 8x8 images, 10 classes).
+
+  Shipped inside scikit-learn, so it works offline. A fixed stratified split keeps
+  `test_fraction` of every class for evaluation. Images become 8x8x3 uint8.
+  """
+  test_fraction: float = 0.25
+  split_seed: int = 0
+  num_classes: int = 10
+
+  def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The whole split: images (n, 8, 8, 3) uint8 and labels (n,) int32."""
+    from sklearn import datasets, model_selection  # pylint: disable=g-import-not-at-top
+    digits = datasets.load_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    images = np.repeat(images[..., None], 3, axis=-1)
+    labels = digits.target.astype(np.int32)
+    train_x, test_x, train_y, test_y = model_selection.train_test_split(
+        images, labels, test_size=self.test_fraction, stratify=labels,
+        random_state=self.split_seed)
+    if split == "train":
+      return train_x, train_y
+    if split == "test":
+      return test_x, test_y
+    raise ValueError(f"The digits source has splits 'train' and 'test', not {split!r}.")
+
+  def num_examples(self, split: str) -> int:
+    return len(self.arrays(split)[1])
+
+  def local_dataset(self, split: str, shuffle: bool, seed: int) -> tf.data.Dataset:
+    del shuffle, seed  # In memory: shuffled by the pipeline's buffer.
+    images, labels = self.arrays(split)
+    shard = np.array_split(np.arange(len(labels)), jax.process_count())[jax.process_index()]
+    return tf.data.Dataset.from_tensor_slices({"image": images[shard], "label": labels[shard]})
+
+
+def create_source(config):
+  """The data source named by `config.data_source`."""
+  if config.data_source == "tfds":
+    return TfdsSource(config.dataset, config.get("data_dir"))
+  if config.data_source == "digits":
+    return DigitsSource()
+  raise ValueError(f"Unknown config.data_source {config.data_source!r}: use 'tfds' or "
+                   f"'digits'.")
+
+
+# --------------------------------------------------------------------------- pipelines
+
+
+def _options(config) -> tf.data.Options:
+  options = tf.data.Options()
+  options.threading.private_threadpool_size = config.data_threads or os.cpu_count()
+  options.threading.max_intra_op_parallelism = 1
+  options.deterministic = bool(config.data_deterministic)
+  return options
+
+
+def local_batch_size(global_batch_size: int) -> int:
+  return global_batch_size // jax.process_count()
+
+
+def pretrain_dataset(config, source, start_step: int = 0) -> tf.data.Dataset:
+  """Endless batches {'views': (local_batch, 2, S, S, 3) float32} of unlabelled images.
+
+  The shuffle order is fixed by `config.seed`; each element's augmentation seed is its
+  position in the stream, so restarting at `start_step` resumes the same sequence.
+  """
+  batch = local_batch_size(config.batch_size)
+  ds = source.local_dataset(config.train_split, shuffle=True, seed=config.seed)
+  ds = ds.map(lambda example: example["image"])  # Pretraining never sees labels.
+  ds = ds.shuffle(config.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
+  ds = ds.repeat()
+  # Per-element seeds: (config.seed + process, position in stream).
+  positions = tf.data.Dataset.counter()
+  ds = tf.data.Dataset.zip(ds, positions).skip(start_step * batch)
+  stream_id = config.seed * 1_000_003 + jax.process_index()
+
+  def two_views(image, position):
+    seed = tf.stack([tf.constant(stream_id, tf.int64), position])
+    seeds = tf.random.experimental.stateless_split(seed, 2)
+    return tf.stack([augmentations.simclr_view(image, seeds[0], config.augment),
+                     augmentations.simclr_view(image, seeds[1], config.augment)])
+
+  ds = ds.map(two_views, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.batch(batch, drop_remainder=True).map(lambda views: {"views": views})
+  return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(config))
+
+
+def eval_dataset(config, source, split: str, batch_size: int) -> tf.data.Dataset:
+  """One pass over this process's share of `split`, deterministic preprocessing.
+
+  Yields {'image': (b, S, S, 3), 'label': (b,), 'mask': (b,)} with b = batch_size //
+  process_count; the last batch is padded with mask == False so nothing is dropped.
+  """
+  batch = local_batch_size(batch_size)
+  ds = source.local_dataset(split, shuffle=False, seed=config.seed)
+
+  def preprocess(example):
+    return {"image": augmentations.eval_view(example["image"], config.augment),
+            "label": example["label"], "mask": True}
+
+  ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.batch(batch)
+  ds = ds.map(lambda b: _pad_batch(b, batch))
+  options = _options(config)
+  options.deterministic = True
+  return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+def _pad_batch(batch, size: int):
+  count = tf.shape(batch["mask"])[0]
+
+  def pad(x):
+    paddings = [[0, size - count]] + [[0, 0]] * (len(x.shape) - 1)
+    return tf.pad(x, paddings)
+
+  return {key: pad(value) for key, value in batch.items()}
+
+
+def padded_eval_batches(ds: tf.data.Dataset,
+                        local_batch: int) -> Iterator[dict[str, np.ndarray]]:
+  """Host batches of `eval_dataset`, continued with all-masked batches until every
+  process has run out, so that all processes run the same number of steps."""
+  empty = {key: np.zeros((local_batch, *spec.shape[1:]), spec.dtype.as_numpy_dtype)
+           for key, spec in ds.element_spec.items()}
+  iterator = ds.as_numpy_iterator()
+  while True:
+    batch = next(iterator, None)
+    if not _any_process_has_data(batch is not None):
+      return
+    yield empty if batch is None else batch
+
+
+def _any_process_has_data(local_has_data: bool) -> bool:
+  if jax.process_count() == 1:
+    return local_has_data
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  flags = multihost_utils.process_allgather(np.array(local_has_data))
+  return bool(np.any(flags))
+
+
+def global_batches(host_batches, sharding, prefetch: int = 2):
+  """Host-local NumPy batches -> global jax.Arrays on `sharding`, `prefetch` ahead.
+
+  Each process contributes its local rows (`jax.make_array_from_process_local_data`);
+  the transfer of the next batches overlaps with the current step.
+  """
+  queue = collections.deque()
+
+  def put(batch):
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+  for batch in host_batches:
+    queue.append(put(batch))
+    if len(queue) > prefetch:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()

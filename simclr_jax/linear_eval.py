@@ -1,0 +1,193 @@
+"""Linear evaluation: a linear classifier on the frozen encoder's features.
+
+Restores the pretraining checkpoint from `workdir`, drops the projection head, runs the
+encoder with BatchNorm in inference mode over both splits (every example exactly once:
+padded batches with a mask), then trains a softmax classifier on the features with SGD
+(Nesterov momentum, cosine decay) and reports top-1 / top-5 on the evaluation split.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers
+from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from simclr_jax import checkpoints, config_checks, input_pipeline, summaries, train
+
+
+class NoCheckpointError(FileNotFoundError):
+  """Linear evaluation needs a pretraining checkpoint."""
+
+
+def extract_features(config, graphdef, state: train.TrainState, mesh, source,
+                     split: str) -> tuple[np.ndarray, np.ndarray]:
+  """Frozen-encoder features of every example of `split`, on every process.
+
+  Returns:
+    features (num_examples, num_features) float32 and labels (num_examples,) int32.
+  """
+  data = NamedSharding(mesh, P(train.DATA_AXIS))
+  replicated = NamedSharding(mesh, P())
+
+  @jax.jit(out_shardings=data)
+  def encode(params, batch_stats, images):
+    return nnx.merge(graphdef, params, batch_stats).encoder(images, train=False)
+
+  batch_size = config.linear_eval.batch_size
+  ds = input_pipeline.eval_dataset(config, source, split, batch_size)
+  host_batches = input_pipeline.padded_eval_batches(
+      ds, input_pipeline.local_batch_size(batch_size))
+  params = jax.device_put(state.params, replicated)
+  batch_stats = jax.device_put(state.batch_stats, replicated)
+  features, labels = [], []
+  for batch in input_pipeline.global_batches(host_batches, data):
+    encoded = encode(params, batch_stats, batch["image"])
+    encoded, label, mask = _to_host((encoded, batch["label"], batch["mask"]))
+    features.append(encoded[mask])
+    labels.append(label[mask])
+  return np.concatenate(features).astype(np.float32), np.concatenate(labels).astype(np.int32)
+
+
+def _to_host(arrays):
+  """Global arrays -> full NumPy arrays on every process."""
+  if jax.process_count() == 1:
+    return jax.device_get(arrays)
+  return multihost_utils.process_allgather(arrays, tiled=True)
+
+
+def train_linear_classifier(features: np.ndarray, labels: np.ndarray, num_classes: int,
+                            num_steps: int, le_config, seed: int) -> dict[str, Any]:
+  """Softmax regression on (n, F) features with SGD + Nesterov momentum, cosine decay.
+
+  Features are standardised with the training mean and std (stored in the result) when
+  `le_config.standardize_features`. Minibatches are drawn without replacement each epoch.
+
+  Returns:
+    {'kernel': (F, C), 'bias': (C,), 'mean': (F,), 'std': (F,)}.
+  """
+  mean, std = _feature_stats(features, le_config.standardize_features)
+  x = jnp.asarray((features - mean) / std)
+  y = jnp.asarray(labels)
+  n, dim = x.shape
+  batch = min(le_config.batch_size, n)
+  schedule = optax.cosine_decay_schedule(le_config.learning_rate, num_steps)
+  tx = optax.chain(
+      optax.add_decayed_weights(le_config.weight_decay, mask={"kernel": True, "bias": False}),
+      optax.sgd(schedule, momentum=le_config.momentum, nesterov=True))
+  params = {"kernel": jnp.zeros((dim, num_classes)), "bias": jnp.zeros((num_classes,))}
+
+  def loss_fn(params, xb, yb):
+    logits = xb @ params["kernel"] + params["bias"]
+    return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+
+  @jax.jit
+  def run(params, key):
+    def step(carry, key):
+      params, opt_state = carry
+      index = jax.random.choice(key, n, (batch,), replace=False)
+      grads = jax.grad(loss_fn)(params, x[index], y[index])
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return (optax.apply_updates(params, updates), opt_state), None
+
+    keys = jax.random.split(key, num_steps)
+    (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), keys)
+    return params
+
+  params = jax.device_get(run(params, jax.random.PRNGKey(seed)))
+  return {**params, "mean": mean, "std": std}
+
+
+def _feature_stats(features: np.ndarray, standardize: bool):
+  if not standardize:
+    return np.zeros(features.shape[1], np.float32), np.ones(features.shape[1], np.float32)
+  return features.mean(0), features.std(0) + 1e-6
+
+
+def top_k_accuracy(classifier: dict[str, Any], features: np.ndarray, labels: np.ndarray,
+                   k: int) -> float:
+  """Fraction of examples whose label is among the k highest logits."""
+  logits = ((features - classifier["mean"]) / classifier["std"]) @ classifier["kernel"]
+  logits = logits + classifier["bias"]
+  top = np.argsort(-logits, axis=1)[:, :k]
+  return float(np.mean(np.any(top == labels[:, None], axis=1)))
+
+
+def few_shot_subset(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+  """Indices of `per_class` examples of every class, chosen reproducibly."""
+  rng = np.random.default_rng(seed)
+  chosen = [rng.permutation(np.flatnonzero(labels == c))[:per_class]
+            for c in np.unique(labels)]
+  return np.sort(np.concatenate(chosen))
+
+
+def probe(train_features, train_labels, eval_features, eval_labels, num_classes: int,
+          le_config, seed: int, prefix: str = "") -> dict[str, float]:
+  """Top-1/top-5 of linear probes on all labels and, if asked, on k labels per class."""
+  n = len(train_labels)
+  steps_per_epoch = math.ceil(n / min(le_config.batch_size, n))
+  num_steps = le_config.epochs * steps_per_epoch
+  classifier = train_linear_classifier(train_features, train_labels, num_classes, num_steps,
+                                       le_config, seed)
+  results = {f"{prefix}top1": top_k_accuracy(classifier, eval_features, eval_labels, 1),
+             f"{prefix}top5": top_k_accuracy(classifier, eval_features, eval_labels, 5)}
+  k = le_config.few_shot_per_class
+  if k > 0:
+    subset = few_shot_subset(train_labels, k, seed)
+    # As many updates as the all-labels probe, so the small set is fitted to convergence.
+    few = train_linear_classifier(train_features[subset], train_labels[subset], num_classes,
+                                  num_steps, le_config, seed)
+    results[f"{prefix}top1_{k}shot"] = top_k_accuracy(few, eval_features, eval_labels, 1)
+    results[f"{prefix}top5_{k}shot"] = top_k_accuracy(few, eval_features, eval_labels, 5)
+  return results
+
+
+def evaluate(config, workdir: str) -> dict[str, Any]:
+  """Runs the linear evaluation stage; returns and writes linear_eval.json."""
+  config_checks.check_linear_eval_config(config)
+  input_pipeline.hide_accelerators_from_tensorflow()
+  mesh = train.create_mesh()
+  source = input_pipeline.create_source(config)
+  steps_per_epoch, num_train_steps = train.training_length(
+      config, source.num_examples(config.train_split))
+  tx, _ = train.create_optimizer(config, steps_per_epoch, num_train_steps)
+  graphdef = train.model_graphdef(config)
+  random_init = train.init_train_state(config, tx, mesh)
+  manager = checkpoints.create_manager(workdir, config.max_checkpoints_to_keep)
+  pretrained = checkpoints.restore(manager, random_init)
+  if pretrained is None:
+    raise NoCheckpointError(
+        f"No pretraining checkpoint in {checkpoints.checkpoint_dir(workdir)}. Run "
+        f"`python main.py --config=... --workdir={workdir}` (pretraining) first.")
+  step = int(pretrained.step)
+  logging.info("Linear evaluation of the encoder at pretraining step %d.", step)
+
+  encoders = {"": pretrained}
+  if config.linear_eval.random_init_baseline:
+    encoders["random_init_"] = random_init
+  results: dict[str, Any] = {"checkpoint_step": step}
+  for prefix, state in encoders.items():
+    train_x, train_y = extract_features(config, graphdef, state, mesh, source,
+                                        config.train_split)
+    eval_x, eval_y = extract_features(config, graphdef, state, mesh, source, config.eval_split)
+    logging.info("%sfeatures: train %s, eval %s.", prefix or "pretrained ", train_x.shape,
+                 eval_x.shape)
+    results.update(probe(train_x, train_y, eval_x, eval_y, source.num_classes,
+                         config.linear_eval, config.seed, prefix))
+  results.update(num_train_examples=len(train_y), num_eval_examples=len(eval_y),
+                 num_features=int(train_x.shape[1]))
+
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0,
+                                                collection="linear_eval")
+  writer.write_scalars(step, {k: v for k, v in results.items() if isinstance(v, float)})
+  writer.flush()
+  summaries.write_json(workdir, "linear_eval.json", results)
+  return results

@@ -1,0 +1,194 @@
+"""ResNet encoders and the SimCLR projection head, in Flax NNX.
+
+Layouts are NHWC. Parameter counts match torchvision's ResNets (convolutions without
+bias, BatchNorm with scale and bias): ResNet-50's trunk has 23,508,032 parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# Blocks per stage for each depth (He et al., 2016, Table 1).
+STAGE_SIZES = {
+    18: (2, 2, 2, 2),
+    34: (3, 4, 6, 3),
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+    152: (3, 8, 36, 3),
+}
+BOTTLENECK_DEPTHS = (50, 101, 152)
+
+# torchvision initialises convolutions with kaiming_normal_(mode='fan_out', relu).
+conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def _batch_norm(features: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
+  # PyTorch's BatchNorm2d defaults: momentum 0.1 (0.9 in Flax's convention), eps 1e-5.
+  return nnx.BatchNorm(features, momentum=0.9, epsilon=1e-5, rngs=rngs)
+
+
+def _conv(in_features: int, out_features: int, kernel: int, strides: int,
+          rngs: nnx.Rngs) -> nnx.Conv:
+  return nnx.Conv(in_features, out_features, (kernel, kernel), strides=(strides, strides),
+                  padding=[(kernel // 2, kernel // 2)] * 2, use_bias=False,
+                  kernel_init=conv_init, rngs=rngs)
+
+
+class BasicBlock(nnx.Module):
+  """Two 3x3 convolutions with a residual connection (ResNet-18/34)."""
+  expansion = 1
+
+  def __init__(self, in_features: int, features: int, strides: int, *, rngs: nnx.Rngs):
+    out = features * self.expansion
+    self.conv1 = _conv(in_features, features, 3, strides, rngs)
+    self.bn1 = _batch_norm(features, rngs)
+    self.conv2 = _conv(features, out, 3, 1, rngs)
+    self.bn2 = _batch_norm(out, rngs)
+    self.shortcut = _Projection(in_features, out, strides, rngs) if (
+        strides != 1 or in_features != out) else None
+
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    y = nnx.relu(self.bn1(self.conv1(x), use_running_average=not train))
+    y = self.bn2(self.conv2(y), use_running_average=not train)
+    residual = x if self.shortcut is None else self.shortcut(x, train)
+    return nnx.relu(y + residual)
+
+
+class BottleneckBlock(nnx.Module):
+  """1x1 reduce, 3x3 (strided, as in torchvision's ResNet v1.5), 1x1 expand."""
+  expansion = 4
+
+  def __init__(self, in_features: int, features: int, strides: int, *, rngs: nnx.Rngs):
+    out = features * self.expansion
+    self.conv1 = _conv(in_features, features, 1, 1, rngs)
+    self.bn1 = _batch_norm(features, rngs)
+    self.conv2 = _conv(features, features, 3, strides, rngs)
+    self.bn2 = _batch_norm(features, rngs)
+    self.conv3 = _conv(features, out, 1, 1, rngs)
+    self.bn3 = _batch_norm(out, rngs)
+    self.shortcut = _Projection(in_features, out, strides, rngs) if (
+        strides != 1 or in_features != out) else None
+
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    y = nnx.relu(self.bn1(self.conv1(x), use_running_average=not train))
+    y = nnx.relu(self.bn2(self.conv2(y), use_running_average=not train))
+    y = self.bn3(self.conv3(y), use_running_average=not train)
+    residual = x if self.shortcut is None else self.shortcut(x, train)
+    return nnx.relu(y + residual)
+
+
+class _Projection(nnx.Module):
+  """1x1 strided convolution + BatchNorm on the shortcut when shapes change."""
+
+  def __init__(self, in_features: int, out_features: int, strides: int, rngs: nnx.Rngs):
+    self.conv = _conv(in_features, out_features, 1, strides, rngs)
+    self.bn = _batch_norm(out_features, rngs)
+
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    return self.bn(self.conv(x), use_running_average=not train)
+
+
+class ResNet(nnx.Module):
+  """ResNet trunk up to global average pooling: (B, H, W, 3) -> (B, num_features).
+
+  Args:
+    depth: 18, 34, 50, 101 or 152.
+    width_multiplier: scales every stage's width (64 * m at the stem).
+    small_image_stem: a 3x3 stride-1 stem without max-pooling (CIFAR-style), for images
+      of 32 px or less; otherwise the ImageNet stem (7x7 stride 2 + 3x3 max-pool).
+  """
+
+  def __init__(self, depth: int = 50, width_multiplier: float = 1.0,
+               small_image_stem: bool = False, *, rngs: nnx.Rngs):
+    if depth not in STAGE_SIZES:
+      raise ValueError(f"ResNet depth must be one of {sorted(STAGE_SIZES)}, got {depth}.")
+    block_cls = BottleneckBlock if depth in BOTTLENECK_DEPTHS else BasicBlock
+    base = max(1, int(round(64 * width_multiplier)))
+    self.small_image_stem = small_image_stem
+    self.stem_conv = _conv(3, base, 3 if small_image_stem else 7,
+                           1 if small_image_stem else 2, rngs)
+    self.stem_bn = _batch_norm(base, rngs)
+    blocks = []
+    in_features = base
+    for stage, num_blocks in enumerate(STAGE_SIZES[depth]):
+      features = base * 2**stage
+      for index in range(num_blocks):
+        strides = 2 if stage > 0 and index == 0 else 1
+        blocks.append(block_cls(in_features, features, strides, rngs=rngs))
+        in_features = features * block_cls.expansion
+    self.blocks = nnx.List(blocks)
+    self.num_features = in_features
+
+  def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+    x = nnx.relu(self.stem_bn(self.stem_conv(x), use_running_average=not train))
+    if not self.small_image_stem:
+      x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    for block in self.blocks:
+      x = block(x, train)
+    return jnp.mean(x, axis=(1, 2))
+
+
+class ProjectionHead(nnx.Module):
+  """MLP g(h): Linear(+BN)+ReLU for each hidden width, then a final Linear(+BN).
+
+  widths=(512, 128) on 2048-d input is the seed's 2048-512-128 head (with biases, no BN);
+  widths=(2048, 2048, 128) with batch_norm=True is SimCLR v2's 3-layer head, where the
+  linear layers drop their biases (BN's shift replaces them) and the last BN has no shift.
+  """
+
+  def __init__(self, in_features: int, widths: Sequence[int], batch_norm: bool, *,
+               rngs: nnx.Rngs):
+    if not widths:
+      raise ValueError("The projection head needs at least one layer width.")
+    self.batch_norm = batch_norm
+    dims = [in_features, *widths]
+    self.linears = nnx.List([nnx.Linear(d_in, d_out, use_bias=not batch_norm, rngs=rngs)
+                          for d_in, d_out in zip(dims[:-1], dims[1:])])
+    if batch_norm:
+      last = len(widths) - 1
+      self.norms = nnx.List([
+          nnx.BatchNorm(width, momentum=0.9, epsilon=1e-5, use_bias=i != last, rngs=rngs)
+          for i, width in enumerate(widths)])
+
+  def __call__(self, h: jax.Array, train: bool = True) -> jax.Array:
+    """(B, in_features) -> (B, widths[-1])."""
+    for i, linear in enumerate(self.linears):
+      h = linear(h)
+      if self.batch_norm:
+        h = self.norms[i](h, use_running_average=not train)
+      if i < len(self.linears) - 1:
+        h = nnx.relu(h)
+    return h
+
+
+class SimCLRModel(nnx.Module):
+  """Encoder f (ResNet trunk) followed by projection head g."""
+
+  def __init__(self, encoder: ResNet, head: ProjectionHead):
+    self.encoder = encoder
+    self.head = head
+
+  def __call__(self, images: jax.Array, train: bool = True) -> tuple[jax.Array, jax.Array]:
+    """(B, H, W, 3) -> (features h: (B, num_features), embeddings z: (B, widths[-1]))."""
+    features = self.encoder(images, train)
+    return features, self.head(features, train)
+
+
+def create_model(model_config, rngs: nnx.Rngs) -> SimCLRModel:
+  """Builds the SimCLR model from `config.model`."""
+  encoder = ResNet(model_config.depth, model_config.width_multiplier,
+                   model_config.small_image_stem, rngs=rngs)
+  head = ProjectionHead(encoder.num_features, tuple(model_config.head_widths),
+                        model_config.head_batch_norm, rngs=rngs)
+  return SimCLRModel(encoder, head)
+
+
+def count_params(module: nnx.Module) -> int:
+  """Number of trainable (nnx.Param) scalars in `module`."""
+  return sum(x.size for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
+
+

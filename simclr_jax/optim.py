@@ -1,0 +1,69 @@
+"""Optimisers and learning-rate schedules from optax, configured by `config.optimizer`."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import optax
+
+
+def scaled_learning_rate(opt_config, batch_size: int) -> float:
+  """Peak learning rate after the batch-size scaling rule."""
+  base = opt_config.base_learning_rate
+  if opt_config.lr_scaling == "sqrt":
+    return base * math.sqrt(batch_size)
+  if opt_config.lr_scaling == "linear":
+    return base * batch_size / 256
+  if opt_config.lr_scaling == "none":
+    return base
+  raise ValueError(f"config.optimizer.lr_scaling must be 'sqrt', 'linear' or 'none', "
+                   f"got {opt_config.lr_scaling!r}.")
+
+
+def learning_rate_schedule(opt_config, batch_size: int, steps_per_epoch: int,
+                           num_train_steps: int) -> optax.Schedule:
+  """Linear warm-up then cosine decay to zero, per step or held constant per epoch."""
+  peak = scaled_learning_rate(opt_config, batch_size)
+  if opt_config.schedule_unit == "step":
+    warmup = int(round(opt_config.warmup_epochs * steps_per_epoch))
+    return _warmup_cosine(peak, warmup, num_train_steps)
+  if opt_config.schedule_unit == "epoch":
+    num_epochs = max(1, math.ceil(num_train_steps / steps_per_epoch))
+    by_epoch = _warmup_cosine(peak, int(round(opt_config.warmup_epochs)), num_epochs)
+    return lambda step: by_epoch(step // steps_per_epoch)
+  raise ValueError(f"config.optimizer.schedule_unit must be 'step' or 'epoch', "
+                   f"got {opt_config.schedule_unit!r}.")
+
+
+def _warmup_cosine(peak: float, warmup: int, total: int) -> optax.Schedule:
+  """0 -> peak linearly over `warmup` units, then cosine to 0 at `total`."""
+  if warmup <= 0:
+    return optax.cosine_decay_schedule(peak, max(total, 1))
+  return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(total, warmup + 1))
+
+
+def decay_mask(params):
+  """True for weights that take weight decay (and LARS's trust ratio): kernels only.
+
+  BatchNorm scales and shifts and all biases are excluded, as in the SimCLR paper.
+  """
+  def is_kernel(path, _):
+    return getattr(path[-1], "key", None) == "kernel"
+  return jax.tree_util.tree_map_with_path(is_kernel, params)
+
+
+def create_optimizer(opt_config, schedule: optax.Schedule) -> optax.GradientTransformation:
+  """LARS or SGD with momentum (coupled L2 weight decay, as torch.optim.SGD)."""
+  mask = decay_mask if opt_config.exclude_bn_and_bias else True
+  if opt_config.name == "lars":
+    return optax.lars(schedule, weight_decay=opt_config.weight_decay, weight_decay_mask=mask,
+                      trust_coefficient=opt_config.trust_coefficient, trust_ratio_mask=mask,
+                      momentum=opt_config.momentum)
+  if opt_config.name == "sgd":
+    # torch.optim.SGD: g += wd * p; buf = momentum * buf + g; p -= lr * buf.
+    return optax.chain(
+        optax.add_decayed_weights(opt_config.weight_decay,
+                                  mask=decay_mask if opt_config.exclude_bn_and_bias else None),
+        optax.sgd(schedule, momentum=opt_config.momentum or None))
+  raise ValueError(f"config.optimizer.name must be 'lars' or 'sgd', got {opt_config.name!r}.")

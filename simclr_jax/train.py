@@ -1,0 +1,248 @@
+"""SimCLR pretraining: one jit-compiled update over a device mesh, owned by `pretrain`."""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers, parameter_overview, periodic_actions
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from simclr_jax import (checkpoints, config_checks, input_pipeline, losses, models, optim,
+                        summaries)
+
+DATA_AXIS = "data"
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a resumed run needs. Params and statistics are plain nested dicts.
+
+  `rng` is saved for stochastic layers; augmentation randomness lives in the tf.data
+  stream (seeded by config.seed and the step), so it resumes with `step`.
+  """
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  rng: jax.Array
+
+
+def create_mesh() -> Mesh:
+  """A 1-D mesh over every device of every process, axis 'data'.
+
+  Auto axes: the compiler propagates the batch sharding through the model (GSPMD), so
+  BatchNorm's batch means become global all-reduces without any annotation.
+  """
+  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def model_graphdef(config) -> nnx.GraphDef:
+  """The model's static structure, built without allocating parameters."""
+  abstract = nnx.eval_shape(lambda: models.create_model(config.model, nnx.Rngs(0)))
+  return nnx.split(abstract, nnx.Param, nnx.BatchStat)[0]
+
+
+def init_train_state(config, tx: optax.GradientTransformation, mesh: Mesh) -> TrainState:
+  """Initialises the model from `config.seed`, replicated over the mesh (every process
+  computes the same values, so this also works across hosts)."""
+
+  def init():
+    model = models.create_model(config.model, nnx.Rngs(config.seed))
+    _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    params = nnx.to_pure_dict(params)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      batch_stats=nnx.to_pure_dict(batch_stats), opt_state=tx.init(params),
+                      rng=jax.random.PRNGKey(config.seed))
+
+  return jax.jit(init, out_shardings=NamedSharding(mesh, P()))()
+
+
+def embed_views(model: models.SimCLRModel, views: jax.Array,
+                separately: bool) -> tuple[jax.Array, jax.Array]:
+  """(N, 2, H, W, 3) views -> embeddings z1, z2 of shape (N, D), in training mode.
+
+  One pass over the 2N images (BatchNorm statistics over both views) or one pass per view
+  (statistics per view, running averages updated twice, as the seed's two model calls).
+  The reshape keeps each image's two views on the device that holds the image.
+  """
+  n = views.shape[0]
+  if separately:
+    return model(views[:, 0], train=True)[1], model(views[:, 1], train=True)[1]
+  _, z = model(views.reshape((2 * n, *views.shape[2:])), train=True)
+  z = z.reshape((n, 2, -1))
+  return z[:, 0], z[:, 1]
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef: nnx.GraphDef,
+               tx: optax.GradientTransformation, schedule: optax.Schedule, temperature: float,
+               separately: bool, mesh: Mesh) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One SimCLR update on a global batch {'views': (N, 2, H, W, 3)} sharded on 'data'."""
+
+  def loss_fn(params):
+    model = nnx.merge(graphdef, params, state.batch_stats)
+    z1, z2 = embed_views(model, batch["views"], separately)
+    loss, accuracy = losses.sharded_nt_xent(z1, z2, temperature, mesh, DATA_AXIS)
+    batch_stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+    return loss, (accuracy, batch_stats)
+
+  (loss, (accuracy, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {"loss": loss, "contrastive_accuracy": accuracy,
+             "learning_rate": schedule(state.step), "grad_norm": optax.global_norm(grads)}
+  new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                            opt_state=opt_state)
+  return new_state, metrics
+
+
+def compile_train_step(config, graphdef, tx, schedule, mesh: Mesh):
+  """jit over the mesh: state replicated and donated, batch sharded on 'data'."""
+  step = functools.partial(train_step, graphdef=graphdef, tx=tx, schedule=schedule,
+                           temperature=config.temperature,
+                           separately=config.model.forward_views_separately, mesh=mesh)
+  replicated = NamedSharding(mesh, P())
+  return jax.jit(step, in_shardings=(replicated, NamedSharding(mesh, P(DATA_AXIS))),
+                 out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+def training_length(config, num_train_examples: int) -> tuple[int, int]:
+  """(steps_per_epoch, num_train_steps)."""
+  steps_per_epoch = num_train_examples // config.batch_size
+  if steps_per_epoch == 0:
+    raise config_checks.ConfigError(
+        f"batch_size={config.batch_size} is larger than the {num_train_examples} training "
+        f"examples of split '{config.train_split}'.")
+  if config.num_train_steps > 0:
+    return steps_per_epoch, config.num_train_steps
+  return steps_per_epoch, int(config.num_epochs * steps_per_epoch)
+
+
+def create_optimizer(config, steps_per_epoch: int, num_train_steps: int):
+  """(tx, schedule) from `config.optimizer`."""
+  schedule = optim.learning_rate_schedule(config.optimizer, config.batch_size, steps_per_epoch,
+                                          num_train_steps)
+  return optim.create_optimizer(config.optimizer, schedule), schedule
+
+
+def param_counts(params) -> dict[str, int]:
+  count = lambda tree: int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+  return {"params_encoder": count(params["encoder"]), "params_head": count(params["head"])}
+
+
+def pretrain(config, workdir: str) -> dict[str, Any]:
+  """Pretrains (or resumes) in `workdir`; returns and writes pretrain_summary.json."""
+  config_checks.check_pretrain_config(config)
+  input_pipeline.hide_accelerators_from_tensorflow()
+  mesh = create_mesh()
+  source = input_pipeline.create_source(config)
+  num_train_examples = source.num_examples(config.train_split)
+  steps_per_epoch, num_train_steps = training_length(config, num_train_examples)
+  tx, schedule = create_optimizer(config, steps_per_epoch, num_train_steps)
+  graphdef = model_graphdef(config)
+
+  state = init_train_state(config, tx, mesh)
+  manager = checkpoints.create_manager(workdir, config.max_checkpoints_to_keep)
+  state = checkpoints.restore(manager, state) or state
+  start_step = int(state.step)
+  counts = param_counts(state.params)
+
+  writer = metric_writers.create_default_writer(workdir,
+                                                just_logging=jax.process_index() > 0)
+  if start_step == 0:
+    parameter_overview.log_parameter_overview(state.params)
+    writer.write_hparams(_flat_hparams(config))
+  else:
+    logging.info("Resuming from checkpoint step %d.", start_step)
+  logging.info("Pretraining on %d %s examples, %d steps (%d per epoch), global batch %d "
+               "over %d devices; encoder %d params, head %d.", num_train_examples,
+               config.train_split, num_train_steps, steps_per_epoch, config.batch_size,
+               jax.device_count(), counts["params_encoder"], counts["params_head"])
+
+  step_fn = compile_train_step(config, graphdef, tx, schedule, mesh)
+  ds = input_pipeline.pretrain_dataset(config, source, start_step)
+  batches = input_pipeline.global_batches(ds.as_numpy_iterator(),
+                                          NamedSharding(mesh, P(DATA_AXIS)))
+  report = periodic_actions.ReportProgress(num_train_steps=num_train_steps, writer=writer)
+  meter = _ThroughputMeter(2 * config.batch_size)
+  pending, last = [], {}
+  with jax.set_mesh(mesh):
+    for step in range(start_step + 1, num_train_steps + 1):
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        state, metrics = step_fn(state, next(batches))
+      pending.append(metrics)
+      report(step)
+      if step == start_step + 1:
+        jax.block_until_ready(metrics)  # Start timing after compilation.
+        meter.restart(step)
+      if step % config.log_every_steps == 0 or step == num_train_steps:
+        last = _mean_metrics(pending, step)
+        pending = []
+        last["views_per_second"] = meter.rate(step)
+        writer.write_scalars(step, last)
+      if step % config.checkpoint_every_steps == 0 or step == num_train_steps:
+        checkpoints.save(manager, step, state)
+  manager.wait_until_finished()
+  writer.flush()
+
+  summary = {"step": int(state.step), "num_train_steps": num_train_steps, **counts,
+             "loss": last.get("loss"), "contrastive_accuracy": last.get("contrastive_accuracy"),
+             "views_per_second": last.get("views_per_second"),
+             "devices": jax.device_count(), "processes": jax.process_count()}
+  summaries.write_json(workdir, "pretrain_summary.json", summary)
+  return summary
+
+
+def _mean_metrics(pending: list[dict[str, jax.Array]], step: int) -> dict[str, float]:
+  """Averages the metrics of the steps since the last log (one host sync per log)."""
+  stacked = jax.device_get(pending)
+  mean = {key: float(np.mean([m[key] for m in stacked])) for key in stacked[0]}
+  mean["learning_rate"] = float(stacked[-1]["learning_rate"])
+  if not np.isfinite(mean["loss"]):
+    raise FloatingPointError(
+        f"Loss is {mean['loss']} at step {step}. Lower config.optimizer.base_learning_rate "
+        f"or raise config.temperature, and check the input data. Checkpoints written before "
+        f"this step are kept.")
+  return mean
+
+
+class _ThroughputMeter:
+  """Views per second between logs, excluding the compilation step."""
+
+  def __init__(self, views_per_step: int):
+    self.views_per_step = views_per_step
+    self.start_step, self.start_time = 0, time.perf_counter()
+
+  def restart(self, step: int) -> None:
+    self.start_step, self.start_time = step, time.perf_counter()
+
+  def rate(self, step: int) -> float | None:
+    steps = step - self.start_step
+    if steps <= 0:
+      return None
+    return steps * self.views_per_step / (time.perf_counter() - self.start_time)
+
+
+def _flat_hparams(config) -> dict[str, Any]:
+  flat = {}
+
+  def visit(prefix, node):
+    for key, value in node.items():
+      name = f"{prefix}{key}"
+      if hasattr(value, "items"):
+        visit(name + ".", value)
+      else:
+        flat[name] = value if isinstance(value, (int, float, str, bool)) else str(value)
+
+  visit("", config)
+  return flat
