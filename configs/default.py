@@ -79,6 +79,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.linear_eval.momentum = 0.9
   config.linear_eval.weight_decay = 0.0
   config.linear_eval.standardize_features = True
-  config.linear_eval.few_shot_per_class = 0  # > 0: also a probe on k labels per class.
+  config.linear_eval.few_shot_per_class = 0  # > 0: also a probe on k labels per class,
+  config.linear_eval.few_shot_trials = 5  # averaged over this many draws of the k.
   config.linear_eval.random_init_baseline = False  # Also probe a random-init encoder.
   return config

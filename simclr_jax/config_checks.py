@@ -74,3 +74,4 @@ def check_linear_eval_config(config) -> None:
            f"linear_eval.epochs must be > 0, got {config.linear_eval.epochs}.")
   _require(config.linear_eval.few_shot_per_class >= 0,
            "linear_eval.few_shot_per_class must be >= 0.")
+  _require(config.linear_eval.few_shot_trials >= 1, "linear_eval.few_shot_trials must be >= 1.")

@@ -50,18 +50,31 @@ class TfdsSource:
     return self._builder.info.features["label"].num_classes
 
   def num_examples(self, split: str) -> int:
-    return self._builder.info.splits[split].num_examples
+    """Examples in the whole `split` (all processes); raises if the data is missing."""
+    splits = self._builder.info.splits
+    if splits:
+      if split not in splits:
+        raise ValueError(f"Dataset '{self.name}' has no split {split!r}; it has "
+                         f"{sorted(splits)}. Set config.train_split / config.eval_split.")
+      return splits[split].num_examples
+    # No split metadata: not prepared (raises), or mocked data (tfds.testing.mock_data).
+    return int(self._as_dataset(split, shuffle=False, seed=0).reduce(0, lambda n, _: n + 1))
 
   def local_dataset(self, split: str, shuffle: bool, seed: int) -> tf.data.Dataset:
-    local_split = tfds.split_for_jax_process(split)
+    ds = self._as_dataset(split, shuffle, seed, tfds.split_for_jax_process(split))
+    return ds.map(_decode_tfds_example, num_parallel_calls=tf.data.AUTOTUNE)
+
+  def _as_dataset(self, split: str, shuffle: bool, seed: int,
+                  subsplit=None) -> tf.data.Dataset:
+    """Encoded examples of `subsplit` (default: all of `split`); images stay JPEG/PNG
+    bytes until the map decodes them."""
     read_config = tfds.ReadConfig(shuffle_seed=seed, interleave_cycle_length=16)
     try:
-      ds = self._builder.as_dataset(split=local_split, shuffle_files=shuffle,
-                                    read_config=read_config,
-                                    decoders={"image": tfds.decode.SkipDecoding()})
+      return self._builder.as_dataset(split=subsplit or split, shuffle_files=shuffle,
+                                      read_config=read_config,
+                                      decoders={"image": tfds.decode.SkipDecoding()})
     except (AssertionError, FileNotFoundError, tfds.core.registered.DatasetNotFoundError) as e:
       raise DatasetNotFoundError(self._not_prepared_message(split)) from e
-    return ds.map(_decode_tfds_example, num_parallel_calls=tf.data.AUTOTUNE)
 
   def _not_prepared_message(self, split: str) -> str:
     where = self.data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
@@ -70,9 +83,8 @@ class TfdsSource:
         f"Prepare it once, then point the run at it:\n"
         f"  tfds build {self.name} --data_dir=DIR        # downloads and prepares it\n"
         f"  python main.py ... --config.data_dir=DIR     # local path or gs://bucket/path\n"
-        f"Without network access, download the archive elsewhere (for food101: "
-        f"food-101.tar.gz) and place it under DIR/downloads/manual/, then run `tfds build "
-        f"{self.name} --data_dir=DIR --manual_dir=DIR/downloads/manual`.")
+        f"On a machine without network access, build it where there is network and copy "
+        f"DIR over (or point data_dir at a bucket that holds it). Or set TFDS_DATA_DIR.")
 
 
 def _decode_tfds_example(example):

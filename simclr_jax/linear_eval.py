@@ -8,6 +8,7 @@ padded batches with a mask), then trains a softmax classifier on the features wi
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -28,20 +29,17 @@ class NoCheckpointError(FileNotFoundError):
   """Linear evaluation needs a pretraining checkpoint."""
 
 
-def extract_features(config, graphdef, state: train.TrainState, mesh, source,
+def extract_features(config, encode, state: train.TrainState, mesh, source,
                      split: str) -> tuple[np.ndarray, np.ndarray]:
   """Frozen-encoder features of every example of `split`, on every process.
+
+  `encode` comes from `make_encoder`; one serves every split and state of a model.
 
   Returns:
     features (num_examples, num_features) float32 and labels (num_examples,) int32.
   """
   data = NamedSharding(mesh, P(train.DATA_AXIS))
   replicated = NamedSharding(mesh, P())
-
-  @jax.jit(out_shardings=data)
-  def encode(params, batch_stats, images):
-    return nnx.merge(graphdef, params, batch_stats).encoder(images, train=False)
-
   batch_size = config.linear_eval.batch_size
   ds = input_pipeline.eval_dataset(config, source, split, batch_size)
   host_batches = input_pipeline.padded_eval_batches(
@@ -55,6 +53,17 @@ def extract_features(config, graphdef, state: train.TrainState, mesh, source,
     features.append(encoded[mask])
     labels.append(label[mask])
   return np.concatenate(features).astype(np.float32), np.concatenate(labels).astype(np.int32)
+
+
+def make_encoder(graphdef: nnx.GraphDef):
+  """jit-compiled (params, batch_stats, (B, H, W, 3) images) -> (B, F) features of the
+  encoder alone (projection head dropped), BatchNorm in inference mode."""
+
+  @jax.jit
+  def encode(params, batch_stats, images):
+    return nnx.merge(graphdef, params, batch_stats).encoder(images, train=False)
+
+  return encode
 
 
 def _to_host(arrays):
@@ -75,35 +84,40 @@ def train_linear_classifier(features: np.ndarray, labels: np.ndarray, num_classe
     {'kernel': (F, C), 'bias': (C,), 'mean': (F,), 'std': (F,)}.
   """
   mean, std = _feature_stats(features, le_config.standardize_features)
-  x = jnp.asarray((features - mean) / std)
-  y = jnp.asarray(labels)
+  params = _fit_softmax_regression(
+      jnp.asarray((features - mean) / std), jnp.asarray(labels), jax.random.PRNGKey(seed),
+      num_classes=num_classes, num_steps=num_steps,
+      batch=min(le_config.batch_size, len(labels)), learning_rate=le_config.learning_rate,
+      momentum=le_config.momentum, weight_decay=le_config.weight_decay)
+  return {**jax.device_get(params), "mean": mean, "std": std}
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes", "num_steps", "batch",
+                                             "learning_rate", "momentum", "weight_decay"))
+def _fit_softmax_regression(x, y, key, *, num_classes, num_steps, batch, learning_rate,
+                            momentum, weight_decay):
+  """(n, F) features, (n,) labels -> {'kernel': (F, C), 'bias': (C,)}, one compiled scan."""
   n, dim = x.shape
-  batch = min(le_config.batch_size, n)
-  schedule = optax.cosine_decay_schedule(le_config.learning_rate, num_steps)
   tx = optax.chain(
-      optax.add_decayed_weights(le_config.weight_decay, mask={"kernel": True, "bias": False}),
-      optax.sgd(schedule, momentum=le_config.momentum, nesterov=True))
-  params = {"kernel": jnp.zeros((dim, num_classes)), "bias": jnp.zeros((num_classes,))}
+      optax.add_decayed_weights(weight_decay, mask={"kernel": True, "bias": False}),
+      optax.sgd(optax.cosine_decay_schedule(learning_rate, num_steps), momentum=momentum,
+                nesterov=True))
 
   def loss_fn(params, xb, yb):
     logits = xb @ params["kernel"] + params["bias"]
     return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
 
-  @jax.jit
-  def run(params, key):
-    def step(carry, key):
-      params, opt_state = carry
-      index = jax.random.choice(key, n, (batch,), replace=False)
-      grads = jax.grad(loss_fn)(params, x[index], y[index])
-      updates, opt_state = tx.update(grads, opt_state, params)
-      return (optax.apply_updates(params, updates), opt_state), None
+  def step(carry, key):
+    params, opt_state = carry
+    index = jax.random.choice(key, n, (batch,), replace=False)
+    grads = jax.grad(loss_fn)(params, x[index], y[index])
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state), None
 
-    keys = jax.random.split(key, num_steps)
-    (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), keys)
-    return params
-
-  params = jax.device_get(run(params, jax.random.PRNGKey(seed)))
-  return {**params, "mean": mean, "std": std}
+  params = {"kernel": jnp.zeros((dim, num_classes)), "bias": jnp.zeros((num_classes,))}
+  (params, _), _ = jax.lax.scan(step, (params, tx.init(params)),
+                                jax.random.split(key, num_steps))
+  return params
 
 
 def _feature_stats(features: np.ndarray, standardize: bool):
@@ -141,12 +155,17 @@ def probe(train_features, train_labels, eval_features, eval_labels, num_classes:
              f"{prefix}top5": top_k_accuracy(classifier, eval_features, eval_labels, 5)}
   k = le_config.few_shot_per_class
   if k > 0:
-    subset = few_shot_subset(train_labels, k, seed)
+    # Averaged over several draws of the k examples: one draw of 5 per class is noisy.
     # As many updates as the all-labels probe, so the small set is fitted to convergence.
-    few = train_linear_classifier(train_features[subset], train_labels[subset], num_classes,
-                                  num_steps, le_config, seed)
-    results[f"{prefix}top1_{k}shot"] = top_k_accuracy(few, eval_features, eval_labels, 1)
-    results[f"{prefix}top5_{k}shot"] = top_k_accuracy(few, eval_features, eval_labels, 5)
+    accuracies = []
+    for trial in range(le_config.few_shot_trials):
+      subset = few_shot_subset(train_labels, k, seed + trial)
+      few = train_linear_classifier(train_features[subset], train_labels[subset],
+                                    num_classes, num_steps, le_config, seed + trial)
+      accuracies.append([top_k_accuracy(few, eval_features, eval_labels, top)
+                         for top in (1, 5)])
+    results[f"{prefix}top1_{k}shot"], results[f"{prefix}top5_{k}shot"] = (
+        float(x) for x in np.mean(accuracies, axis=0))
   return results
 
 
@@ -159,14 +178,14 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
   steps_per_epoch, num_train_steps = train.training_length(
       config, source.num_examples(config.train_split))
   tx, _ = train.create_optimizer(config, steps_per_epoch, num_train_steps)
-  graphdef = train.model_graphdef(config)
-  random_init = train.init_train_state(config, tx, mesh)
   manager = checkpoints.create_manager(workdir, config.max_checkpoints_to_keep)
-  pretrained = checkpoints.restore(manager, random_init)
-  if pretrained is None:
+  if manager.latest_step() is None:
     raise NoCheckpointError(
         f"No pretraining checkpoint in {checkpoints.checkpoint_dir(workdir)}. Run "
         f"`python main.py --config=... --workdir={workdir}` (pretraining) first.")
+  encode = make_encoder(train.model_graphdef(config))
+  random_init = train.init_train_state(config, tx, mesh)
+  pretrained = checkpoints.restore(manager, random_init)
   step = int(pretrained.step)
   logging.info("Linear evaluation of the encoder at pretraining step %d.", step)
 
@@ -175,9 +194,8 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
     encoders["random_init_"] = random_init
   results: dict[str, Any] = {"checkpoint_step": step}
   for prefix, state in encoders.items():
-    train_x, train_y = extract_features(config, graphdef, state, mesh, source,
-                                        config.train_split)
-    eval_x, eval_y = extract_features(config, graphdef, state, mesh, source, config.eval_split)
+    train_x, train_y = extract_features(config, encode, state, mesh, source, config.train_split)
+    eval_x, eval_y = extract_features(config, encode, state, mesh, source, config.eval_split)
     logging.info("%sfeatures: train %s, eval %s.", prefix or "pretrained ", train_x.shape,
                  eval_x.shape)
     results.update(probe(train_x, train_y, eval_x, eval_y, source.num_classes,
@@ -190,4 +208,23 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
   writer.write_scalars(step, {k: v for k, v in results.items() if isinstance(v, float)})
   writer.flush()
   summaries.write_json(workdir, "linear_eval.json", results)
+  if jax.process_index() == 0:
+    print(results_table(results, config.linear_eval.few_shot_per_class))
   return results
+
+
+def results_table(results: dict[str, Any], few_shot: int) -> str:
+  """The probe accuracies as a small text table, pretrained beside random init."""
+  columns = [("top-1", "top1"), ("top-5", "top5")]
+  if few_shot:
+    columns += [(f"top-1 ({few_shot}/class)", f"top1_{few_shot}shot")]
+  rows = [("SimCLR encoder", "")]
+  if "random_init_top1" in results:
+    rows.append(("random-init encoder", "random_init_"))
+  lines = [f"Linear probe on {results['num_eval_examples']} evaluation examples "
+           f"(pretraining step {results['checkpoint_step']}):",
+           f"  {'':22}" + "".join(f"{title:>18}" for title, _ in columns)]
+  for name, prefix in rows:
+    lines.append(f"  {name:22}" + "".join(f"{results[prefix + key]:>18.3f}"
+                                          for _, key in columns))
+  return "\n".join(lines)

@@ -17,9 +17,10 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 
 def _l2_normalize(x: jax.Array) -> jax.Array:
-  # torch.nn.functional.normalize: x / max(||x||, 1e-12).
-  norm = jnp.linalg.norm(x, axis=-1, keepdims=True)
-  return x / jnp.maximum(norm, 1e-12)
+  # torch.nn.functional.normalize: x / max(||x||, 1e-12). Written with the squared norm so
+  # that an all-zero row has a finite gradient (d sqrt/dx is infinite at 0).
+  squared_norm = jnp.sum(x * x, axis=-1, keepdims=True)
+  return x * jax.lax.rsqrt(jnp.maximum(squared_norm, 1e-24))
 
 
 def _anchor_losses(local_z1: jax.Array, local_z2: jax.Array, keys: jax.Array,

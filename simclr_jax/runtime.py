@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
 
 import jax
 from absl import logging
 
-from simclr_jax import input_pipeline
+from simclr_jax import checkpoints, config_checks, input_pipeline, linear_eval, train
 
 
 def initialize_distributed() -> None:
@@ -20,14 +21,31 @@ def initialize_distributed() -> None:
     logging.info("Single-process run (jax.distributed.initialize: %s).", e)
 
 
+class _QuietLibraryInfo(std_logging.Filter):
+  """Drops Orbax's many per-save INFO lines; its warnings and errors still show."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+
 def run(config, workdir: str, mode: str) -> None:
+  """Runs the stages; errors a user can fix end the process with a message, no traceback."""
+  user_errors = (config_checks.ConfigError, input_pipeline.DatasetNotFoundError,
+                 checkpoints.CheckpointError, linear_eval.NoCheckpointError)
+  logging.get_absl_handler().addFilter(_QuietLibraryInfo())
+  try:
+    _run_stages(config, workdir, mode)
+  except user_errors as e:
+    logging.error("%s", e)
+    raise SystemExit(f"Error: {e}") from None
+
+
+def _run_stages(config, workdir: str, mode: str) -> None:
   initialize_distributed()
   input_pipeline.hide_accelerators_from_tensorflow()
   logging.info("JAX %s: %d processes, %d devices (%s).", jax.__version__, jax.process_count(),
                jax.device_count(), jax.devices()[0].platform)
   if mode in ("pretrain", "pretrain_and_eval"):
-    from simclr_jax import train  # pylint: disable=g-import-not-at-top
     train.pretrain(config, workdir)
   if mode in ("linear_eval", "pretrain_and_eval"):
-    from simclr_jax import linear_eval  # pylint: disable=g-import-not-at-top
     linear_eval.evaluate(config, workdir)

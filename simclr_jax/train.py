@@ -188,14 +188,17 @@ def pretrain(config, workdir: str) -> dict[str, Any]:
       if step % config.log_every_steps == 0 or step == num_train_steps:
         last = _mean_metrics(pending, step)
         pending = []
-        last["views_per_second"] = meter.rate(step)
+        rate = meter.rate(step)
+        if rate is not None:  # Undefined before the second step.
+          last["views_per_second"] = rate
         writer.write_scalars(step, last)
       if step % config.checkpoint_every_steps == 0 or step == num_train_steps:
         checkpoints.save(manager, step, state)
   manager.wait_until_finished()
   writer.flush()
 
-  summary = {"step": int(state.step), "num_train_steps": num_train_steps, **counts,
+  summary = {"step": int(state.step), "num_train_steps": num_train_steps,
+             "resumed_from_step": start_step, **counts,
              "loss": last.get("loss"), "contrastive_accuracy": last.get("contrastive_accuracy"),
              "views_per_second": last.get("views_per_second"),
              "devices": jax.device_count(), "processes": jax.process_count()}

@@ -1,0 +1,39 @@
+"""Test set-up: 8 simulated CPU devices, TensorFlow kept quiet and off accelerators."""
+
+import os
+import sys
+
+# Must happen before JAX initialises its backend.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("SIMCLR_NO_DISTRIBUTED", "1")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+jax.config.update("jax_platforms", "cpu")
+
+# Tests compile the same tiny programs many times (each stage builds its own jit); a
+# persistent cache per session turns the repeats into cache hits.
+jax.config.update("jax_compilation_cache_dir",
+                  os.path.join(os.environ.get("TMPDIR", "/tmp"), "simclr_jax_test_cache"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from tests import helpers  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+MOCK_EXAMPLES = 21  # Divides neither the batch (16) nor the 8 devices.
+
+
+@pytest.fixture(scope="session")
+def pretrained_workdir(tmp_path_factory):
+  """A workdir holding one pretraining step of the tiny food101 config on mock data."""
+  from simclr_jax import train  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path_factory.mktemp("pretrained")
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    train.pretrain(helpers.tiny_food101_config(), str(workdir))
+  return workdir

@@ -1,0 +1,22 @@
+"""The offline demo end to end, against its targets (slow: about 4 minutes on 2 cores)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+ROOT = __file__.rsplit("/tests/", 1)[0]
+
+
+@pytest.mark.slow
+def test_demo_reaches_its_targets(tmp_path):
+  for mode in ("pretrain", "linear_eval"):
+    subprocess.run([sys.executable, "main.py", "--config=configs/demo.py",
+                    f"--workdir={tmp_path}", f"--mode={mode}"], cwd=ROOT, check=True,
+                   env={"PATH": "/usr/bin:/bin", "SIMCLR_NO_DISTRIBUTED": "1"}, timeout=900)
+  results = json.loads((tmp_path / "linear_eval.json").read_text())
+  assert results["num_eval_examples"] == 450
+  assert results["top1"] >= 0.97
+  assert results["top1_5shot"] >= 0.88
+  assert results["top1_5shot"] >= results["random_init_top1_5shot"] + 0.08

@@ -1,0 +1,77 @@
+"""Input pipeline: two-view batches, reproducibility, exact padded evaluation, sources."""
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from configs import demo, food101_seed
+from simclr_jax import augmentations, input_pipeline
+from tests.helpers import ArraySource, tiny_food101_config
+
+
+def _first_batches(config, source, count, start_step=0):
+  ds = input_pipeline.pretrain_dataset(config, source, start_step)
+  return [batch["views"] for batch in ds.take(count).as_numpy_iterator()]
+
+
+def test_pretrain_batches_have_two_different_views_and_replay_from_the_seed():
+  config = demo.get_config()
+  config.batch_size = 32
+  source = input_pipeline.DigitsSource()
+  first, second = _first_batches(config, source, 2)
+  assert first.shape == (32, 2, 16, 16, 3) and first.dtype == np.float32
+  assert 0.0 <= first.min() and first.max() <= 1.0  # demo: no normalisation.
+  # The two views of one image differ; the same config replays the same stream.
+  assert np.mean(np.abs(first[:, 0] - first[:, 1])) > 0.05
+  np.testing.assert_array_equal(first, _first_batches(config, source, 1)[0])
+  # Resuming at step 1 starts with what was the second batch.
+  np.testing.assert_array_equal(second, _first_batches(config, source, 1, start_step=1)[0])
+  config.seed = 1
+  assert not np.allclose(first, _first_batches(config, source, 1)[0])
+
+
+def test_seed_config_views_are_normalised_with_imagenet_statistics():
+  config = food101_seed.get_config()
+  config.augment.image_size = 32
+  config.batch_size = 4
+  config.shuffle_buffer = 8
+  with tfds.testing.mock_data(num_examples=8):
+    views = _first_batches(config, input_pipeline.TfdsSource("food101"), 1)[0]
+  assert views.shape == (4, 2, 32, 32, 3)
+  low = (0 - np.array(augmentations.IMAGENET_MEAN)) / np.array(augmentations.IMAGENET_STD)
+  high = (1 - np.array(augmentations.IMAGENET_MEAN)) / np.array(augmentations.IMAGENET_STD)
+  assert np.all(views >= low - 1e-4) and np.all(views <= high + 1e-4)
+  assert views.min() < 0  # Actually normalised, not left in [0, 1].
+
+
+def test_eval_dataset_pads_the_last_batch_and_masks_it():
+  config = tiny_food101_config()
+  images = np.zeros((21, 10, 12, 3), np.uint8)
+  source = ArraySource(images, np.arange(21, dtype=np.int32))
+  batches = list(input_pipeline.padded_eval_batches(
+      input_pipeline.eval_dataset(config, source, "x", 16), 16))
+  assert [b["image"].shape for b in batches] == [(16, 16, 16, 3)] * 2
+  masks = np.concatenate([b["mask"] for b in batches])
+  labels = np.concatenate([b["label"] for b in batches])
+  assert masks.sum() == 21 and not masks[21:].any()
+  np.testing.assert_array_equal(labels[masks], np.arange(21))
+
+
+def test_digits_split_is_fixed_stratified_and_disjoint():
+  source = input_pipeline.DigitsSource()
+  train_x, train_y = source.arrays("train")
+  test_x, test_y = source.arrays("test")
+  assert len(train_y) + len(test_y) == 1797
+  assert source.num_examples("test") == len(test_y) == 450
+  assert train_x.shape[1:] == (8, 8, 3) and train_x.dtype == np.uint8
+  # Every class keeps ~25% of its examples for evaluation.
+  fractions = np.bincount(test_y) / (np.bincount(test_y) + np.bincount(train_y))
+  assert np.all(np.abs(fractions - 0.25) < 0.02)
+  np.testing.assert_array_equal(test_y, input_pipeline.DigitsSource().arrays("test")[1])
+
+
+def test_blur_kernel_follows_the_seed_rule():
+  assert augmentations.blur_kernel_size(256) == 25
+  assert augmentations.blur_kernel_size(224) == 23
+  assert augmentations.blur_kernel_size(100) == 11
+  assert augmentations.blur_kernel_size(16) == 1
+

@@ -1,0 +1,97 @@
+"""Linear evaluation: exact counts, frozen encoder, probe numerics, the stage on mock data."""
+
+import json
+import shutil
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from simclr_jax import linear_eval, train
+from tests.conftest import MOCK_EXAMPLES
+from tests.helpers import ArraySource, tiny_food101_config
+
+
+def test_linear_eval_stage_on_mock_food101(pretrained_workdir, tmp_path):
+  workdir = tmp_path / "work"
+  shutil.copytree(pretrained_workdir, workdir)
+  config = tiny_food101_config()
+  config.linear_eval.few_shot_per_class = 1
+  config.linear_eval.few_shot_trials = 2
+  config.linear_eval.random_init_baseline = True
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    results = linear_eval.evaluate(config, str(workdir))
+
+  assert json.loads((workdir / "linear_eval.json").read_text()) == results
+  # Every example counted once, though 21 divides neither the batch nor the 8 devices.
+  assert results["num_eval_examples"] == MOCK_EXAMPLES
+  assert results["num_train_examples"] == MOCK_EXAMPLES
+  assert results["checkpoint_step"] == 1
+  # Width 0.0625 ResNet-18: 4 * 2**3 = 32 features (the head is dropped).
+  assert results["num_features"] == 32
+  for key in ("top1", "top5", "top1_1shot", "random_init_top1", "random_init_top1_1shot"):
+    assert 0.0 <= results[key] <= 1.0
+  assert results["top5"] >= results["top1"]
+
+
+def test_linear_eval_without_checkpoint_says_what_to_do(tmp_path):
+  with tfds.testing.mock_data(num_examples=21):
+    with pytest.raises(linear_eval.NoCheckpointError, match="No pretraining checkpoint"):
+      linear_eval.evaluate(tiny_food101_config(), str(tmp_path))
+
+
+def test_features_count_every_example_once_and_leave_encoder_untouched():
+  """37 digits-like examples over 8 devices with batch 16: 3 batches, the last padded."""
+  config = tiny_food101_config()
+  mesh = train.create_mesh()
+  tx, _ = train.create_optimizer(config, 1, 1)
+  state = train.init_train_state(config, tx, mesh)
+  before = jax.device_get(state)
+  images = np.random.default_rng(0).integers(0, 255, (37, 20, 24, 3), dtype=np.uint8)
+  labels = np.arange(37, dtype=np.int32) % 101
+  source = ArraySource(images, labels)
+
+  encode = linear_eval.make_encoder(train.model_graphdef(config))
+  features, seen_labels = linear_eval.extract_features(config, encode, state, mesh, source, "x")
+
+  assert features.shape == (37, 32)
+  np.testing.assert_array_equal(np.sort(seen_labels), np.sort(labels))
+  after = jax.device_get(state)
+  for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
+    np.testing.assert_array_equal(a, b)  # Bit-identical: BatchNorm in inference mode.
+  # Padding did not change the features of real examples: batch-of-one reference.
+  single, _ = linear_eval.extract_features(config, encode, state, mesh,
+                                           ArraySource(images[:1], labels[:1]), "x")
+  np.testing.assert_allclose(features[np.flatnonzero(seen_labels == 0)[0]], single[0],
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_linear_classifier_fits_separable_data_and_topk_is_exact():
+  rng = np.random.default_rng(0)
+  centers = rng.normal(size=(5, 8)) * 4
+  labels = rng.integers(0, 5, 200).astype(np.int32)
+  features = (centers[labels] + rng.normal(size=(200, 8))).astype(np.float32)
+  le_config = ml_collections.ConfigDict(dict(
+      batch_size=32, learning_rate=0.1, momentum=0.9, weight_decay=0.0,
+      standardize_features=True))
+  classifier = linear_eval.train_linear_classifier(features, labels, 5, 300, le_config, 0)
+  assert linear_eval.top_k_accuracy(classifier, features, labels, 1) > 0.97
+
+  # top-k against a direct NumPy count on hand-made logits.
+  manual = {"kernel": np.eye(3, dtype=np.float32), "bias": np.zeros(3, np.float32),
+            "mean": np.zeros(3, np.float32), "std": np.ones(3, np.float32)}
+  x = np.array([[3, 2, 1], [1, 3, 2], [2, 1, 3], [3, 1, 2]], np.float32)
+  y = np.array([0, 2, 1, 1])
+  assert linear_eval.top_k_accuracy(manual, x, y, 1) == 0.25
+  assert linear_eval.top_k_accuracy(manual, x, y, 2) == 0.5
+  assert linear_eval.top_k_accuracy(manual, x, y, 3) == 1.0
+
+
+def test_few_shot_subset_takes_k_per_class_reproducibly():
+  labels = np.repeat(np.arange(4), [10, 7, 5, 9])
+  subset = linear_eval.few_shot_subset(labels, 3, seed=1)
+  np.testing.assert_array_equal(np.bincount(labels[subset]), [3, 3, 3, 3])
+  np.testing.assert_array_equal(subset, linear_eval.few_shot_subset(labels, 3, seed=1))
+  assert not np.array_equal(subset, linear_eval.few_shot_subset(labels, 3, seed=2))

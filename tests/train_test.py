@@ -1,0 +1,121 @@
+"""Pretraining end to end on mocked food101 with a tiny model, 8 simulated devices."""
+
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from flax import nnx
+
+from simclr_jax import checkpoints, config_checks, input_pipeline, models, train
+from tests.conftest import MOCK_EXAMPLES
+from tests.helpers import tiny_food101_config
+
+
+def test_pretrain_one_step_on_mock_food101(pretrained_workdir):
+  config = tiny_food101_config()
+  summary = json.loads((pretrained_workdir / "pretrain_summary.json").read_text())
+  assert jax.device_count() == 8
+  assert summary["step"] == 1 and summary["devices"] == 8
+  # Logits lie in [-1/tau, 1/tau], so the cross entropy over 2N - 1 candidates is bounded.
+  assert 0 < summary["loss"] <= 2 / config.temperature + np.log(2 * config.batch_size - 1)
+  # Head 32-32-16 with BatchNorm: bias-free linears, BN scale+bias, last BN scale only.
+  assert summary["params_head"] == 32 * 32 + 32 * 16 + 2 * 32 + 16
+  assert summary["params_encoder"] == models.count_params(
+      models.ResNet(18, 0.0625, small_image_stem=True, rngs=nnx.Rngs(0)))
+  assert (pretrained_workdir / "checkpoints" / "1").is_dir()
+  assert any(name.startswith("events.out.tfevents") for name in os.listdir(pretrained_workdir))
+
+
+def _restore(config, workdir):
+  tx, _ = train.create_optimizer(config, 2, 3)
+  target = train.init_train_state(config, tx, train.create_mesh())
+  return checkpoints.restore(checkpoints.create_manager(str(workdir)), target), target
+
+
+def test_rerun_resumes_from_the_latest_checkpoint(pretrained_workdir, tmp_path):
+  workdir = tmp_path / "work"
+  shutil.copytree(pretrained_workdir, workdir)
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    summary = train.pretrain(tiny_food101_config(num_train_steps=2), str(workdir))
+  assert summary["resumed_from_step"] == 1 and summary["step"] == 2
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["1", "2"]
+  second, initial = _restore(tiny_food101_config(), workdir)
+  assert int(second.step) == 2
+  # (The warm-up's first learning rate is 0: step 2 is the first that moves the weights.)
+  kernel = lambda state: np.asarray(state.params["head"]["linears"][0]["kernel"])
+  assert not np.allclose(kernel(second), kernel(initial))
+
+
+@pytest.mark.slow
+def test_resumed_run_equals_an_uninterrupted_one(pretrained_workdir, tmp_path):
+  """1 step + resume to 3 == 3 steps straight: state and data stream both resume."""
+  resumed, straight = tmp_path / "resumed", tmp_path / "straight"
+  shutil.copytree(pretrained_workdir, resumed)
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    train.pretrain(tiny_food101_config(num_train_steps=3), str(resumed))
+    train.pretrain(tiny_food101_config(num_train_steps=3), str(straight))
+  a, _ = _restore(tiny_food101_config(), resumed)
+  b, _ = _restore(tiny_food101_config(), straight)
+  assert int(a.step) == int(b.step) == 3
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("separately", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_train_step_on_8_devices_equals_1_device(separately):
+  """Global BatchNorm statistics and the gathered loss: sharding changes nothing."""
+  config = tiny_food101_config()
+  config.model.forward_views_separately = separately
+  rng = np.random.default_rng(0)
+  views = rng.normal(size=(16, 2, 16, 16, 3)).astype(np.float32)
+
+  def one_step(mesh):
+    tx, schedule = train.create_optimizer(config, 10, 100)
+    state = train.init_train_state(config, tx, mesh)
+    step = train.compile_train_step(config, train.model_graphdef(config), tx, schedule, mesh)
+    batch = {"views": jax.device_put(views, NamedSharding(mesh, P("data")))}
+    return jax.device_get(step(state, batch))
+
+  state_8, metrics_8 = one_step(train.create_mesh())
+  mesh_1 = Mesh(np.array(jax.devices()[:1]), ("data",),
+                axis_types=(jax.sharding.AxisType.Auto,))
+  state_1, metrics_1 = one_step(mesh_1)
+  np.testing.assert_allclose(metrics_8["loss"], metrics_1["loss"], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(state_8), jax.tree.leaves(state_1)):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+
+
+def test_batch_size_must_divide_across_devices():
+  config = tiny_food101_config(batch_size=12)
+  with pytest.raises(config_checks.ConfigError, match="does not divide across 8 devices"):
+    config_checks.check_pretrain_config(config)
+
+
+@pytest.mark.parametrize("temperature", [0.0, -0.5])
+def test_temperature_must_be_positive(temperature):
+  config = tiny_food101_config(temperature=temperature)
+  with pytest.raises(config_checks.ConfigError, match="temperature must be > 0"):
+    config_checks.check_pretrain_config(config)
+
+
+def test_missing_dataset_is_reported_with_instructions(tmp_path):
+  config = tiny_food101_config(data_dir=str(tmp_path))
+  with pytest.raises(input_pipeline.DatasetNotFoundError, match="tfds build food101"):
+    train.pretrain(config, str(tmp_path / "work"))
+
+
+def test_corrupt_checkpoint_is_reported(pretrained_workdir, tmp_path):
+  workdir = tmp_path / "work"
+  shutil.copytree(pretrained_workdir, workdir)
+  for root, _, files in os.walk(workdir / "checkpoints" / "1"):
+    for name in files:
+      with open(os.path.join(root, name), "wb") as f:
+        f.write(b"garbage")
+  with pytest.raises(checkpoints.CheckpointError, match="Cannot restore the checkpoint"):
+    _restore(tiny_food101_config(), workdir)
