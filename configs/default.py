@@ -17,7 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train_split = "train"
   config.eval_split = "validation"
   config.shuffle_buffer = 16_384
-  config.data_threads = 0  # tf.data threads; 0 = all cores of the host.
+  config.data_threads = 0  # tf.data threads; 0 = all cores (half when JAX runs on CPU).
   config.data_deterministic = False
 
   # Augmentations (SimCLR paper, Appendix A): colour strength s gives ColorJitter

@@ -34,14 +34,14 @@ def get_config():
 
   config.temperature = 0.2
   config.batch_size = 256
-  config.num_train_steps = 400
+  config.num_train_steps = 600
   config.optimizer.name = "lars"
   config.optimizer.base_learning_rate = 0.3
   config.optimizer.lr_scaling = "linear"
   config.optimizer.weight_decay = 1e-6
   config.optimizer.warmup_epochs = 2.0
   config.log_every_steps = 50
-  config.checkpoint_every_steps = 200
+  config.checkpoint_every_steps = 300
 
   config.linear_eval.batch_size = 256
   config.linear_eval.epochs = 100

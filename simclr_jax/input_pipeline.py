@@ -142,9 +142,18 @@ def create_source(config):
 # --------------------------------------------------------------------------- pipelines
 
 
+def data_threads(config) -> int:
+  """tf.data's thread count: config.data_threads, else all cores when an accelerator does
+  the compute, half of them when JAX computes on this same CPU (so it is not starved)."""
+  if config.data_threads:
+    return config.data_threads
+  cores = os.cpu_count() or 1
+  return max(1, cores // 2) if jax.default_backend() == "cpu" else cores
+
+
 def _options(config) -> tf.data.Options:
   options = tf.data.Options()
-  options.threading.private_threadpool_size = config.data_threads or os.cpu_count()
+  options.threading.private_threadpool_size = data_threads(config)
   options.threading.max_intra_op_parallelism = 1
   options.deterministic = bool(config.data_deterministic)
   return options
