@@ -20,3 +20,12 @@ def write_json(workdir: str, filename: str, summary: dict[str, Any]) -> str:
       f.write("\n")
     logging.info("Wrote %s: %s", path, summary)
   return path
+
+
+def read_json(workdir: str, filename: str) -> dict[str, Any]:
+  """The summary written earlier, or {} if there is none."""
+  path = os.path.join(workdir, filename)
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)

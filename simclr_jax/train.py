@@ -156,6 +156,11 @@ def pretrain(config, workdir: str) -> dict[str, Any]:
   state = checkpoints.restore(manager, state) or state
   start_step = int(state.step)
   counts = param_counts(state.params)
+  if start_step >= num_train_steps:
+    logging.info("The checkpoint at step %d already reaches num_train_steps=%d: nothing to "
+                 "train (raise num_epochs or num_train_steps to continue).", start_step,
+                 num_train_steps)
+    return summaries.read_json(workdir, "pretrain_summary.json")
 
   writer = metric_writers.create_default_writer(workdir,
                                                 just_logging=jax.process_index() > 0)
@@ -173,29 +178,9 @@ def pretrain(config, workdir: str) -> dict[str, Any]:
   ds = input_pipeline.pretrain_dataset(config, source, start_step)
   batches = input_pipeline.global_batches(ds.as_numpy_iterator(),
                                           NamedSharding(mesh, P(DATA_AXIS)))
-  report = periodic_actions.ReportProgress(num_train_steps=num_train_steps, writer=writer)
-  meter = _ThroughputMeter(2 * config.batch_size)
-  pending, last = [], {}
   with jax.set_mesh(mesh):
-    for step in range(start_step + 1, num_train_steps + 1):
-      with jax.profiler.StepTraceAnnotation("train", step_num=step):
-        state, metrics = step_fn(state, next(batches))
-      pending.append(metrics)
-      report(step)
-      if step == start_step + 1:
-        jax.block_until_ready(metrics)  # Start timing after compilation.
-        meter.restart(step)
-      if step % config.log_every_steps == 0 or step == num_train_steps:
-        last = _mean_metrics(pending, step)
-        pending = []
-        rate = meter.rate(step)
-        if rate is not None:  # Undefined before the second step.
-          last["views_per_second"] = rate
-        writer.write_scalars(step, last)
-      if step % config.checkpoint_every_steps == 0 or step == num_train_steps:
-        checkpoints.save(manager, step, state)
-  manager.wait_until_finished()
-  writer.flush()
+    state, last = _train_loop(config, state, step_fn, batches, manager, writer, start_step,
+                              num_train_steps)
 
   summary = {"step": int(state.step), "num_train_steps": num_train_steps,
              "resumed_from_step": start_step, **counts,
@@ -204,6 +189,34 @@ def pretrain(config, workdir: str) -> dict[str, Any]:
              "devices": jax.device_count(), "processes": jax.process_count()}
   summaries.write_json(workdir, "pretrain_summary.json", summary)
   return summary
+
+
+def _train_loop(config, state: TrainState, step_fn, batches, manager, writer, start_step: int,
+                num_train_steps: int) -> tuple[TrainState, dict[str, float]]:
+  """Steps start_step + 1 .. num_train_steps; logs, checkpoints; returns the last metrics."""
+  report = periodic_actions.ReportProgress(num_train_steps=num_train_steps, writer=writer)
+  meter = _ThroughputMeter(2 * config.batch_size)
+  pending, last = [], {}
+  for step in range(start_step + 1, num_train_steps + 1):
+    with jax.profiler.StepTraceAnnotation("train", step_num=step):
+      state, metrics = step_fn(state, next(batches))
+    pending.append(metrics)
+    report(step)
+    if step == start_step + 1:
+      jax.block_until_ready(metrics)  # Start timing after compilation.
+      meter.restart(step)
+    if step % config.log_every_steps == 0 or step == num_train_steps:
+      last = _mean_metrics(pending, step)
+      pending = []
+      rate = meter.rate(step)
+      if rate is not None:  # Undefined before the second step.
+        last["views_per_second"] = rate
+      writer.write_scalars(step, last)
+    if step % config.checkpoint_every_steps == 0 or step == num_train_steps:
+      checkpoints.save(manager, step, state)
+  manager.wait_until_finished()
+  writer.flush()
+  return state, last
 
 
 def _mean_metrics(pending: list[dict[str, jax.Array]], step: int) -> dict[str, float]:
