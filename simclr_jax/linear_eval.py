@@ -47,12 +47,19 @@ def extract_features(config, encode, state: train.TrainState, mesh, source,
   params = jax.device_put(state.params, replicated)
   batch_stats = jax.device_put(state.batch_stats, replicated)
   features, labels = [], []
-  for batch in input_pipeline.global_batches(host_batches, data):
+  for index, batch in enumerate(input_pipeline.global_batches(host_batches, data), 1):
     encoded = encode(params, batch_stats, batch["image"])
     encoded, label, mask = _to_host((encoded, batch["label"], batch["mask"]))
     features.append(encoded[mask])
     labels.append(label[mask])
-  return np.concatenate(features).astype(np.float32), np.concatenate(labels).astype(np.int32)
+    if index % 50 == 0:
+      logging.info("Encoded %d examples of split '%s'.", sum(map(len, labels)), split)
+  features, labels = np.concatenate(features), np.concatenate(labels)
+  expected = source.num_examples(split)
+  if len(labels) != expected:
+    raise RuntimeError(f"Encoded {len(labels)} examples of split '{split}' but it has "
+                       f"{expected}: examples were lost or duplicated in the input pipeline.")
+  return features.astype(np.float32), labels.astype(np.int32)
 
 
 def make_encoder(graphdef: nnx.GraphDef):

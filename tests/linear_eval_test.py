@@ -68,6 +68,19 @@ def test_features_count_every_example_once_and_leave_encoder_untouched():
                              rtol=1e-5, atol=1e-5)
 
 
+def test_lost_examples_are_an_error_not_a_smaller_denominator():
+  config = tiny_food101_config()
+  mesh = train.create_mesh()
+  tx, _ = train.create_optimizer(config, 1, 1)
+  state = train.init_train_state(config, tx, mesh)
+  images = np.zeros((5, 8, 8, 3), np.uint8)
+  source = ArraySource(images, np.arange(5, dtype=np.int32))
+  source.num_examples = lambda split: 6  # The split claims one more than the pipeline yields.
+  with pytest.raises(RuntimeError, match="Encoded 5 examples of split 'x' but it has 6"):
+    linear_eval.extract_features(config, linear_eval.make_encoder(train.model_graphdef(config)),
+                                 state, mesh, source, "x")
+
+
 def test_linear_classifier_fits_separable_data_and_topk_is_exact():
   rng = np.random.default_rng(0)
   centers = rng.normal(size=(5, 8)) * 4
