@@ -82,4 +82,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.linear_eval.few_shot_per_class = 0  # > 0: also a probe on k labels per class,
   config.linear_eval.few_shot_trials = 5  # averaged over this many draws of the k.
   config.linear_eval.random_init_baseline = False  # Also probe a random-init encoder.
+  # Weighted kNN on the same frozen features (cosine similarity, votes exp(sim / T)).
+  config.linear_eval.knn_k = 200
+  config.linear_eval.knn_temperature = 0.07
+  # t-SNE map of (at most this many) evaluation features: workdir/tsne.png; 0 disables.
+  config.linear_eval.tsne_points = 5000
   return config

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from typing import Any
 
 import jax
@@ -22,7 +23,8 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from simclr_jax import checkpoints, config_checks, input_pipeline, summaries, train
+from simclr_jax import (checkpoints, config_checks, input_pipeline, knn, summaries, train,
+                        visualize)
 
 
 class NoCheckpointError(FileNotFoundError):
@@ -152,27 +154,32 @@ def few_shot_subset(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray
 
 def probe(train_features, train_labels, eval_features, eval_labels, num_classes: int,
           le_config, seed: int, prefix: str = "") -> dict[str, float]:
-  """Top-1/top-5 of linear probes on all labels and, if asked, on k labels per class."""
+  """Linear top-1/top-5 and kNN top-1, with all labels and, if asked, k labels per class."""
   n = len(train_labels)
   steps_per_epoch = math.ceil(n / min(le_config.batch_size, n))
   num_steps = le_config.epochs * steps_per_epoch
-  classifier = train_linear_classifier(train_features, train_labels, num_classes, num_steps,
-                                       le_config, seed)
-  results = {f"{prefix}top1": top_k_accuracy(classifier, eval_features, eval_labels, 1),
-             f"{prefix}top5": top_k_accuracy(classifier, eval_features, eval_labels, 5)}
-  k = le_config.few_shot_per_class
-  if k > 0:
-    # Averaged over several draws of the k examples: one draw of 5 per class is noisy.
-    # As many updates as the all-labels probe, so the small set is fitted to convergence.
-    accuracies = []
+
+  def measure(features, labels, trial_seed):
+    classifier = train_linear_classifier(features, labels, num_classes, num_steps, le_config,
+                                         trial_seed)
+    return {"top1": top_k_accuracy(classifier, eval_features, eval_labels, 1),
+            "top5": top_k_accuracy(classifier, eval_features, eval_labels, 5),
+            "knn_top1": knn.knn_accuracy(features, labels, eval_features, eval_labels,
+                                         num_classes, le_config.knn_k,
+                                         le_config.knn_temperature)}
+
+  results = {prefix + name: value
+             for name, value in measure(train_features, train_labels, seed).items()}
+  shots = le_config.few_shot_per_class
+  if shots > 0:
+    # Averaged over several draws of the labelled examples: one draw of 5 per class is
+    # noisy. As many updates as the all-labels probe, so the small set is fitted fully.
+    trials = []
     for trial in range(le_config.few_shot_trials):
-      subset = few_shot_subset(train_labels, k, seed + trial)
-      few = train_linear_classifier(train_features[subset], train_labels[subset],
-                                    num_classes, num_steps, le_config, seed + trial)
-      accuracies.append([top_k_accuracy(few, eval_features, eval_labels, top)
-                         for top in (1, 5)])
-    results[f"{prefix}top1_{k}shot"], results[f"{prefix}top5_{k}shot"] = (
-        float(x) for x in np.mean(accuracies, axis=0))
+      subset = few_shot_subset(train_labels, shots, seed + trial)
+      trials.append(measure(train_features[subset], train_labels[subset], seed + trial))
+    for name in trials[0]:
+      results[f"{prefix}{name}_{shots}shot"] = float(np.mean([t[name] for t in trials]))
   return results
 
 
@@ -199,6 +206,8 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
   encoders = {"": pretrained}
   if config.linear_eval.random_init_baseline:
     encoders["random_init_"] = random_init
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0,
+                                                collection="linear_eval")
   results: dict[str, Any] = {"checkpoint_step": step}
   for prefix, state in encoders.items():
     train_x, train_y = extract_features(config, encode, state, mesh, source, config.train_split)
@@ -207,11 +216,14 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
                  eval_x.shape)
     results.update(probe(train_x, train_y, eval_x, eval_y, source.num_classes,
                          config.linear_eval, config.seed, prefix))
+    if not prefix and config.linear_eval.tsne_points and jax.process_index() == 0:
+      picture = visualize.tsne_map(
+          eval_x, eval_y, os.path.join(workdir, "tsne.png"),
+          f"t-SNE of {config.dataset} '{config.eval_split}' encoder features, step {step}",
+          config.linear_eval.tsne_points, config.seed)
+      writer.write_images(step, {"tsne": picture[None]})
   results.update(num_train_examples=len(train_y), num_eval_examples=len(eval_y),
                  num_features=int(train_x.shape[1]))
-
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0,
-                                                collection="linear_eval")
   writer.write_scalars(step, {k: v for k, v in results.items() if isinstance(v, float)})
   writer.flush()
   summaries.write_json(workdir, "linear_eval.json", results)
@@ -222,16 +234,17 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
 
 def results_table(results: dict[str, Any], few_shot: int) -> str:
   """The probe accuracies as a small text table, pretrained beside random init."""
-  columns = [("top-1", "top1"), ("top-5", "top5")]
+  columns = [("linear top-1", "top1"), ("linear top-5", "top5"), ("kNN top-1", "knn_top1")]
   if few_shot:
-    columns += [(f"top-1 ({few_shot}/class)", f"top1_{few_shot}shot")]
+    columns += [(f"linear ({few_shot}/class)", f"top1_{few_shot}shot"),
+                (f"kNN ({few_shot}/class)", f"knn_top1_{few_shot}shot")]
   rows = [("SimCLR encoder", "")]
   if "random_init_top1" in results:
     rows.append(("random-init encoder", "random_init_"))
   lines = [f"Linear probe on {results['num_eval_examples']} evaluation examples "
            f"(pretraining step {results['checkpoint_step']}):",
-           f"  {'':22}" + "".join(f"{title:>18}" for title, _ in columns)]
+           f"  {'':22}" + "".join(f"{title:>16}" for title, _ in columns)]
   for name, prefix in rows:
-    lines.append(f"  {name:22}" + "".join(f"{results[prefix + key]:>18.3f}"
+    lines.append(f"  {name:22}" + "".join(f"{results[prefix + key]:>16.3f}"
                                           for _, key in columns))
   return "\n".join(lines)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import time
 from typing import Any
 
@@ -17,7 +18,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from simclr_jax import (checkpoints, config_checks, input_pipeline, losses, models, optim,
-                        summaries)
+                        summaries, visualize)
 
 DATA_AXIS = "data"
 
@@ -175,8 +176,12 @@ def pretrain(config, workdir: str) -> dict[str, Any]:
                jax.device_count(), counts["params_encoder"], counts["params_head"])
 
   step_fn = compile_train_step(config, graphdef, tx, schedule, mesh)
-  ds = input_pipeline.pretrain_dataset(config, source, start_step)
-  batches = input_pipeline.global_batches(ds.as_numpy_iterator(),
+  host_batches = input_pipeline.pretrain_dataset(config, source, start_step).as_numpy_iterator()
+  first = next(host_batches)
+  if start_step == 0:  # Show what the model is trained on.
+    writer.write_images(0, {"augmented_view_pairs": visualize.view_pairs_grid(
+        first["views"], config.augment.normalize)[None]})
+  batches = input_pipeline.global_batches(itertools.chain([first], host_batches),
                                           NamedSharding(mesh, P(DATA_AXIS)))
   with jax.set_mesh(mesh):
     state, last = _train_loop(config, state, step_fn, batches, manager, writer, start_step,

@@ -17,6 +17,7 @@ def test_demo_reaches_its_targets(tmp_path):
                    env={"PATH": "/usr/bin:/bin", "SIMCLR_NO_DISTRIBUTED": "1"}, timeout=900)
   results = json.loads((tmp_path / "linear_eval.json").read_text())
   assert results["num_eval_examples"] == 450
+  assert (tmp_path / "tsne.png").exists()
   assert results["top1"] >= 0.97
   assert results["top1_5shot"] >= 0.88
   assert results["top1_5shot"] >= results["random_init_top1_5shot"] + 0.08

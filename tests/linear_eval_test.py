@@ -25,13 +25,15 @@ def test_linear_eval_stage_on_mock_food101(pretrained_workdir, tmp_path):
     results = linear_eval.evaluate(config, str(workdir))
 
   assert json.loads((workdir / "linear_eval.json").read_text()) == results
+  assert (workdir / "tsne.png").stat().st_size > 1000
   # Every example counted once, though 21 divides neither the batch nor the 8 devices.
   assert results["num_eval_examples"] == MOCK_EXAMPLES
   assert results["num_train_examples"] == MOCK_EXAMPLES
   assert results["checkpoint_step"] == 1
   # Width 0.0625 ResNet-18: 4 * 2**3 = 32 features (the head is dropped).
   assert results["num_features"] == 32
-  for key in ("top1", "top5", "top1_1shot", "random_init_top1", "random_init_top1_1shot"):
+  for key in ("top1", "top5", "knn_top1", "top1_1shot", "knn_top1_1shot", "random_init_top1",
+              "random_init_top1_1shot", "random_init_knn_top1"):
     assert 0.0 <= results[key] <= 1.0
   assert results["top5"] >= results["top1"]
 

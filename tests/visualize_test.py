@@ -1,0 +1,27 @@
+"""The pictures: view-pair grids undo the normalisation; the t-SNE map is a real PNG."""
+
+import numpy as np
+
+from simclr_jax import augmentations, visualize
+
+
+def test_view_pairs_grid_lays_out_pairs_and_undoes_normalisation():
+  rng = np.random.default_rng(0)
+  raw = rng.uniform(size=(3, 2, 4, 5, 3)).astype(np.float32)
+  normalized = (raw - np.array(augmentations.IMAGENET_MEAN)) / np.array(augmentations.IMAGENET_STD)
+  grid = visualize.view_pairs_grid(normalized, normalized=True)
+  assert grid.shape == (3 * (4 + 2), 2 * 5 + 2, 3)
+  np.testing.assert_allclose(grid[6:10, :5], raw[1, 0], atol=1e-5)   # Row 1, first view.
+  np.testing.assert_allclose(grid[6:10, 7:], raw[1, 1], atol=1e-5)   # Row 1, second view.
+  assert visualize.view_pairs_grid(raw, normalized=False, max_pairs=2).shape[0] == 2 * 6
+
+
+def test_tsne_map_writes_a_png_of_the_classes(tmp_path):
+  rng = np.random.default_rng(0)
+  labels = np.repeat(np.arange(3), 20)
+  features = rng.normal(size=(60, 5)) + 10 * labels[:, None]
+  path = tmp_path / "tsne.png"
+  picture = visualize.tsne_map(features, labels, str(path), "test", max_points=50)
+  assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert picture.ndim == 3 and picture.shape[2] == 3 and picture.dtype == np.uint8
+  assert len(np.unique(picture.reshape(-1, 3), axis=0)) > 3  # Not a blank canvas.
