@@ -73,6 +73,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Linear evaluation on frozen features (projection head dropped).
   config.linear_eval = ml_collections.ConfigDict()
+  # Which pretraining checkpoint: that workdir's (default: --workdir) step (default: latest).
+  config.linear_eval.pretrain_workdir = ml_collections.config_dict.placeholder(str)
+  config.linear_eval.checkpoint_step = ml_collections.config_dict.placeholder(int)
   config.linear_eval.batch_size = 1024  # Feature extraction and classifier batches.
   config.linear_eval.epochs = 90
   config.linear_eval.learning_rate = 0.1

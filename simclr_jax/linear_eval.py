@@ -192,14 +192,19 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
   steps_per_epoch, num_train_steps = train.training_length(
       config, source.num_examples(config.train_split))
   tx, _ = train.create_optimizer(config, steps_per_epoch, num_train_steps)
-  manager = checkpoints.create_manager(workdir, config.max_checkpoints_to_keep)
-  if manager.latest_step() is None:
+  pretrain_workdir = config.linear_eval.pretrain_workdir or workdir
+  manager = checkpoints.create_manager(pretrain_workdir, config.max_checkpoints_to_keep)
+  wanted = config.linear_eval.checkpoint_step
+  if manager.latest_step() is None or (wanted is not None and wanted not in manager.all_steps()):
     raise NoCheckpointError(
-        f"No pretraining checkpoint in {checkpoints.checkpoint_dir(workdir)}. Run "
-        f"`python main.py --config=... --workdir={workdir}` (pretraining) first.")
+        f"No pretraining checkpoint{'' if wanted is None else f' at step {wanted}'} in "
+        f"{checkpoints.checkpoint_dir(pretrain_workdir)} (it has steps "
+        f"{list(manager.all_steps())}). Run `python main.py --config=... "
+        f"--workdir={pretrain_workdir}` (pretraining) first, or pick another "
+        f"--config.linear_eval.checkpoint_step.")
   encode = make_encoder(train.model_graphdef(config))
   random_init = train.init_train_state(config, tx, mesh)
-  pretrained = checkpoints.restore(manager, random_init)
+  pretrained = checkpoints.restore(manager, random_init, wanted)
   step = int(pretrained.step)
   logging.info("Linear evaluation of the encoder at pretraining step %d.", step)
 

@@ -110,3 +110,26 @@ def test_few_shot_subset_takes_k_per_class_reproducibly():
   np.testing.assert_array_equal(np.bincount(labels[subset]), [3, 3, 3, 3])
   np.testing.assert_array_equal(subset, linear_eval.few_shot_subset(labels, 3, seed=1))
   assert not np.array_equal(subset, linear_eval.few_shot_subset(labels, 3, seed=2))
+
+
+def test_a_chosen_checkpoint_step_is_evaluated_or_reported_missing(pretrained_workdir,
+                                                                   tmp_path):
+  config = tiny_food101_config()
+  config.linear_eval.pretrain_workdir = str(pretrained_workdir)
+  config.linear_eval.checkpoint_step = 7
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    with pytest.raises(linear_eval.NoCheckpointError, match=r"at step 7 .*has steps \[1\]"):
+      linear_eval.evaluate(config, str(tmp_path))
+    config.linear_eval.checkpoint_step = 1
+    config.linear_eval.tsne_points = 0
+    results = linear_eval.evaluate(config, str(tmp_path))
+  assert results["checkpoint_step"] == 1
+  assert (tmp_path / "linear_eval.json").exists() and not (tmp_path / "tsne.png").exists()
+
+
+def test_food101_linear_config_carries_the_protocol():
+  from configs import food101_linear  # pylint: disable=g-import-not-at-top
+  config = food101_linear.get_config()
+  assert (config.train_split, config.eval_split) == ("train", "validation")
+  assert config.model.depth == 50 and config.linear_eval.epochs == 90
+  assert config.linear_eval.learning_rate == 0.4
