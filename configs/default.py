@@ -46,6 +46,10 @@ def get_config() -> ml_collections.ConfigDict:
   # paper's TF code). True: one pass per view (as the seed's model(x1), model(x2)).
   config.model.forward_views_separately = False
 
+  # A linear probe on stop-gradient encoder features, trained with labels alongside the
+  # contrastive loss, its accuracy in TensorBoard while pretraining runs (labelled sources).
+  config.online_probe = False
+
   # Loss and training.
   config.temperature = 0.1
   config.batch_size = 1024  # Global, across all devices and hosts.

@@ -32,6 +32,8 @@ def get_config():
   config.model.head_widths = (128, 64)
   config.model.head_batch_norm = True
 
+  config.online_probe = True
+
   config.temperature = 0.2
   config.batch_size = 256
   config.num_train_steps = 600

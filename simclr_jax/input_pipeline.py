@@ -164,14 +164,14 @@ def local_batch_size(global_batch_size: int) -> int:
 
 
 def pretrain_dataset(config, source, start_step: int = 0) -> tf.data.Dataset:
-  """Endless batches {'views': (local_batch, 2, S, S, 3) float32} of unlabelled images.
+  """Endless batches {'views': (local_batch, 2, S, S, 3) float32} of augmented images, plus
+  {'label': (local_batch,)} when `config.online_probe` (labels reach only that probe).
 
   The shuffle order is fixed by `config.seed`; each element's augmentation seed is its
   position in the stream, so restarting at `start_step` resumes the same sequence.
   """
   batch = local_batch_size(config.batch_size)
   ds = source.local_dataset(config.train_split, shuffle=True, seed=config.seed)
-  ds = ds.map(lambda example: example["image"])  # Pretraining never sees labels.
   ds = ds.shuffle(config.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
   ds = ds.repeat()
   # Per-element seeds: (config.seed + process, position in stream).
@@ -179,14 +179,18 @@ def pretrain_dataset(config, source, start_step: int = 0) -> tf.data.Dataset:
   ds = tf.data.Dataset.zip(ds, positions).skip(start_step * batch)
   stream_id = config.seed * 1_000_003 + jax.process_index()
 
-  def two_views(image, position):
+  def two_views(example, position):
     seed = tf.stack([tf.constant(stream_id, tf.int64), position])
     seeds = tf.random.experimental.stateless_split(seed, 2)
-    return tf.stack([augmentations.simclr_view(image, seeds[0], config.augment),
-                     augmentations.simclr_view(image, seeds[1], config.augment)])
+    image = example["image"]
+    views = tf.stack([augmentations.simclr_view(image, seeds[0], config.augment),
+                      augmentations.simclr_view(image, seeds[1], config.augment)])
+    if config.online_probe:
+      return {"views": views, "label": example["label"]}
+    return {"views": views}
 
   ds = ds.map(two_views, num_parallel_calls=tf.data.AUTOTUNE)
-  ds = ds.batch(batch, drop_remainder=True).map(lambda views: {"views": views})
+  ds = ds.batch(batch, drop_remainder=True)
   return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(config))
 
 

@@ -202,8 +202,9 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
         f"{list(manager.all_steps())}). Run `python main.py --config=... "
         f"--workdir={pretrain_workdir}` (pretraining) first, or pick another "
         f"--config.linear_eval.checkpoint_step.")
-  encode = make_encoder(train.model_graphdef(config))
-  random_init = train.init_train_state(config, tx, mesh)
+  num_probe_classes = train.probe_classes(config, source)
+  encode = make_encoder(train.model_graphdef(config, num_probe_classes))
+  random_init = train.init_train_state(config, tx, mesh, num_probe_classes)
   pretrained = checkpoints.restore(manager, random_init, wanted)
   step = int(pretrained.step)
   logging.info("Linear evaluation of the encoder at pretraining step %d.", step)

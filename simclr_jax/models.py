@@ -166,11 +166,13 @@ class ProjectionHead(nnx.Module):
 
 
 class SimCLRModel(nnx.Module):
-  """Encoder f (ResNet trunk) followed by projection head g."""
+  """Encoder f (ResNet trunk) followed by projection head g; optionally an online linear
+  probe, trained on stop-gradient features during pretraining to watch label accuracy."""
 
-  def __init__(self, encoder: ResNet, head: ProjectionHead):
+  def __init__(self, encoder: ResNet, head: ProjectionHead, probe: nnx.Linear | None = None):
     self.encoder = encoder
     self.head = head
+    self.probe = probe
 
   def __call__(self, images: jax.Array, train: bool = True) -> tuple[jax.Array, jax.Array]:
     """(B, H, W, 3) -> (features h: (B, num_features), embeddings z: (B, widths[-1]))."""
@@ -178,13 +180,15 @@ class SimCLRModel(nnx.Module):
     return features, self.head(features, train)
 
 
-def create_model(model_config, rngs: nnx.Rngs) -> SimCLRModel:
-  """Builds the SimCLR model from `config.model`."""
+def create_model(model_config, rngs: nnx.Rngs, probe_classes: int = 0) -> SimCLRModel:
+  """Builds the SimCLR model from `config.model`, with an online probe over
+  `probe_classes` classes if that is > 0."""
   encoder = ResNet(model_config.depth, model_config.width_multiplier,
                    model_config.small_image_stem, rngs=rngs)
   head = ProjectionHead(encoder.num_features, tuple(model_config.head_widths),
                         model_config.head_batch_norm, rngs=rngs)
-  return SimCLRModel(encoder, head)
+  probe = nnx.Linear(encoder.num_features, probe_classes, rngs=rngs) if probe_classes else None
+  return SimCLRModel(encoder, head, probe)
 
 
 def count_params(module: nnx.Module) -> int:

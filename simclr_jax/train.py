@@ -47,18 +47,25 @@ def create_mesh() -> Mesh:
                        axis_types=(jax.sharding.AxisType.Auto,))
 
 
-def model_graphdef(config) -> nnx.GraphDef:
+def probe_classes(config, source) -> int:
+  """Classes of the online probe: the source's when `config.online_probe`, else 0 (none)."""
+  return source.num_classes if config.online_probe else 0
+
+
+def model_graphdef(config, num_probe_classes: int = 0) -> nnx.GraphDef:
   """The model's static structure, built without allocating parameters."""
-  abstract = nnx.eval_shape(lambda: models.create_model(config.model, nnx.Rngs(0)))
+  abstract = nnx.eval_shape(
+      lambda: models.create_model(config.model, nnx.Rngs(0), num_probe_classes))
   return nnx.split(abstract, nnx.Param, nnx.BatchStat)[0]
 
 
-def init_train_state(config, tx: optax.GradientTransformation, mesh: Mesh) -> TrainState:
+def init_train_state(config, tx: optax.GradientTransformation, mesh: Mesh,
+                     num_probe_classes: int = 0) -> TrainState:
   """Initialises the model from `config.seed`, replicated over the mesh (every process
   computes the same values, so this also works across hosts)."""
 
   def init():
-    model = models.create_model(config.model, nnx.Rngs(config.seed))
+    model = models.create_model(config.model, nnx.Rngs(config.seed), num_probe_classes)
     _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     params = nnx.to_pure_dict(params)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
@@ -70,7 +77,7 @@ def init_train_state(config, tx: optax.GradientTransformation, mesh: Mesh) -> Tr
 
 def embed_views(model: models.SimCLRModel, views: jax.Array,
                 separately: bool) -> tuple[jax.Array, jax.Array]:
-  """(N, 2, H, W, 3) views -> embeddings z1, z2 of shape (N, D), in training mode.
+  """(N, 2, H, W, 3) views -> features h (N, 2, F) and embeddings z (N, 2, D), training mode.
 
   One pass over the 2N images (BatchNorm statistics over both views) or one pass per view
   (statistics per view, running averages updated twice, as the seed's two model calls).
@@ -78,30 +85,47 @@ def embed_views(model: models.SimCLRModel, views: jax.Array,
   """
   n = views.shape[0]
   if separately:
-    return model(views[:, 0], train=True)[1], model(views[:, 1], train=True)[1]
-  _, z = model(views.reshape((2 * n, *views.shape[2:])), train=True)
-  z = z.reshape((n, 2, -1))
-  return z[:, 0], z[:, 1]
+    (h1, z1), (h2, z2) = model(views[:, 0], train=True), model(views[:, 1], train=True)
+    return jnp.stack([h1, h2], axis=1), jnp.stack([z1, z2], axis=1)
+  h, z = model(views.reshape((2 * n, *views.shape[2:])), train=True)
+  return h.reshape((n, 2, -1)), z.reshape((n, 2, -1))
+
+
+def online_probe_loss(model: models.SimCLRModel, features: jax.Array,
+                      labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Cross entropy and accuracy of the online probe on (N, 2, F) features of both views.
+
+  stop_gradient: the probe learns from the encoder, the encoder never from the labels.
+  """
+  logits = model.probe(jax.lax.stop_gradient(features))                   # (N, 2, C)
+  labels = jnp.broadcast_to(labels[:, None], logits.shape[:2])
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+  return loss, jnp.mean(jnp.argmax(logits, axis=-1) == labels)
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef: nnx.GraphDef,
                tx: optax.GradientTransformation, schedule: optax.Schedule, temperature: float,
                separately: bool, mesh: Mesh) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One SimCLR update on a global batch {'views': (N, 2, H, W, 3)} sharded on 'data'."""
+  """One SimCLR update on a global batch {'views': (N, 2, H, W, 3)[, 'label': (N,)]}
+  sharded on 'data' (labels only for the online probe)."""
 
   def loss_fn(params):
     model = nnx.merge(graphdef, params, state.batch_stats)
-    z1, z2 = embed_views(model, batch["views"], separately)
-    loss, accuracy = losses.sharded_nt_xent(z1, z2, temperature, mesh, DATA_AXIS)
+    features, z = embed_views(model, batch["views"], separately)
+    loss, accuracy = losses.sharded_nt_xent(z[:, 0], z[:, 1], temperature, mesh, DATA_AXIS)
+    metrics = {"loss": loss, "contrastive_accuracy": accuracy}
+    total = loss
+    if model.probe is not None:
+      probe_loss, probe_accuracy = online_probe_loss(model, features, batch["label"])
+      metrics.update(probe_loss=probe_loss, probe_accuracy=probe_accuracy)
+      total = loss + probe_loss
     batch_stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
-    return loss, (accuracy, batch_stats)
+    return total, (metrics, batch_stats)
 
-  (loss, (accuracy, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params)
+  (_, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = {"loss": loss, "contrastive_accuracy": accuracy,
-             "learning_rate": schedule(state.step), "grad_norm": optax.global_norm(grads)}
+  metrics.update(learning_rate=schedule(state.step), grad_norm=optax.global_norm(grads))
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                             opt_state=opt_state)
   return new_state, metrics
@@ -150,9 +174,10 @@ def pretrain(config, workdir: str) -> dict[str, Any]:
   num_train_examples = source.num_examples(config.train_split)
   steps_per_epoch, num_train_steps = training_length(config, num_train_examples)
   tx, schedule = create_optimizer(config, steps_per_epoch, num_train_steps)
-  graphdef = model_graphdef(config)
+  num_probe_classes = probe_classes(config, source)
+  graphdef = model_graphdef(config, num_probe_classes)
 
-  state = init_train_state(config, tx, mesh)
+  state = init_train_state(config, tx, mesh, num_probe_classes)
   manager = checkpoints.create_manager(workdir, config.max_checkpoints_to_keep)
   state = checkpoints.restore(manager, state) or state
   start_step = int(state.step)

@@ -75,3 +75,15 @@ def test_blur_kernel_follows_the_seed_rule():
   assert augmentations.blur_kernel_size(100) == 11
   assert augmentations.blur_kernel_size(16) == 1
 
+
+
+def test_labels_reach_the_batches_only_for_the_online_probe():
+  config = demo.get_config()
+  config.batch_size = 8
+  source = input_pipeline.DigitsSource()
+  config.online_probe = True
+  batch = next(input_pipeline.pretrain_dataset(config, source).as_numpy_iterator())
+  assert batch["label"].shape == (8,) and set(batch["label"]) <= set(range(10))
+  config.online_probe = False
+  batch = next(input_pipeline.pretrain_dataset(config, source).as_numpy_iterator())
+  assert set(batch) == {"views"}

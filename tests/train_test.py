@@ -119,3 +119,34 @@ def test_corrupt_checkpoint_is_reported(pretrained_workdir, tmp_path):
         f.write(b"garbage")
   with pytest.raises(checkpoints.CheckpointError, match="Cannot restore the checkpoint"):
     _restore(tiny_food101_config(), workdir)
+
+
+def test_online_probe_learns_from_labels_but_the_encoder_does_not():
+  """With the probe, encoder and head take exactly the update they take without it."""
+  config = tiny_food101_config()
+  config.optimizer.warmup_epochs = 0.0  # A non-zero learning rate on the first step.
+  rng = np.random.default_rng(0)
+  batch = {"views": rng.normal(size=(16, 2, 16, 16, 3)).astype(np.float32),
+           "label": rng.integers(0, 101, 16).astype(np.int32)}
+  mesh = train.create_mesh()
+
+  def one_step(num_probe_classes):
+    tx, schedule = train.create_optimizer(config, 10, 100)
+    state = train.init_train_state(config, tx, mesh, num_probe_classes)
+    step = train.compile_train_step(config, train.model_graphdef(config, num_probe_classes),
+                                    tx, schedule, mesh)
+    before = jax.device_get(state.params)
+    sharded = jax.device_put(batch, NamedSharding(mesh, P("data")))
+    new_state, metrics = step(state, sharded)
+    return before, jax.device_get(new_state.params), jax.device_get(metrics)
+
+  probe_before, with_probe, metrics = one_step(101)
+  _, without_probe, plain_metrics = one_step(0)
+  assert set(metrics) >= {"probe_loss", "probe_accuracy"} and "probe_loss" not in plain_metrics
+  np.testing.assert_allclose(metrics["loss"], plain_metrics["loss"], rtol=1e-6)
+  for part in ("encoder", "head"):
+    for a, b in zip(jax.tree.leaves(with_probe[part]), jax.tree.leaves(without_probe[part])):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  assert not np.allclose(with_probe["probe"]["kernel"], probe_before["probe"]["kernel"])
+  # A fresh probe on 101 classes starts near chance: cross entropy about log(101).
+  assert abs(metrics["probe_loss"] - np.log(101)) < 1.0
