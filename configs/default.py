@@ -81,11 +81,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.linear_eval.pretrain_workdir = ml_collections.config_dict.placeholder(str)
   config.linear_eval.checkpoint_step = ml_collections.config_dict.placeholder(int)
   config.linear_eval.batch_size = 1024  # Feature extraction and classifier batches.
+  # False: the SimCLR protocol, the classifier sees randomly cropped and flipped training
+  # images through the frozen encoder every step. True: features of the centre-cropped
+  # training images are computed once and the classifier trains on them (much faster).
+  config.linear_eval.precompute_features = False
   config.linear_eval.epochs = 90
   config.linear_eval.learning_rate = 0.1
   config.linear_eval.momentum = 0.9
   config.linear_eval.weight_decay = 0.0
-  config.linear_eval.standardize_features = True
+  config.linear_eval.standardize_features = True  # With precomputed features.
   config.linear_eval.few_shot_per_class = 0  # > 0: also a probe on k labels per class,
   config.linear_eval.few_shot_trials = 5  # averaged over this many draws of the k.
   config.linear_eval.random_init_baseline = False  # Also probe a random-init encoder.

@@ -46,6 +46,7 @@ def get_config():
   config.checkpoint_every_steps = 300
 
   config.linear_eval.batch_size = 256
+  config.linear_eval.precompute_features = True
   config.linear_eval.epochs = 100
   config.linear_eval.learning_rate = 0.1
   config.linear_eval.few_shot_per_class = 5

@@ -212,6 +212,17 @@ def simclr_view(image, seed, aug) -> tf.Tensor:
   return normalize(view) if aug.normalize else view
 
 
+def crop_flip_view(image, seed, aug) -> tf.Tensor:
+  """The linear-evaluation training view (SimCLR protocol): random resized crop and
+  horizontal flip only. (H, W, 3) uint8 -> (S, S, 3) float32."""
+  seeds = tf.random.experimental.stateless_split(seed, 2)
+  view = random_resized_crop(image, seeds[0], aug.image_size, aug.crop_area_range,
+                             aug.crop_ratio_range)
+  if aug.flip_probability > 0:
+    view = random_flip(view, seeds[1], aug.flip_probability)
+  return normalize(view) if aug.normalize else view
+
+
 def eval_view(image, aug) -> tf.Tensor:
   """Deterministic view: resize the shorter side to size / crop_fraction, centre crop.
 

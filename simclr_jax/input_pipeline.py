@@ -194,6 +194,26 @@ def pretrain_dataset(config, source, start_step: int = 0) -> tf.data.Dataset:
   return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(config))
 
 
+def linear_train_dataset(config, source) -> tf.data.Dataset:
+  """Endless batches {'image': (b, S, S, 3), 'label': (b,)} of training images, randomly
+  cropped and flipped (SimCLR's linear-evaluation augmentation), b = per-process share of
+  config.linear_eval.batch_size."""
+  batch = local_batch_size(config.linear_eval.batch_size)
+  ds = source.local_dataset(config.train_split, shuffle=True, seed=config.seed)
+  ds = ds.shuffle(config.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
+  ds = tf.data.Dataset.zip(ds.repeat(), tf.data.Dataset.counter())
+  stream_id = -(config.seed * 1_000_003 + jax.process_index()) - 1  # Apart from pretraining.
+
+  def crop_and_flip(example, position):
+    seed = tf.stack([tf.constant(stream_id, tf.int64), position])
+    return {"image": augmentations.crop_flip_view(example["image"], seed, config.augment),
+            "label": example["label"]}
+
+  ds = ds.map(crop_and_flip, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.batch(batch, drop_remainder=True)
+  return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(config))
+
+
 def eval_dataset(config, source, split: str, batch_size: int) -> tf.data.Dataset:
   """One pass over this process's share of `split`, deterministic preprocessing.
 

@@ -87,7 +87,7 @@ def train_linear_classifier(features: np.ndarray, labels: np.ndarray, num_classe
   """Softmax regression on (n, F) features with SGD + Nesterov momentum, cosine decay.
 
   Features are standardised with the training mean and std (stored in the result) when
-  `le_config.standardize_features`. Minibatches are drawn without replacement each epoch.
+  `le_config.standardize_features`. Each step's minibatch is a fresh random sample.
 
   Returns:
     {'kernel': (F, C), 'bias': (C,), 'mean': (F,), 'std': (F,)}.
@@ -107,19 +107,12 @@ def _fit_softmax_regression(x, y, key, *, num_classes, num_steps, batch, learnin
                             momentum, weight_decay):
   """(n, F) features, (n,) labels -> {'kernel': (F, C), 'bias': (C,)}, one compiled scan."""
   n, dim = x.shape
-  tx = optax.chain(
-      optax.add_decayed_weights(weight_decay, mask={"kernel": True, "bias": False}),
-      optax.sgd(optax.cosine_decay_schedule(learning_rate, num_steps), momentum=momentum,
-                nesterov=True))
-
-  def loss_fn(params, xb, yb):
-    logits = xb @ params["kernel"] + params["bias"]
-    return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+  tx = _classifier_optimizer(learning_rate, momentum, weight_decay, num_steps)
 
   def step(carry, key):
     params, opt_state = carry
     index = jax.random.choice(key, n, (batch,), replace=False)
-    grads = jax.grad(loss_fn)(params, x[index], y[index])
+    grads = jax.grad(_softmax_loss)(params, x[index], y[index])
     updates, opt_state = tx.update(grads, opt_state, params)
     return (optax.apply_updates(params, updates), opt_state), None
 
@@ -127,6 +120,59 @@ def _fit_softmax_regression(x, y, key, *, num_classes, num_steps, batch, learnin
   (params, _), _ = jax.lax.scan(step, (params, tx.init(params)),
                                 jax.random.split(key, num_steps))
   return params
+
+
+def _classifier_optimizer(learning_rate: float, momentum: float, weight_decay: float,
+                          num_steps: int) -> optax.GradientTransformation:
+  """SGD with Nesterov momentum, cosine decay to 0, weight decay on the kernel only."""
+  return optax.chain(
+      optax.add_decayed_weights(weight_decay, mask={"kernel": True, "bias": False}),
+      optax.sgd(optax.cosine_decay_schedule(learning_rate, num_steps), momentum=momentum,
+                nesterov=True))
+
+
+def _softmax_loss(params, features, labels):
+  logits = features @ params["kernel"] + params["bias"]
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def train_linear_classifier_on_images(config, encode, state: train.TrainState, mesh, source,
+                                      num_features: int) -> dict[str, Any]:
+  """The SimCLR protocol: every step encodes a fresh batch of randomly cropped and flipped
+  training images with the frozen encoder (BatchNorm in inference mode) and updates only
+  the linear classifier; epochs over the training split as `config.linear_eval.epochs`.
+
+  Returns:
+    {'kernel': (F, C), 'bias': (C,), 'mean': 0, 'std': 1} (features are not standardised).
+  """
+  le_config = config.linear_eval
+  num_classes = source.num_classes
+  steps_per_epoch = max(1, source.num_examples(config.train_split) // le_config.batch_size)
+  num_steps = le_config.epochs * steps_per_epoch
+  tx = _classifier_optimizer(le_config.learning_rate, le_config.momentum,
+                             le_config.weight_decay, num_steps)
+  replicated = NamedSharding(mesh, P())
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def step(params, opt_state, encoder_params, batch_stats, images, labels):
+    features = encode(encoder_params, batch_stats, images)
+    grads = jax.grad(_softmax_loss)(params, features, labels)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  params = {"kernel": jnp.zeros((num_features, num_classes)), "bias": jnp.zeros((num_classes,))}
+  params, opt_state = jax.device_put((params, tx.init(params)), replicated)
+  encoder_params, batch_stats = jax.device_put((state.params, state.batch_stats), replicated)
+  batches = input_pipeline.global_batches(
+      input_pipeline.linear_train_dataset(config, source).as_numpy_iterator(),
+      NamedSharding(mesh, P(train.DATA_AXIS)))
+  for index, batch in zip(range(1, num_steps + 1), batches):
+    params, opt_state = step(params, opt_state, encoder_params, batch_stats, batch["image"],
+                             batch["label"])
+    if index % 100 == 0 or index == num_steps:
+      logging.info("Linear classifier on augmented images: step %d/%d.", index, num_steps)
+  return {**jax.device_get(params), "mean": np.zeros(num_features, np.float32),
+          "std": np.ones(num_features, np.float32)}
 
 
 def _feature_stats(features: np.ndarray, standardize: bool):
@@ -153,15 +199,20 @@ def few_shot_subset(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray
 
 
 def probe(train_features, train_labels, eval_features, eval_labels, num_classes: int,
-          le_config, seed: int, prefix: str = "") -> dict[str, float]:
-  """Linear top-1/top-5 and kNN top-1, with all labels and, if asked, k labels per class."""
+          le_config, seed: int, prefix: str = "", classifier=None) -> dict[str, float]:
+  """Linear top-1/top-5 and kNN top-1, with all labels and, if asked, k labels per class.
+
+  `classifier`, if given, is the all-labels linear classifier (trained on augmented images);
+  otherwise it is fitted on the precomputed `train_features`.
+  """
   n = len(train_labels)
   steps_per_epoch = math.ceil(n / min(le_config.batch_size, n))
   num_steps = le_config.epochs * steps_per_epoch
 
-  def measure(features, labels, trial_seed):
-    classifier = train_linear_classifier(features, labels, num_classes, num_steps, le_config,
-                                         trial_seed)
+  def measure(features, labels, trial_seed, classifier=None):
+    if classifier is None:
+      classifier = train_linear_classifier(features, labels, num_classes, num_steps,
+                                           le_config, trial_seed)
     return {"top1": top_k_accuracy(classifier, eval_features, eval_labels, 1),
             "top5": top_k_accuracy(classifier, eval_features, eval_labels, 5),
             "knn_top1": knn.knn_accuracy(features, labels, eval_features, eval_labels,
@@ -169,7 +220,7 @@ def probe(train_features, train_labels, eval_features, eval_labels, num_classes:
                                          le_config.knn_temperature)}
 
   results = {prefix + name: value
-             for name, value in measure(train_features, train_labels, seed).items()}
+             for name, value in measure(train_features, train_labels, seed, classifier).items()}
   shots = le_config.few_shot_per_class
   if shots > 0:
     # Averaged over several draws of the labelled examples: one draw of 5 per class is
@@ -220,8 +271,12 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
     eval_x, eval_y = extract_features(config, encode, state, mesh, source, config.eval_split)
     logging.info("%sfeatures: train %s, eval %s.", prefix or "pretrained ", train_x.shape,
                  eval_x.shape)
+    classifier = None
+    if not config.linear_eval.precompute_features:
+      classifier = train_linear_classifier_on_images(config, encode, state, mesh, source,
+                                                     train_x.shape[1])
     results.update(probe(train_x, train_y, eval_x, eval_y, source.num_classes,
-                         config.linear_eval, config.seed, prefix))
+                         config.linear_eval, config.seed, prefix, classifier))
     if not prefix and config.linear_eval.tsne_points and jax.process_index() == 0:
       picture = visualize.tsne_map(
           eval_x, eval_y, os.path.join(workdir, "tsne.png"),

@@ -133,3 +133,28 @@ def test_food101_linear_config_carries_the_protocol():
   assert (config.train_split, config.eval_split) == ("train", "validation")
   assert config.model.depth == 50 and config.linear_eval.epochs == 90
   assert config.linear_eval.learning_rate == 0.4
+
+
+def test_classifier_on_augmented_images_learns_and_leaves_the_encoder_frozen():
+  """Two easy classes (dark vs bright images) through a random encoder, SimCLR protocol."""
+  config = tiny_food101_config()
+  config.augment.normalize = False
+  config.linear_eval.epochs = 8
+  config.linear_eval.learning_rate = 0.5
+  mesh = train.create_mesh()
+  tx, _ = train.create_optimizer(config, 1, 1)
+  state = train.init_train_state(config, tx, mesh)
+  before = jax.device_get(state)
+  rng = np.random.default_rng(0)
+  labels = np.arange(64, dtype=np.int32) % 2
+  images = (rng.integers(0, 60, (64, 20, 20, 3)) + 190 * labels[:, None, None, None])
+  source = ArraySource(images.astype(np.uint8), labels)
+  source.num_classes = 2
+  encode = linear_eval.make_encoder(train.model_graphdef(config))
+
+  classifier = linear_eval.train_linear_classifier_on_images(config, encode, state, mesh,
+                                                             source, 32)
+  features, seen = linear_eval.extract_features(config, encode, state, mesh, source, "x")
+  assert linear_eval.top_k_accuracy(classifier, features, seen, 1) >= 0.9
+  for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(jax.device_get(state))):
+    np.testing.assert_array_equal(a, b)
