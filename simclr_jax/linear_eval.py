@@ -304,8 +304,8 @@ def results_table(results: dict[str, Any], few_shot: int) -> str:
     rows.append(("random-init encoder", "random_init_"))
   lines = [f"Linear probe on {results['num_eval_examples']} evaluation examples "
            f"(pretraining step {results['checkpoint_step']}):",
-           f"  {'':22}" + "".join(f"{title:>16}" for title, _ in columns)]
+           f"  {'':22}" + "".join(f"{title:>18}" for title, _ in columns)]
   for name, prefix in rows:
-    lines.append(f"  {name:22}" + "".join(f"{results[prefix + key]:>16.3f}"
+    lines.append(f"  {name:22}" + "".join(f"{results[prefix + key]:>18.3f}"
                                           for _, key in columns))
   return "\n".join(lines)
