@@ -1,0 +1,1 @@
+"""simclr_jax: SimCLR in JAX, Flax NNX and optax (see README.md)."""

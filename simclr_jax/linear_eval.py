@@ -1,9 +1,11 @@
-"""Linear evaluation: a linear classifier on the frozen encoder's features.
+"""The evaluation stage: linear probe, kNN and a t-SNE map on the frozen encoder.
 
-Restores the pretraining checkpoint from `workdir`, drops the projection head, runs the
-encoder with BatchNorm in inference mode over both splits (every example exactly once:
-padded batches with a mask), then trains a softmax classifier on the features with SGD
-(Nesterov momentum, cosine decay) and reports top-1 / top-5 on the evaluation split.
+Restores a pretraining checkpoint, drops the projection head and runs the encoder with
+BatchNorm in inference mode. Features of both splits are computed with deterministic
+preprocessing, every example exactly once (padded batches with a mask). A linear classifier
+(SGD, Nesterov momentum, cosine decay) is trained either on randomly cropped and flipped
+training images through the frozen encoder (the SimCLR protocol) or on the precomputed
+features; top-1 / top-5 on the evaluation split, beside weighted kNN on the same features.
 """
 
 from __future__ import annotations
@@ -240,29 +242,7 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
   input_pipeline.hide_accelerators_from_tensorflow()
   mesh = train.create_mesh()
   source = input_pipeline.create_source(config)
-  steps_per_epoch, num_train_steps = train.training_length(
-      config, source.num_examples(config.train_split))
-  tx, _ = train.create_optimizer(config, steps_per_epoch, num_train_steps)
-  pretrain_workdir = config.linear_eval.pretrain_workdir or workdir
-  manager = checkpoints.create_manager(pretrain_workdir, config.max_checkpoints_to_keep)
-  wanted = config.linear_eval.checkpoint_step
-  if manager.latest_step() is None or (wanted is not None and wanted not in manager.all_steps()):
-    raise NoCheckpointError(
-        f"No pretraining checkpoint{'' if wanted is None else f' at step {wanted}'} in "
-        f"{checkpoints.checkpoint_dir(pretrain_workdir)} (it has steps "
-        f"{list(manager.all_steps())}). Run `python main.py --config=... "
-        f"--workdir={pretrain_workdir}` (pretraining) first, or pick another "
-        f"--config.linear_eval.checkpoint_step.")
-  num_probe_classes = train.probe_classes(config, source)
-  encode = make_encoder(train.model_graphdef(config, num_probe_classes))
-  random_init = train.init_train_state(config, tx, mesh, num_probe_classes)
-  pretrained = checkpoints.restore(manager, random_init, wanted)
-  step = int(pretrained.step)
-  logging.info("Linear evaluation of the encoder at pretraining step %d.", step)
-
-  encoders = {"": pretrained}
-  if config.linear_eval.random_init_baseline:
-    encoders["random_init_"] = random_init
+  encode, step, encoders = _load_encoders(config, workdir, mesh, source)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0,
                                                 collection="linear_eval")
   results: dict[str, Any] = {"checkpoint_step": step}
@@ -291,6 +271,35 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
   if jax.process_index() == 0:
     print(results_table(results, config.linear_eval.few_shot_per_class))
   return results
+
+
+def _load_encoders(config, workdir: str, mesh, source):
+  """(encode, checkpoint step, {result prefix: state}) for the pretrained encoder chosen by
+  config.linear_eval (and the random-init one when asked)."""
+  steps_per_epoch, num_train_steps = train.training_length(
+      config, source.num_examples(config.train_split))
+  tx, _ = train.create_optimizer(config, steps_per_epoch, num_train_steps)
+  pretrain_workdir = config.linear_eval.pretrain_workdir or workdir
+  manager = checkpoints.create_manager(pretrain_workdir, config.max_checkpoints_to_keep)
+  wanted = config.linear_eval.checkpoint_step
+  if manager.latest_step() is None or (wanted is not None and wanted not in manager.all_steps()):
+    raise NoCheckpointError(
+        f"No pretraining checkpoint{'' if wanted is None else f' at step {wanted}'} in "
+        f"{checkpoints.checkpoint_dir(pretrain_workdir)} (it has steps "
+        f"{list(manager.all_steps())}). Run `python main.py --config=... "
+        f"--workdir={pretrain_workdir}` (pretraining) first, or pick another "
+        f"--config.linear_eval.checkpoint_step.")
+  num_probe_classes = train.probe_classes(config, source)
+  encode = make_encoder(train.model_graphdef(config, num_probe_classes))
+  # The random-init state is also the restore target (structure, dtypes, shardings).
+  random_init = train.init_train_state(config, tx, mesh, num_probe_classes)
+  pretrained = checkpoints.restore(manager, random_init, wanted)
+  step = int(pretrained.step)
+  logging.info("Linear evaluation of the encoder at pretraining step %d.", step)
+  encoders = {"": pretrained}
+  if config.linear_eval.random_init_baseline:
+    encoders["random_init_"] = random_init
+  return encode, step, encoders
 
 
 def results_table(results: dict[str, Any], few_shot: int) -> str:

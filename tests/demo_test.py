@@ -21,3 +21,7 @@ def test_demo_reaches_its_targets(tmp_path):
   assert results["top1"] >= 0.97
   assert results["top1_5shot"] >= 0.88
   assert results["top1_5shot"] >= results["random_init_top1_5shot"] + 0.08
+  # The other label-efficient measure, kNN with 5 labels per class, is clearly above too.
+  assert results["knn_top1_5shot"] >= results["random_init_knn_top1_5shot"] + 0.08
+  for key in ("top5", "knn_top1", "top5_5shot", "random_init_top1", "random_init_knn_top1"):
+    assert 0 < results[key] <= 1
