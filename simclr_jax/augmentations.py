@@ -79,8 +79,33 @@ def random_resized_crop_window(seed, height, width, area_range: Sequence[float],
   return top, left, crop_h, crop_w
 
 
+def decode_rgb(image_bytes) -> tf.Tensor:
+  """Encoded JPEG/PNG/GIF/BMP bytes -> (H, W, 3) uint8; grayscale and alpha become RGB."""
+  return tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+
+
 def random_resized_crop(image, seed, size: int, area_range, ratio_range):
-  """(H, W, 3) uint8 or float -> (size, size, 3) float32 in [0, 1]."""
+  """A random resized crop as a (size, size, 3) float32 image in [0, 1].
+
+  `image` is a decoded (H, W, 3) image or the encoded bytes of one. JPEG bytes are decoded
+  fused with the crop (tf.image.decode_and_crop_jpeg on the window sampled from the shape
+  in the header), so only the window is decoded; other formats are decoded, then cropped.
+  """
+  if image.dtype != tf.string:
+    return _crop_and_resize(image, seed, size, area_range, ratio_range)
+
+  def crop_jpeg():
+    shape = tf.image.extract_jpeg_shape(image)
+    window = random_resized_crop_window(seed, shape[0], shape[1], area_range, ratio_range)
+    return resize(tf.image.decode_and_crop_jpeg(image, tf.stack(window), channels=3), size,
+                  size)
+
+  return tf.cond(tf.io.is_jpeg(image), crop_jpeg,
+                 lambda: _crop_and_resize(decode_rgb(image), seed, size, area_range,
+                                          ratio_range))
+
+
+def _crop_and_resize(image, seed, size: int, area_range, ratio_range):
   shape = tf.shape(image)
   top, left, crop_h, crop_w = random_resized_crop_window(
       seed, shape[0], shape[1], area_range, ratio_range)
@@ -183,10 +208,10 @@ def normalize(image, mean=IMAGENET_MEAN, std=IMAGENET_STD):
 
 
 def simclr_view(image, seed, aug) -> tf.Tensor:
-  """One SimCLR view of a decoded image.
+  """One SimCLR view of an image.
 
   Args:
-    image: (H, W, 3) uint8.
+    image: (H, W, 3) uint8, or its encoded bytes (JPEG: decoded fused with the crop).
     seed: (2,) int seed for this view.
     aug: `config.augment` (see configs/default.py).
 
@@ -227,12 +252,14 @@ def eval_view(image, aug) -> tf.Tensor:
   """Deterministic view: resize the shorter side to size / crop_fraction, centre crop.
 
   Args:
-    image: (H, W, 3) uint8.
+    image: (H, W, 3) uint8, or its encoded bytes.
     aug: `config.augment`; uses image_size, eval_crop_fraction, normalize.
 
   Returns:
     (aug.image_size, aug.image_size, 3) float32.
   """
+  if image.dtype == tf.string:
+    image = decode_rgb(image)
   size = aug.image_size
   shape = tf.cast(tf.shape(image)[:2], tf.float32)
   scale = (size / aug.eval_crop_fraction) / tf.reduce_min(shape)

@@ -1,8 +1,9 @@
 """tf.data input: data sources, two-view pretraining batches, padded evaluation batches.
 
-Every source yields elements {'image': (H, W, 3) uint8, 'label': int32} for this process's
-share of a split (disjoint across processes, covering the split). Batches are host-local
-NumPy arrays; `global_batches` turns them into global jax.Arrays sharded on the mesh.
+Every source yields elements {'image', 'label': int32} for this process's share of a split
+(disjoint across processes, covering the split); 'image' is a decoded (H, W, 3) uint8 image
+or its encoded bytes, which the augmentations decode (JPEG fused with the random crop).
+Batches are host-local NumPy arrays; `global_batches` makes them global jax.Arrays.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ class TfdsSource:
 
   def local_dataset(self, split: str, shuffle: bool, seed: int) -> tf.data.Dataset:
     ds = self._as_dataset(split, shuffle, seed, tfds.split_for_jax_process(split))
-    return ds.map(_decode_tfds_example, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.map(lambda example: {"image": example["image"],
+                                   "label": tf.cast(example["label"], tf.int32)})
 
   def _as_dataset(self, split: str, shuffle: bool, seed: int,
                   subsplit=None) -> tf.data.Dataset:
@@ -85,11 +87,6 @@ class TfdsSource:
         f"  python main.py ... --config.data_dir=DIR     # local path or gs://bucket/path\n"
         f"On a machine without network access, build it where there is network and copy "
         f"DIR over (or point data_dir at a bucket that holds it). Or set TFDS_DATA_DIR.")
-
-
-def _decode_tfds_example(example):
-  image = tf.io.decode_image(example["image"], channels=3, expand_animations=False)
-  return {"image": image, "label": tf.cast(example["label"], tf.int32)}
 
 
 @dataclasses.dataclass

@@ -1,0 +1,382 @@
+"""Augmentations: each op's distribution and semantics against torchvision's definitions.
+
+Random ops are run over many fixed seeds inside one tf.function (tf.map_fn), so thousands of
+samples take about a second. Statistical tolerances are about 5 standard errors; the seeds
+are fixed, so the tests are deterministic.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import scipy.ndimage
+import scipy.stats
+import tensorflow as tf
+
+from configs import food101, food101_seed
+from simclr_jax import augmentations as aug_lib
+
+GRAY = np.array([0.299, 0.587, 0.114])
+MEAN = np.array([0.485, 0.456, 0.406])
+STD = np.array([0.229, 0.224, 0.225])
+
+
+def _seeds(n, salt=0):
+  return tf.stack([tf.range(n, dtype=tf.int64), tf.fill([n], tf.constant(salt, tf.int64))],
+                  axis=1)
+
+
+def _over_seeds(fn, n, signature, salt=0):
+  """fn(seed) for n fixed seeds, vectorised in one graph; returns NumPy."""
+  run = tf.function(lambda seeds: tf.map_fn(fn, seeds, fn_output_signature=signature,
+                                            parallel_iterations=64))
+  out = run(_seeds(n, salt))
+  return tf.nest.map_structure(lambda t: t.numpy(), out)
+
+
+def _rng_image(shape, seed=0):
+  return np.random.default_rng(seed).uniform(size=shape).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------
+# RandomResizedCrop.
+
+
+def _torchvision_crop_sizes(rng, n, height, width, scale, ratio, attempts=10):
+  """NumPy Monte-Carlo of torchvision's RandomResizedCrop.get_params (sizes only)."""
+  area = height * width
+  target = area * rng.uniform(scale[0], scale[1], (n, attempts))
+  aspect = np.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1]), (n, attempts)))
+  # np.round rounds half to even, as Python's round().
+  w = np.round(np.sqrt(target * aspect)).astype(np.int64)
+  h = np.round(np.sqrt(target / aspect)).astype(np.int64)
+  fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+  first = fits.argmax(axis=1)
+  rows = np.arange(n)
+  in_ratio = width / height
+  if in_ratio < min(ratio):
+    fw, fh = width, int(round(width / min(ratio)))
+  elif in_ratio > max(ratio):
+    fw, fh = int(round(height * max(ratio))), height
+  else:
+    fw, fh = width, height
+  any_fits = fits.any(axis=1)
+  return (np.where(any_fits, h[rows, first], fh), np.where(any_fits, w[rows, first], fw))
+
+
+def _tf_windows(n, height, width, area_range, ratio_range, salt=0):
+  return _over_seeds(
+      lambda s: tf.stack(aug_lib.random_resized_crop_window(
+          s, height, width, area_range, ratio_range)),
+      n, tf.TensorSpec([4], tf.int32), salt)
+
+
+def test_random_resized_crop_window_matches_torchvision_distribution():
+  height, width, n = 300, 400, 4000
+  windows = _tf_windows(n, height, width, (0.08, 1.0), (3 / 4, 4 / 3))
+  top, left, h, w = windows.T
+  # Inside the image.
+  assert (h > 0).all() and (w > 0).all()
+  assert (top >= 0).all() and (left >= 0).all()
+  assert (top + h <= height).all() and (left + w <= width).all()
+
+  frac = h * w / (height * width)
+  log_ratio = np.log(w / h)
+  # Ranges, up to the rounding of h and w to whole pixels.
+  assert frac.min() >= 0.08 - 0.01 and frac.max() <= 1.0
+  assert frac.min() < 0.09 and frac.max() > 0.95  # The whole range is used.
+  tol = 2.5 / 100  # log-ratio slack from rounding sides of >= ~90 pixels.
+  assert log_ratio.min() >= math.log(3 / 4) - tol
+  assert log_ratio.max() <= math.log(4 / 3) + tol
+
+  ref_h, ref_w = _torchvision_crop_sizes(np.random.default_rng(0), 100_000, height, width,
+                                         (0.08, 1.0), (3 / 4, 4 / 3))
+  ref_frac = ref_h * ref_w / (height * width)
+  ref_log_ratio = np.log(ref_w / ref_h)
+  # Rejection of crops that do not fit (h > 300 needs area > 0.75 * ratio) pulls the mean
+  # below the uniform's 0.54.
+  assert 0.49 < ref_frac.mean() < 0.53
+  se = ref_frac.std() / math.sqrt(n)
+  assert abs(frac.mean() - ref_frac.mean()) < 5 * se
+  for q in (0.25, 0.5, 0.75):
+    assert abs(np.quantile(frac, q) - np.quantile(ref_frac, q)) < 0.035, q
+  assert abs(log_ratio.mean() - ref_log_ratio.mean()) < 5 * ref_log_ratio.std() / math.sqrt(n)
+  assert scipy.stats.ks_2samp(frac, ref_frac).statistic < 0.05
+  assert scipy.stats.ks_2samp(log_ratio, ref_log_ratio).statistic < 0.05
+
+  # Offsets uniform over the valid positions: E[top] = (H - h) / 2.
+  for offset, room in ((top, height - h), (left, width - w)):
+    z = (offset - room / 2) / (room + 1)
+    assert abs(z.mean()) < 5 * 0.29 / math.sqrt(n)
+
+
+def test_random_resized_crop_window_falls_back_to_the_centre_crop():
+  # On a 100x1000 image, 99% of the area at ratio <= 4/3 needs h >= 272: nothing fits.
+  windows = _tf_windows(200, 100, 1000, (0.99, 1.0), (3 / 4, 4 / 3))
+  expected = [0, (1000 - 133) // 2, 100, 133]  # round(100 * 4 / 3) = 133.
+  np.testing.assert_array_equal(windows, np.tile(expected, (200, 1)))
+  # And a tall image: width kept, height round(100 / (3/4)) = 133.
+  windows = _tf_windows(50, 1000, 100, (0.99, 1.0), (3 / 4, 4 / 3))
+  np.testing.assert_array_equal(windows, np.tile([(1000 - 133) // 2, 0, 133, 100], (50, 1)))
+
+
+def test_random_resized_crop_is_crop_then_antialiased_resize():
+  image = (_rng_image((60, 80, 3)) * 255).astype(np.uint8)
+  seed = tf.constant([3, 4], tf.int64)
+  out = aug_lib.random_resized_crop(image, seed, 24, (0.08, 1.0), (3 / 4, 4 / 3))
+  top, left, h, w = [int(v) for v in aug_lib.random_resized_crop_window(
+      seed, 60, 80, (0.08, 1.0), (3 / 4, 4 / 3))]
+  crop = tf.image.convert_image_dtype(image[top:top + h, left:left + w], tf.float32)
+  expected = tf.image.resize(crop, (24, 24), method="bilinear", antialias=True)
+  assert out.shape == (24, 24, 3) and out.dtype == tf.float32
+  np.testing.assert_allclose(out, np.clip(expected, 0, 1), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------
+# Flip and grayscale.
+
+
+def test_random_flip_rate_and_semantics():
+  image = _rng_image((4, 6, 3))
+  n = 2000
+  out = _over_seeds(lambda s: aug_lib.random_flip(image, s, 0.5), n,
+                    tf.TensorSpec([4, 6, 3], tf.float32))
+  flipped_ref = tf.image.flip_left_right(image).numpy()
+  flipped = (out == flipped_ref).all(axis=(1, 2, 3))
+  same = (out == image).all(axis=(1, 2, 3))
+  assert (flipped ^ same).all()  # Exactly one of the two, bit for bit.
+  np.testing.assert_array_equal(flipped_ref, image[:, ::-1])
+  assert abs(flipped.mean() - 0.5) < 5 * math.sqrt(0.25 / n)
+
+
+def test_random_grayscale_rate_and_weights():
+  image = _rng_image((4, 5, 3), seed=1)
+  n = 2000
+  out = _over_seeds(lambda s: aug_lib.random_grayscale(image, s, 0.2), n,
+                    tf.TensorSpec([4, 5, 3], tf.float32))
+  luma = image.astype(np.float64) @ GRAY
+  gray = np.all(np.abs(out - luma[..., None]) < 1e-6, axis=(1, 2, 3))
+  same = (out == image).all(axis=(1, 2, 3))
+  assert (gray ^ same).all()
+  assert abs(gray.mean() - 0.2) < 5 * math.sqrt(0.16 / n)
+
+
+# ----------------------------------------------------------------------------------------
+# Colour jitter.
+
+
+def test_color_jitter_brightness_factor_is_uniform():
+  image = np.full((4, 4, 3), 0.5, np.float32)
+  n = 2000
+  out = _over_seeds(lambda s: aug_lib.color_jitter(image, s, 0.4, 0.0, 0.0, 0.0), n,
+                    tf.TensorSpec([4, 4, 3], tf.float32))
+  ratio = out / 0.5
+  assert np.abs(ratio - ratio[:, :1, :1, :1]).max() < 1e-5  # One factor per image.
+  ratio = ratio[:, 0, 0, 0]
+  assert ratio.min() >= 0.6 - 1e-5 and ratio.max() <= 1.4 + 1e-5
+  assert ratio.min() < 0.61 and ratio.max() > 1.39
+  assert scipy.stats.kstest(ratio, "uniform", args=(0.6, 0.8)).statistic < 0.06
+  assert abs(ratio.mean() - 1.0) < 5 * (0.8 / math.sqrt(12)) / math.sqrt(n)
+
+
+@pytest.mark.parametrize("factor", [0.0, 0.5, 1.0, 1.7])
+def test_adjust_brightness_contrast_saturation_match_numpy(factor):
+  x = _rng_image((6, 7, 3), seed=2).astype(np.float64)
+  gray = x @ GRAY
+  expected = {
+      aug_lib.adjust_brightness: np.clip(factor * x, 0, 1),
+      aug_lib.adjust_contrast: np.clip(factor * x + (1 - factor) * gray.mean(), 0, 1),
+      aug_lib.adjust_saturation: np.clip(factor * x + (1 - factor) * gray[..., None], 0, 1),
+  }
+  for op, ref in expected.items():
+    np.testing.assert_allclose(op(x.astype(np.float32), factor), ref, atol=1e-5,
+                               err_msg=op.__name__)
+    if factor == 1.7:
+      assert (ref == 1.0).any() and (factor * x > 1).any()  # Clipping is exercised.
+
+
+def test_adjust_hue():
+  x = _rng_image((6, 7, 3), seed=3)
+  np.testing.assert_allclose(aug_lib.adjust_hue(x, 0.0), x, atol=1e-5)
+  red = np.array([[[1.0, 0.0, 0.0]]], np.float32)
+  np.testing.assert_allclose(aug_lib.adjust_hue(red, 0.5), [[[0.0, 1.0, 1.0]]], atol=1e-5)
+  np.testing.assert_allclose(aug_lib.adjust_hue(red, 1 / 3), [[[0.0, 1.0, 0.0]]], atol=1e-5)
+  np.testing.assert_allclose(aug_lib.adjust_hue(red, -1 / 3), [[[0.0, 0.0, 1.0]]], atol=1e-5)
+  # Grey has no hue.
+  grey = np.full((2, 2, 3), 0.3, np.float32)
+  np.testing.assert_allclose(aug_lib.adjust_hue(grey, 0.37), grey, atol=1e-6)
+
+
+def _replicated_jitter(image, seed, b, c, s, h):
+  """color_jitter's draws, replicated from its seed splitting (this couples the test to its
+  internals: seeds[0..3] the four factors, argsort of 4 uniforms from seeds[4] the order).
+  Returns (output with that order, output in the fixed order b-c-s-h, order)."""
+  seeds = tf.random.experimental.stateless_split(seed, 5)
+  u = lambda i, lo, hi, shape=(): tf.random.stateless_uniform(shape, seeds[i], lo, hi)
+  factors = [u(0, max(0.0, 1 - b), 1 + b), u(1, max(0.0, 1 - c), 1 + c),
+             u(2, max(0.0, 1 - s), 1 + s), u(3, -h, h)]
+  order = tf.argsort(u(4, 0.0, 1.0, [4]))
+  ops = [aug_lib.adjust_brightness, aug_lib.adjust_contrast, aug_lib.adjust_saturation,
+         aug_lib.adjust_hue]
+  fixed = image
+  for op, f in zip(ops, factors):
+    fixed = op(fixed, f)
+  out = image
+  for position in range(4):
+    out = tf.switch_case(order[position], [
+        (lambda op=op, f=f, x=out: op(x, f)) for op, f in zip(ops, factors)])
+  return out, fixed, order
+
+
+def test_color_jitter_applies_the_four_ops_in_a_uniform_random_order():
+  image = _rng_image((5, 6, 3), seed=4)
+  jitter = (0.4, 0.4, 0.4, 0.1)
+  n = 300
+  spec = tf.TensorSpec([5, 6, 3], tf.float32)
+  out, replicated, fixed = _over_seeds(
+      lambda s: (aug_lib.color_jitter(image, s, *jitter),) + _replicated_jitter(
+          image, s, *jitter)[:2], n, (spec, spec, spec))
+  # The output is the four adjustments with the drawn factors, in the drawn order ...
+  np.testing.assert_allclose(out, replicated, atol=1e-5)
+  # ... which matters: for many seeds a fixed b-c-s-h composition gives another image
+  # (the ops commute only without clipping and without hue).
+  differs = np.abs(out - fixed).max(axis=(1, 2, 3)) > 1e-3
+  assert differs.mean() > 0.2
+
+  # The order is a uniform permutation: all 24 about equally often.
+  m = 4800
+  orders = _over_seeds(lambda s: _replicated_jitter(image, s, *jitter)[2], m,
+                       tf.TensorSpec([4], tf.int32), salt=1)
+  assert (np.sort(orders, axis=1) == np.arange(4)).all()
+  codes = orders @ np.array([64, 16, 4, 1])
+  counts = np.unique(codes, return_counts=True)[1]
+  assert len(counts) == 24
+  assert scipy.stats.chisquare(counts).pvalue > 1e-5
+  assert np.abs(counts - m / 24).max() < 5 * math.sqrt(m / 24)
+
+
+# ----------------------------------------------------------------------------------------
+# Gaussian blur.
+
+
+def test_blur_kernel_size():
+  assert aug_lib.blur_kernel_size(256) == 25
+  assert aug_lib.blur_kernel_size(224) == 23
+  assert aug_lib.blur_kernel_size(32) == 3
+  assert aug_lib.blur_kernel_size(100) == 11
+
+
+@pytest.mark.parametrize("kernel_size,sigma", [(3, 0.1), (3, 1.0), (23, 2.0), (25, 0.7)])
+def test_gaussian_kernel_1d_matches_numpy(kernel_size, sigma):
+  x = np.arange(kernel_size) - (kernel_size - 1) / 2
+  pdf = np.exp(-x**2 / (2 * sigma**2))
+  np.testing.assert_allclose(aug_lib.gaussian_kernel_1d(kernel_size, sigma), pdf / pdf.sum(),
+                             atol=1e-6)
+
+
+def test_reflect_padding_conventions_agree():
+  # torch 'reflect' == numpy 'reflect' == tf 'REFLECT' (edge not repeated) == scipy.ndimage
+  # 'mirror'; scipy's 'reflect' would repeat the edge (numpy 'symmetric').
+  x = np.arange(7.0)
+  padded = np.pad(x, 3, mode="reflect")
+  np.testing.assert_array_equal(padded, [3, 2, 1, 0, 1, 2, 3, 4, 5, 6, 5, 4, 3])
+  np.testing.assert_array_equal(tf.pad(x, [[3, 3]], mode="REFLECT"), padded)
+  w = np.random.default_rng(5).uniform(size=7)
+  valid = np.array([padded[i:i + 7] @ w for i in range(7)])
+  np.testing.assert_allclose(scipy.ndimage.correlate1d(x, w, mode="mirror"), valid)
+
+
+@pytest.mark.parametrize("shape,kernel_size,sigma", [((20, 24, 3), 7, 1.3),
+                                                      ((32, 30, 3), 25, 2.0),
+                                                      ((16, 16, 3), 3, 0.5)])
+def test_gaussian_blur_matches_scipy(shape, kernel_size, sigma):
+  image = _rng_image(shape, seed=6)
+  x = np.arange(kernel_size) - (kernel_size - 1) / 2
+  k = np.exp(-x**2 / (2 * sigma**2))
+  k /= k.sum()
+  expected = scipy.ndimage.correlate1d(image.astype(np.float64), k, axis=0, mode="mirror")
+  expected = scipy.ndimage.correlate1d(expected, k, axis=1, mode="mirror")
+  out = aug_lib.gaussian_blur(image, tf.constant(sigma), kernel_size)
+  assert out.shape == shape
+  np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+def test_gaussian_blur_of_a_constant_is_the_constant():
+  image = np.full((16, 16, 3), 0.37, np.float32)
+  np.testing.assert_allclose(aug_lib.gaussian_blur(image, 1.7, 9), image, atol=1e-6)
+
+
+def test_random_gaussian_blur_rate():
+  image = _rng_image((8, 8, 3), seed=7)
+  n = 1000
+  out = _over_seeds(lambda s: aug_lib.random_gaussian_blur(image, s, 0.5, 3, (1.0, 2.0)), n,
+                    tf.TensorSpec([8, 8, 3], tf.float32))
+  same = (out == image).all(axis=(1, 2, 3))
+  assert (np.abs(out - image).max(axis=(1, 2, 3))[~same] > 1e-2).all()
+  assert abs(same.mean() - 0.5) < 5 * math.sqrt(0.25 / n)
+
+
+# ----------------------------------------------------------------------------------------
+# Full views.
+
+
+def _seed_aug(**overrides):
+  aug = food101_seed.get_config().augment
+  aug.image_size = 32
+  aug.update(overrides)
+  return aug
+
+
+def test_configs_blur_and_jitter_strength():
+  seed_aug = food101_seed.get_config().augment
+  assert seed_aug.blur_probability == 1.0
+  assert food101.get_config().augment.blur_probability == 0.5
+  s = seed_aug.color_jitter_strength  # ColorJitter(0.4, 0.4, 0.4, 0.1).
+  assert (0.8 * s, 0.2 * s) == pytest.approx((0.4, 0.1))
+  assert seed_aug.color_jitter_probability == 0.8 and seed_aug.grayscale_probability == 0.2
+  assert aug_lib.blur_kernel_size(seed_aug.image_size) == 25
+
+
+def test_simclr_view_seed_config():
+  image = (_rng_image((48, 64, 3), seed=8) * 255).astype(np.uint8)
+  aug = _seed_aug()
+  view = aug_lib.simclr_view(image, tf.constant([1, 2], tf.int64), aug)
+  assert view.shape == (32, 32, 3) and view.dtype == tf.float32
+  np.testing.assert_array_equal(view, aug_lib.simclr_view(image, tf.constant([1, 2]), aug))
+  other = aug_lib.simclr_view(image, tf.constant([1, 3], tf.int64), aug)
+  assert np.abs(view - other).mean() > 0.05
+
+  n = 400
+  spec = tf.TensorSpec([32, 32, 3], tf.float32)
+  views = _over_seeds(lambda s: aug_lib.simclr_view(image, s, aug), n, spec)
+  lo, hi = (0 - MEAN) / STD, (1 - MEAN) / STD
+  assert (views >= lo - 1e-5).all() and (views <= hi + 1e-5).all()
+
+  raw = _over_seeds(lambda s: aug_lib.simclr_view(image, s, _seed_aug(normalize=False)), n,
+                    spec)
+  assert raw.min() >= 0.0 and raw.max() <= 1.0
+  np.testing.assert_allclose(views, (raw - MEAN) / STD, atol=1e-4)
+  # Grayscale (p = 0.2) is the only step that leaves the three channels equal.
+  gray = np.abs(raw - raw[..., :1]).max(axis=(1, 2, 3)) < 1e-6
+  assert abs(gray.mean() - 0.2) < 5 * math.sqrt(0.16 / n)
+
+
+def test_eval_view_resizes_shorter_side_and_centre_crops():
+  aug = _seed_aug(normalize=False, eval_crop_fraction=0.875)
+  image = (_rng_image((100, 200, 3), seed=9) * 255).astype(np.uint8)
+  out = aug_lib.eval_view(image, aug)
+  # 32 / 0.875 = 36.57: shorter side 100 -> 37, longer 200 -> round(73.14) = 73.
+  resized = tf.image.resize(tf.image.convert_image_dtype(image, tf.float32), (37, 73),
+                            method="bilinear", antialias=True).numpy()
+  expected = np.clip(resized, 0, 1)[2:34, 20:52]
+  assert out.shape == (32, 32, 3)
+  np.testing.assert_allclose(out, expected, atol=1e-6)
+  np.testing.assert_array_equal(out, aug_lib.eval_view(image, aug))  # Deterministic.
+  normalized = aug_lib.eval_view(image, _seed_aug(eval_crop_fraction=0.875))
+  np.testing.assert_allclose(normalized, (expected - MEAN) / STD, atol=1e-5)
+
+  bright = np.zeros((100, 200, 3), np.uint8)
+  bright[40:60, 90:110] = 255
+  out = aug_lib.eval_view(bright, aug).numpy()
+  assert out[14:18, 14:18].min() > 0.9
+  assert out[:3, :3].max() < 0.05 and out[-3:, -3:].max() < 0.05

@@ -1,0 +1,44 @@
+"""Encoded images: JPEG decoded fused with the crop equals decode-then-crop; PNG, grayscale
+and alpha images become RGB; one code path for decoded arrays and bytes."""
+
+import numpy as np
+import tensorflow as tf
+
+from simclr_jax import augmentations
+
+
+def _smooth_image(height, width):
+  y, x = np.mgrid[0:height, 0:width]
+  return np.stack([x * 255 // width, y * 255 // height, (x + y) * 255 // (height + width)],
+                  axis=-1).astype(np.uint8)
+
+
+def test_fused_jpeg_crop_equals_decode_then_crop():
+  image = _smooth_image(120, 160)
+  jpeg = tf.io.encode_jpeg(image, quality=95)
+  decoded = tf.io.decode_jpeg(jpeg, channels=3)
+  for seed in range(5):
+    seed = tf.constant([seed, 7], tf.int64)
+    fused = augmentations.random_resized_crop(jpeg, seed, 32, (0.08, 1.0), (3 / 4, 4 / 3))
+    plain = augmentations.random_resized_crop(decoded, seed, 32, (0.08, 1.0), (3 / 4, 4 / 3))
+    np.testing.assert_allclose(fused.numpy(), plain.numpy(), atol=2 / 255)
+
+
+def test_png_grayscale_and_alpha_images_become_rgb_views():
+  rgb = _smooth_image(40, 50)
+  encodings = {
+      "png": tf.io.encode_png(rgb),
+      "gray_png": tf.io.encode_png(rgb[..., :1]),
+      "rgba_png": tf.io.encode_png(np.concatenate([rgb, np.full((40, 50, 1), 128, np.uint8)],
+                                                  axis=-1)),
+      "gray_jpeg": tf.io.encode_jpeg(rgb[..., :1]),
+  }
+  seed = tf.constant([1, 2], tf.int64)
+  for name, encoded in encodings.items():
+    view = augmentations.random_resized_crop(encoded, seed, 16, (0.5, 1.0), (3 / 4, 4 / 3))
+    assert view.shape == (16, 16, 3), name
+    decoded = augmentations.decode_rgb(encoded)
+    assert decoded.shape == (40, 50, 3) and decoded.dtype == tf.uint8, name
+  # The grayscale image decodes to three equal channels.
+  gray = augmentations.decode_rgb(encodings["gray_png"]).numpy()
+  np.testing.assert_array_equal(gray[..., 0], gray[..., 2])
