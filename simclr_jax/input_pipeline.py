@@ -126,14 +126,24 @@ class DigitsSource:
     return tf.data.Dataset.from_tensor_slices({"image": images[shard], "label": labels[shard]})
 
 
+SOURCES = ("tfds", "digits", "folder", "food101_raw")
+
+
 def create_source(config):
-  """The data source named by `config.data_source`."""
+  """The data source named by `config.data_source` (one of SOURCES)."""
+  from simclr_jax import folder_sources  # pylint: disable=g-import-not-at-top
   if config.data_source == "tfds":
     return TfdsSource(config.dataset, config.get("data_dir"))
   if config.data_source == "digits":
     return DigitsSource()
-  raise ValueError(f"Unknown config.data_source {config.data_source!r}: use 'tfds' or "
-                   f"'digits'.")
+  if config.data_source in ("folder", "food101_raw") and not config.get("data_dir"):
+    raise ValueError(f"data_source={config.data_source!r} reads files: set "
+                     f"--config.data_dir to the folder.")
+  if config.data_source == "folder":
+    return folder_sources.FolderSource(config.data_dir)
+  if config.data_source == "food101_raw":
+    return folder_sources.Food101RawSource(config.data_dir)
+  raise ValueError(f"Unknown config.data_source {config.data_source!r}: use one of {SOURCES}.")
 
 
 # --------------------------------------------------------------------------- pipelines
@@ -186,7 +196,7 @@ def pretrain_dataset(config, source, start_step: int = 0) -> tf.data.Dataset:
       return {"views": views, "label": example["label"]}
     return {"views": views}
 
-  ds = ds.map(two_views, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = _skip_undecodable(ds.map(two_views, num_parallel_calls=tf.data.AUTOTUNE), source)
   ds = ds.batch(batch, drop_remainder=True)
   return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(config))
 
@@ -206,9 +216,17 @@ def linear_train_dataset(config, source) -> tf.data.Dataset:
     return {"image": augmentations.crop_flip_view(example["image"], seed, config.augment),
             "label": example["label"]}
 
-  ds = ds.map(crop_and_flip, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = _skip_undecodable(ds.map(crop_and_flip, num_parallel_calls=tf.data.AUTOTUNE), source)
   ds = ds.batch(batch, drop_remainder=True)
   return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(config))
+
+
+def _skip_undecodable(ds: tf.data.Dataset, source) -> tf.data.Dataset:
+  """Files on disk may pass the header check yet fail to decode (truncated): in training,
+  log and skip them. Evaluation does not skip: its exact count check reports the loss."""
+  if getattr(source, "reads_files", False):
+    return ds.ignore_errors(log_warning=True)
+  return ds
 
 
 def eval_dataset(config, source, split: str, batch_size: int) -> tf.data.Dataset:

@@ -93,9 +93,9 @@ def test_random_resized_crop_window_matches_torchvision_distribution():
                                          (0.08, 1.0), (3 / 4, 4 / 3))
   ref_frac = ref_h * ref_w / (height * width)
   ref_log_ratio = np.log(ref_w / ref_h)
-  # Rejection of crops that do not fit (h > 300 needs area > 0.75 * ratio) pulls the mean
-  # below the uniform's 0.54.
-  assert 0.49 < ref_frac.mean() < 0.53
+  # Rejection of crops that do not fit (h > 300 when area > 0.75 * ratio) pulls the mean
+  # well below the uniform's 0.54 (to about 0.43).
+  assert 0.40 < ref_frac.mean() < 0.47
   se = ref_frac.std() / math.sqrt(n)
   assert abs(frac.mean() - ref_frac.mean()) < 5 * se
   for q in (0.25, 0.5, 0.75):
@@ -342,7 +342,7 @@ def test_simclr_view_seed_config():
   aug = _seed_aug()
   view = aug_lib.simclr_view(image, tf.constant([1, 2], tf.int64), aug)
   assert view.shape == (32, 32, 3) and view.dtype == tf.float32
-  np.testing.assert_array_equal(view, aug_lib.simclr_view(image, tf.constant([1, 2]), aug))
+  np.testing.assert_array_equal(view, aug_lib.simclr_view(image, tf.constant([1, 2], tf.int64), aug))
   other = aug_lib.simclr_view(image, tf.constant([1, 3], tf.int64), aug)
   assert np.abs(view - other).mean() > 0.05
 
@@ -354,7 +354,7 @@ def test_simclr_view_seed_config():
 
   raw = _over_seeds(lambda s: aug_lib.simclr_view(image, s, _seed_aug(normalize=False)), n,
                     spec)
-  assert raw.min() >= 0.0 and raw.max() <= 1.0
+  assert raw.min() >= -1e-6 and raw.max() <= 1.0 + 1e-6  # Float rounding in the blur.
   np.testing.assert_allclose(views, (raw - MEAN) / STD, atol=1e-4)
   # Grayscale (p = 0.2) is the only step that leaves the three channels equal.
   gray = np.abs(raw - raw[..., :1]).max(axis=(1, 2, 3)) < 1e-6

@@ -1,0 +1,153 @@
+"""Image files on disk as data sources: class folders, a flat folder, the raw Food-101.
+
+Files are listed once; any that is empty or not an image (checked from its first bytes) is
+skipped and counted, with a few example paths logged. Elements carry the encoded bytes, so
+JPEGs are decoded fused with the random crop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from simclr_jax.input_pipeline import DatasetNotFoundError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
+# Leading bytes of the formats tf.io.decode_image reads.
+MAGIC_NUMBERS = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
+
+
+@dataclasses.dataclass
+class FileList:
+  """Readable image paths with integer labels (-1: unlabelled), and what was skipped."""
+  paths: list[str]
+  labels: list[int]
+  skipped: list[str]
+
+
+def looks_like_an_image(path: str) -> bool:
+  """True if the file is non-empty and starts like a JPEG, PNG, GIF or BMP."""
+  try:
+    with open(path, "rb") as f:
+      head = f.read(8)
+  except OSError:
+    return False
+  return any(head.startswith(magic) for magic in MAGIC_NUMBERS)
+
+
+def _keep_readable(paths: list[str], labels: list[int], where: str) -> FileList:
+  keep = [looks_like_an_image(p) for p in paths]
+  skipped = [p for p, k in zip(paths, keep) if not k]
+  if skipped:
+    logging.warning("Skipped %d unreadable files (empty or not an image) in %s, e.g. %s.",
+                    len(skipped), where, skipped[:5])
+  return FileList([p for p, k in zip(paths, keep) if k],
+                  [label for label, k in zip(labels, keep) if k], skipped)
+
+
+def _image_files(folder: str) -> list[str]:
+  return sorted(os.path.join(folder, name) for name in os.listdir(folder)
+                if name.lower().endswith(IMAGE_EXTENSIONS))
+
+
+class _FileSource:
+  """Shared by the folder sources: `_files(split)` gives the split's FileList."""
+  num_classes: int
+  reads_files = True  # Truncated files are skipped in training (input_pipeline).
+
+  def _files(self, split: str) -> FileList:
+    raise NotImplementedError
+
+  def num_examples(self, split: str) -> int:
+    return len(self._files(split).paths)
+
+  def num_skipped(self, split: str) -> int:
+    return len(self._files(split).skipped)
+
+  def local_dataset(self, split: str, shuffle: bool, seed: int) -> tf.data.Dataset:
+    """This process's contiguous share of the split, {'image': bytes, 'label': int32}."""
+    files = self._files(split)
+    share = np.array_split(np.arange(len(files.paths)), jax.process_count())[
+        jax.process_index()]
+    paths = np.array(files.paths, dtype=object)[share].astype(str)
+    labels = np.array(files.labels, np.int32)[share]
+    ds = tf.data.Dataset.from_tensor_slices({"path": paths, "label": labels})
+    if shuffle:  # File order first, so the shuffle buffer mixes classes from the start.
+      ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    return ds.map(lambda e: {"image": tf.io.read_file(e["path"]), "label": e["label"]},
+                  num_parallel_calls=tf.data.AUTOTUNE)
+
+
+class FolderSource(_FileSource):
+  """torchvision's ImageFolder layout: root/<class>/<image>; or a flat folder of images
+  (unlabelled, label -1, for pretraining only). If root/<split> exists (e.g. root/train,
+  root/test), the split is read from there, else every split is the whole root."""
+
+  def __init__(self, root: str):
+    if not os.path.isdir(root):
+      raise DatasetNotFoundError(f"Image folder {root!r} does not exist (config.data_dir).")
+    self.root = root
+    self._cache: dict[str, FileList] = {}
+    self.classes = self._class_names(self._split_root("train"))
+    self.num_classes = len(self.classes)
+
+  def _split_root(self, split: str) -> str:
+    candidate = os.path.join(self.root, split)
+    return candidate if os.path.isdir(candidate) else self.root
+
+  @staticmethod
+  def _class_names(folder: str) -> list[str]:
+    return sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d))
+                  and d not in ("train", "test", "val", "validation"))
+
+  def _files(self, split: str) -> FileList:
+    if split not in self._cache:
+      folder = self._split_root(split)
+      if self.classes:
+        paths, labels = [], []
+        for label, name in enumerate(self.classes):
+          files = _image_files(os.path.join(folder, name))
+          paths += files
+          labels += [label] * len(files)
+      else:
+        paths = _image_files(folder)
+        labels = [-1] * len(paths)
+      if not paths:
+        raise DatasetNotFoundError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}.")
+      self._cache[split] = _keep_readable(paths, labels, folder)
+    return self._cache[split]
+
+
+class Food101RawSource(_FileSource):
+  """The Food-101 archive as unpacked: food-101/images/<class>/<id>.jpg with the official
+  splits in food-101/meta/{train,test}.txt and the classes in meta/classes.txt."""
+
+  def __init__(self, root: str):
+    meta = os.path.join(root, "meta", "classes.txt")
+    if not os.path.exists(meta):
+      raise DatasetNotFoundError(
+          f"{meta} not found: config.data_dir must be the unpacked food-101 folder "
+          f"(with images/ and meta/).")
+    self.root = root
+    with open(meta) as f:
+      self.classes = [line.strip() for line in f if line.strip()]
+    self.num_classes = len(self.classes)
+    self._cache: dict[str, FileList] = {}
+
+  def _files(self, split: str) -> FileList:
+    if split not in self._cache:
+      listing = os.path.join(self.root, "meta", f"{split}.txt")
+      if not os.path.exists(listing):
+        raise ValueError(f"Food-101 has splits 'train' and 'test' (meta/*.txt), not {split!r}.")
+      index = {name: i for i, name in enumerate(self.classes)}
+      with open(listing) as f:
+        entries = [line.strip() for line in f if line.strip()]
+      paths = [os.path.join(self.root, "images", entry + ".jpg") for entry in entries]
+      labels = [index[entry.split("/")[0]] for entry in entries]
+      self._cache[split] = _keep_readable(paths, labels, listing)
+    return self._cache[split]

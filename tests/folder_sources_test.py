@@ -1,0 +1,84 @@
+"""Folder sources: class folders, flat folders, the raw Food-101 layout; bad files counted."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from configs import demo
+from simclr_jax import folder_sources, input_pipeline
+
+
+def _write_jpeg(path, value, size=(24, 32)):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  image = np.full((*size, 3), value, np.uint8)
+  tf.io.write_file(path, tf.io.encode_jpeg(image))
+
+
+def _class_tree(root, per_class=3):
+  for label, name in enumerate(["apple_pie", "sushi"]):
+    for i in range(per_class):
+      _write_jpeg(os.path.join(root, name, f"{i}.jpg"), 40 + 150 * label)
+
+
+def _labels(source, split):
+  return sorted(int(e["label"]) for e in source.local_dataset(split, False, 0))
+
+
+def test_class_folders_with_bad_files_skipped_and_counted(tmp_path):
+  _class_tree(str(tmp_path))
+  (tmp_path / "sushi" / "empty.jpg").write_bytes(b"")
+  (tmp_path / "sushi" / "notes.jpg").write_text("not an image")
+  source = folder_sources.FolderSource(str(tmp_path))
+  assert source.classes == ["apple_pie", "sushi"] and source.num_classes == 2
+  assert source.num_examples("train") == 6 and source.num_skipped("train") == 2
+  assert _labels(source, "train") == [0, 0, 0, 1, 1, 1]
+  # The elements decode through the shared augmentation path.
+  element = next(iter(source.local_dataset("train", True, 0)))
+  assert element["image"].dtype == tf.string
+
+
+def test_train_and_test_subfolders_are_the_splits(tmp_path):
+  _class_tree(str(tmp_path / "train"), per_class=3)
+  _class_tree(str(tmp_path / "test"), per_class=2)
+  source = folder_sources.FolderSource(str(tmp_path))
+  assert source.num_examples("train") == 6 and source.num_examples("test") == 4
+
+
+def test_flat_folder_is_unlabelled(tmp_path):
+  for i in range(4):
+    _write_jpeg(str(tmp_path / f"{i}.jpg"), 10 * i)
+  source = folder_sources.FolderSource(str(tmp_path))
+  assert source.num_classes == 0 and _labels(source, "train") == [-1] * 4
+
+
+def test_raw_food101_layout_uses_the_official_splits(tmp_path):
+  root = tmp_path / "food-101"
+  _class_tree(str(root / "images"))
+  (root / "meta").mkdir()
+  (root / "meta" / "classes.txt").write_text("apple_pie\nsushi\n")
+  (root / "meta" / "train.txt").write_text("apple_pie/0\napple_pie/1\nsushi/0\nsushi/1\n")
+  (root / "meta" / "test.txt").write_text("apple_pie/2\nsushi/2\n")
+  source = folder_sources.Food101RawSource(str(root))
+  assert source.num_examples("train") == 4 and _labels(source, "test") == [0, 1]
+  with pytest.raises(ValueError, match="splits 'train' and 'test'"):
+    source.num_examples("validation")
+
+
+def test_pretraining_batches_from_a_folder_with_a_truncated_jpeg(tmp_path):
+  _class_tree(str(tmp_path), per_class=4)
+  good = (tmp_path / "sushi" / "0.jpg").read_bytes()
+  (tmp_path / "sushi" / "truncated.jpg").write_bytes(good[:len(good) // 3])
+  config = demo.get_config()
+  config.data_source, config.data_dir, config.batch_size = "folder", str(tmp_path), 4
+  source = input_pipeline.create_source(config)
+  batches = list(input_pipeline.pretrain_dataset(config, source).take(3).as_numpy_iterator())
+  assert [b["views"].shape for b in batches] == [(4, 2, 16, 16, 3)] * 3
+
+
+def test_missing_folder_is_a_clear_error(tmp_path):
+  with pytest.raises(input_pipeline.DatasetNotFoundError, match="does not exist"):
+    folder_sources.FolderSource(str(tmp_path / "nowhere"))
+  with pytest.raises(input_pipeline.DatasetNotFoundError, match="unpacked food-101"):
+    folder_sources.Food101RawSource(str(tmp_path))
