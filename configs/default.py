@@ -21,7 +21,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_split = "validation"
   config.shuffle_buffer = 16_384
   config.data_threads = 0  # tf.data threads; 0 = all cores (half when JAX runs on CPU).
-  config.data_deterministic = False
+  config.data_deterministic = False  # Deterministic element order (slower); for tests.
+  config.cache_encoded_images = False  # Hold the encoded training images in host memory.
 
   # Augmentations (SimCLR paper, Appendix A): colour strength s gives ColorJitter
   # (0.8s, 0.8s, 0.8s, 0.2s).

@@ -87,3 +87,14 @@ def test_labels_reach_the_batches_only_for_the_online_probe():
   config.online_probe = False
   batch = next(input_pipeline.pretrain_dataset(config, source).as_numpy_iterator())
   assert set(batch) == {"views"}
+
+
+def test_cached_and_uncached_streams_are_identical():
+  config = demo.get_config()
+  config.batch_size = 16
+  source = input_pipeline.DigitsSource()
+  plain = _first_batches(config, source, 2)
+  config.cache_encoded_images = True
+  cached = _first_batches(config, source, 2)
+  for a, b in zip(plain, cached):
+    np.testing.assert_array_equal(a, b)
