@@ -2,6 +2,7 @@
 
 import os
 
+import jax
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -19,7 +20,7 @@ def _write_jpeg(path, value, size=(24, 32)):
 def _class_tree(root, per_class=3):
   for label, name in enumerate(["apple_pie", "sushi"]):
     for i in range(per_class):
-      _write_jpeg(os.path.join(root, name, f"{i}.jpg"), 40 + 150 * label)
+      _write_jpeg(os.path.join(root, name, f"{i}.jpg"), 40 + 150 * label + 5 * i)
 
 
 def _labels(source, split):
@@ -82,3 +83,23 @@ def test_missing_folder_is_a_clear_error(tmp_path):
     folder_sources.FolderSource(str(tmp_path / "nowhere"))
   with pytest.raises(input_pipeline.DatasetNotFoundError, match="unpacked food-101"):
     folder_sources.Food101RawSource(str(tmp_path))
+
+
+@pytest.mark.parametrize("processes", [2, 3])
+def test_process_shares_are_disjoint_and_cover_the_split(tmp_path, monkeypatch, processes):
+  _class_tree(str(tmp_path), per_class=4)  # 8 files, all different.
+  sources = {"folder": folder_sources.FolderSource(str(tmp_path)),
+             "digits": input_pipeline.DigitsSource()}
+  for name, source in sources.items():
+    shares = []
+    for index in range(processes):
+      monkeypatch.setattr(jax, "process_count", lambda: processes)
+      monkeypatch.setattr(jax, "process_index", lambda index=index: index)
+      shares.append([np.asarray(e["image"]).tobytes() + np.asarray(e["label"]).tobytes()
+                     for e in source.local_dataset("train", False, 0).as_numpy_iterator()])
+    sizes = [len(share) for share in shares]
+    assert sum(sizes) == source.num_examples("train"), name
+    assert max(sizes) - min(sizes) <= 1, name
+    if name == "folder":
+      everything = [item for share in shares for item in share]
+      assert len(set(everything)) == len(everything) == 8
