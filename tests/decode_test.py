@@ -42,3 +42,17 @@ def test_png_grayscale_and_alpha_images_become_rgb_views():
   # The grayscale image decodes to three equal channels.
   gray = augmentations.decode_rgb(encodings["gray_png"]).numpy()
   np.testing.assert_array_equal(gray[..., 0], gray[..., 2])
+
+
+def test_cmyk_jpeg_decodes_to_its_rgb_colours():
+  import io  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  buffer = io.BytesIO()
+  Image.fromarray(np.full((20, 30, 3), [200, 50, 10], np.uint8)).convert("CMYK").save(
+      buffer, format="JPEG")
+  cmyk_jpeg = tf.constant(buffer.getvalue())
+  np.testing.assert_allclose(augmentations.decode_rgb(cmyk_jpeg).numpy()[10, 15],
+                             [200, 50, 10], atol=3)
+  view = augmentations.random_resized_crop(cmyk_jpeg, tf.constant([0, 1], tf.int64), 8,
+                                           (0.5, 1.0), (3 / 4, 4 / 3))
+  np.testing.assert_allclose(view.numpy()[4, 4] * 255, [200, 50, 10], atol=3)
