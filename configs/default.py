@@ -10,11 +10,10 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
 
-  # Data. data_source: 'tfds' (any TFDS image dataset named by `dataset`, in data_dir),
-  # 'digits' (scikit-learn's, offline), 'folder' (data_dir/<class>/<image>, or a flat
-  # folder of unlabelled images; data_dir/train and data_dir/test used when present) or
-  # 'food101_raw' (data_dir = the unpacked food-101/ with images/ and meta/).
-  config.data_source = "tfds"
+  # Data. dataset: a TFDS image dataset's name (read from data_dir), 'digits' (scikit-learn's,
+  # offline), 'folder' (data_dir/<class>/<image>, or a flat folder of unlabelled images;
+  # data_dir/train and data_dir/test are the splits when present) or 'food101_raw'
+  # (data_dir = the unpacked food-101/ with images/ and meta/; splits train and test).
   config.dataset = "food101"
   config.data_dir = ml_collections.config_dict.placeholder(str)  # Local path or gs://.
   config.train_split = "train"

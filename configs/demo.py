@@ -10,7 +10,6 @@ from configs import default
 
 def get_config():
   config = default.get_config()
-  config.data_source = "digits"
   config.dataset = "digits"
   config.train_split = "train"
   config.eval_split = "test"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jax
 
-from simclr_jax import input_pipeline, models
+from simclr_jax import models
 
 
 class ConfigError(ValueError):
@@ -46,8 +46,6 @@ def check_pretrain_config(config) -> None:
   _require(config.optimizer.schedule_unit in ("step", "epoch"),
            f"optimizer.schedule_unit must be 'step' or 'epoch', got "
            f"{config.optimizer.schedule_unit!r}.")
-  _require(config.data_source in input_pipeline.SOURCES,
-           f"data_source must be one of {input_pipeline.SOURCES}, got {config.data_source!r}.")
   _check_augment(config.augment)
   _require(config.num_epochs > 0 or config.num_train_steps > 0,
            "Set num_epochs > 0 or num_train_steps > 0.")

@@ -44,7 +44,12 @@ class TfdsSource:
   data_dir: str | None = None
 
   def __post_init__(self):
-    self._builder = tfds.builder(self.name, data_dir=self.data_dir)
+    try:
+      self._builder = tfds.builder(self.name, data_dir=self.data_dir)
+    except tfds.core.registered.DatasetNotFoundError as e:
+      raise DatasetNotFoundError(
+          f"Unknown dataset {self.name!r}: config.dataset is a TFDS name (e.g. food101, "
+          f"cifar10) or one of {LOCAL_DATASETS}.\n{e}") from e
 
   @property
   def num_classes(self) -> int:
@@ -126,24 +131,23 @@ class DigitsSource:
     return tf.data.Dataset.from_tensor_slices({"image": images[shard], "label": labels[shard]})
 
 
-SOURCES = ("tfds", "digits", "folder", "food101_raw")
+LOCAL_DATASETS = ("digits", "folder", "food101_raw")  # Any other name is a TFDS dataset.
 
 
 def create_source(config):
-  """The data source named by `config.data_source` (one of SOURCES)."""
+  """The data source that `config.dataset` names: 'digits' (scikit-learn's, offline),
+  'folder' or 'food101_raw' (image files under config.data_dir), else a TFDS dataset."""
   from simclr_jax import folder_sources  # pylint: disable=g-import-not-at-top
-  if config.data_source == "tfds":
-    return TfdsSource(config.dataset, config.get("data_dir"))
-  if config.data_source == "digits":
+  if config.dataset == "digits":
     return DigitsSource()
-  if config.data_source in ("folder", "food101_raw") and not config.get("data_dir"):
-    raise ValueError(f"data_source={config.data_source!r} reads files: set "
-                     f"--config.data_dir to the folder.")
-  if config.data_source == "folder":
+  if config.dataset in ("folder", "food101_raw") and not config.get("data_dir"):
+    raise DatasetNotFoundError(f"dataset={config.dataset!r} reads image files: set "
+                               f"--config.data_dir to their folder.")
+  if config.dataset == "folder":
     return folder_sources.FolderSource(config.data_dir)
-  if config.data_source == "food101_raw":
+  if config.dataset == "food101_raw":
     return folder_sources.Food101RawSource(config.data_dir)
-  raise ValueError(f"Unknown config.data_source {config.data_source!r}: use one of {SOURCES}.")
+  return TfdsSource(config.dataset, config.get("data_dir"))
 
 
 # --------------------------------------------------------------------------- pipelines

@@ -72,10 +72,17 @@ def test_pretraining_batches_from_a_folder_with_a_truncated_jpeg(tmp_path):
   good = (tmp_path / "sushi" / "0.jpg").read_bytes()
   (tmp_path / "sushi" / "truncated.jpg").write_bytes(good[:len(good) // 3])
   config = demo.get_config()
-  config.data_source, config.data_dir, config.batch_size = "folder", str(tmp_path), 4
+  config.dataset, config.data_dir, config.batch_size = "folder", str(tmp_path), 4
   source = input_pipeline.create_source(config)
   batches = list(input_pipeline.pretrain_dataset(config, source).take(3).as_numpy_iterator())
   assert [b["views"].shape for b in batches] == [(4, 2, 16, 16, 3)] * 3
+
+
+def test_unknown_dataset_names_the_choices():
+  config = demo.get_config()
+  config.dataset = "food10l"
+  with pytest.raises(input_pipeline.DatasetNotFoundError, match="Unknown dataset 'food10l'"):
+    input_pipeline.create_source(config)
 
 
 def test_missing_folder_is_a_clear_error(tmp_path):
