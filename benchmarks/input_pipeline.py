@@ -6,7 +6,7 @@
 
 For each image size it builds the project's pretraining input exactly as training does
 (`input_pipeline.pretrain_dataset` with configs/food101_seed.py: the seed's augmentations,
-blur on every view; data_source 'folder' on --dir; batch --batch; data_threads --threads,
+blur on every view; dataset 'folder', data_dir --dir; batch --batch; data_threads --threads,
 0 = every core this process may use), runs --warmup batches, times --batches batches as
 NumPy arrays and prints one JSON line:
 
@@ -45,7 +45,6 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-posi
 
 from configs import food101_seed  # pylint: disable=g-import-not-at-top,wrong-import-position
 from simclr_jax import augmentations  # pylint: disable=g-import-not-at-top,wrong-import-position
-from simclr_jax import folder_sources  # pylint: disable=g-import-not-at-top,wrong-import-position
 from simclr_jax import input_pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
@@ -59,7 +58,7 @@ def usable_cores() -> int:
 def seed_config(data_dir: str, size: int, batch: int, threads: int):
   config = food101_seed.get_config()
   config.augment.image_size = size
-  config.data_source = "folder"
+  config.dataset = "folder"  # Image files under data_dir (input_pipeline.create_source).
   config.data_dir = data_dir
   config.batch_size = batch
   config.data_threads = threads
@@ -78,7 +77,7 @@ def _options(threads: int) -> tf.data.Options:
 def time_pipeline(data_dir: str, size: int, batch: int, batches: int, warmup: int,
                   threads: int) -> dict:
   config = seed_config(data_dir, size, batch, threads)
-  source = folder_sources.FolderSource(data_dir)
+  source = input_pipeline.create_source(config)
   ds = input_pipeline.pretrain_dataset(config, source)
   iterator = ds.as_numpy_iterator()
   for _ in range(warmup):  # Starts the threads, fills the shuffle buffer, traces the map.
@@ -97,7 +96,8 @@ def time_pipeline(data_dir: str, size: int, batch: int, batches: int, warmup: in
 
 
 def _file_bytes(data_dir: str) -> list[bytes]:
-  paths = folder_sources.FolderSource(data_dir)._files("train").paths  # pylint: disable=protected-access
+  paths = sorted(os.path.join(folder, name) for folder, _, names in os.walk(data_dir)
+                 for name in names if name.lower().endswith((".jpg", ".jpeg")))
   contents = []
   for path in paths:
     with open(path, "rb") as f:
@@ -116,7 +116,7 @@ def _images_per_s(ds: tf.data.Dataset, images: int, chunk: int = 64) -> float:
   return chunks * chunk / (time.perf_counter() - start)
 
 
-def decode_limits(data_dir: str, threads: int, images: int, size: int) -> dict:
+def decode_limits(data_dir: str, threads: int, images: int) -> dict:
   """Images/s for a full decode_jpeg of each file, and for two random crop-decodes of each
   (the pipeline's own decoding, windows sampled as the pipeline does), bytes in memory."""
   contents = _file_bytes(data_dir)
@@ -128,7 +128,7 @@ def decode_limits(data_dir: str, threads: int, images: int, size: int) -> dict:
   full = encoded.map(full_decode, num_parallel_calls=threads).with_options(_options(threads))
   full_rate = _images_per_s(full, images)
 
-  aug = seed_config(data_dir, size, 64, threads).augment
+  aug = food101_seed.get_config().augment  # Crop windows do not depend on image_size.
   indexed = tf.data.Dataset.zip(encoded, tf.data.Dataset.counter())
 
   def two_crop_decodes(image_bytes, position):
@@ -174,7 +174,7 @@ def main():
   sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
   limit = None
   if not args.no_decode_limit:
-    limit = decode_limits(args.dir, threads, args.decode_images, max(sizes))
+    limit = decode_limits(args.dir, threads, args.decode_images)
     print(json.dumps(limit), flush=True)
   for size in sizes:
     result = time_pipeline(args.dir, size, args.batch, args.batches, args.warmup, threads)
