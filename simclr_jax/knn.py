@@ -12,15 +12,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-
-def _normalize(x: jax.Array) -> jax.Array:
-  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-24))
+from simclr_jax import losses
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "k"))
 def _class_scores(queries, keys, key_labels, *, num_classes: int, k: int, temperature):
   """(q, F) queries, (n, F) keys -> (q, num_classes) summed neighbour weights."""
-  similarity = _normalize(queries) @ _normalize(keys).T                   # (q, n)
+  similarity = losses.l2_normalize(queries) @ losses.l2_normalize(keys).T  # (q, n)
   top_similarity, top_index = jax.lax.top_k(similarity, k)                # (q, k)
   weights = jnp.exp(top_similarity / temperature)
   votes = jax.nn.one_hot(key_labels[top_index], num_classes) * weights[..., None]

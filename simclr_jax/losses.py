@@ -16,7 +16,8 @@ import optax
 from jax.sharding import Mesh, PartitionSpec as P
 
 
-def _l2_normalize(x: jax.Array) -> jax.Array:
+def l2_normalize(x: jax.Array) -> jax.Array:
+  """Rows of x scaled to unit L2 norm."""
   # torch.nn.functional.normalize: x / max(||x||, 1e-12). Written with the squared norm so
   # that an all-zero row has a finite gradient (d sqrt/dx is infinite at 0).
   squared_norm = jnp.sum(x * x, axis=-1, keepdims=True)
@@ -66,7 +67,7 @@ def nt_xent(z1: jax.Array, z2: jax.Array, temperature: float = 0.5) -> jax.Array
 def nt_xent_with_accuracy(z1: jax.Array, z2: jax.Array,
                           temperature: float) -> tuple[jax.Array, jax.Array]:
   """(loss, contrastive top-1 accuracy) for (N, D) embeddings on one device."""
-  z1, z2 = _l2_normalize(z1), _l2_normalize(z2)
+  z1, z2 = l2_normalize(z1), l2_normalize(z2)
   keys = jnp.concatenate([z1, z2], axis=0)
   losses, correct = _anchor_losses(z1, z2, keys, 0, temperature)
   return jnp.mean(losses), jnp.mean(correct)
@@ -94,7 +95,7 @@ def sharded_nt_xent(z1: jax.Array, z2: jax.Array, temperature: float, mesh: Mesh
   @functools.partial(jax.shard_map, mesh=mesh, in_specs=(P(axis_name), P(axis_name)),
                      out_specs=(P(), P()))
   def per_shard(local_z1, local_z2):
-    local_z1, local_z2 = _l2_normalize(local_z1), _l2_normalize(local_z2)
+    local_z1, local_z2 = l2_normalize(local_z1), l2_normalize(local_z2)
     all_z1 = jax.lax.all_gather(local_z1, axis_name, tiled=True)        # (N, D)
     all_z2 = jax.lax.all_gather(local_z2, axis_name, tiled=True)        # (N, D)
     keys = jnp.concatenate([all_z1, all_z2], axis=0)                    # (2N, D)
