@@ -1,7 +1,8 @@
 """Image files on disk as data sources: class folders, a flat folder, the raw Food-101.
 
-Files are listed once; any that is empty or not an image (checked from its first bytes) is
-skipped and counted, with a few example paths logged. Elements carry the encoded bytes, so
+Files are listed once; any that is empty, not an image (checked from its first bytes) or
+truncated (no end marker, JPEG and PNG) is skipped and counted, with a few example paths
+logged. Elements carry the encoded bytes, so
 JPEGs are decoded fused with the random crop.
 """
 
@@ -30,21 +31,36 @@ class FileList:
   skipped: list[str]
 
 
+# Bytes that end a complete file: JPEG's end-of-image marker, PNG's IEND chunk type.
+END_MARKERS = {b"\xff\xd8\xff": b"\xff\xd9", b"\x89PNG\r\n\x1a\n": b"IEND"}
+TAIL_BYTES = 4096  # Where the end marker must be: trailers longer than this are rare.
+
+
 def looks_like_an_image(path: str) -> bool:
-  """True if the file is non-empty and starts like a JPEG, PNG, GIF or BMP."""
+  """True if the file is non-empty, starts like a JPEG, PNG, GIF or BMP, and (JPEG, PNG)
+  has its end marker within its last TAIL_BYTES bytes: a truncated download or copy
+  fails this test rather than the decoder in the middle of training."""
   try:
     with open(path, "rb") as f:
       head = f.read(8)
+      magic = next((m for m in MAGIC_NUMBERS if head.startswith(m)), None)
+      if magic is None:
+        return False
+      end_marker = END_MARKERS.get(magic)
+      if end_marker is None:
+        return True
+      f.seek(max(0, os.fstat(f.fileno()).st_size - TAIL_BYTES))
+      return end_marker in f.read()
   except OSError:
     return False
-  return any(head.startswith(magic) for magic in MAGIC_NUMBERS)
 
 
 def _keep_readable(paths: list[str], labels: list[int], where: str) -> FileList:
   keep = [looks_like_an_image(p) for p in paths]
   skipped = [p for p, k in zip(paths, keep) if not k]
   if skipped:
-    logging.warning("Skipped %d unreadable files (empty or not an image) in %s, e.g. %s.",
+    logging.warning("Skipped %d unreadable files (empty, truncated or not an image) in %s, "
+                    "e.g. %s.",
                     len(skipped), where, skipped[:5])
   return FileList([p for p, k in zip(paths, keep) if k],
                   [label for label, k in zip(labels, keep) if k], skipped)
@@ -58,7 +74,7 @@ def _image_files(folder: str) -> list[str]:
 class _FileSource:
   """Shared by the folder sources: `_files(split)` gives the split's FileList."""
   num_classes: int
-  reads_files = True  # Truncated files are skipped in training (input_pipeline).
+  reads_files = True  # Files corrupt inside are skipped in training (input_pipeline).
 
   def _files(self, split: str) -> FileList:
     raise NotImplementedError

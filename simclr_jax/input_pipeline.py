@@ -234,8 +234,9 @@ def _maybe_cache(ds: tf.data.Dataset, config) -> tf.data.Dataset:
 
 
 def _skip_undecodable(ds: tf.data.Dataset, source) -> tf.data.Dataset:
-  """Files on disk may pass the header check yet fail to decode (truncated): in training,
-  log and skip them. Evaluation does not skip: its exact count check reports the loss."""
+  """A file can pass the listing checks (header, end marker) and still be corrupt inside:
+  in training, each such file is logged with its error and skipped. Evaluation does not
+  skip: its exact count check reports the loss."""
   if getattr(source, "reads_files", False):
     return ds.ignore_errors(log_warning=True)
   return ds

@@ -5,6 +5,7 @@ samples take about a second. Statistical tolerances are about 5 standard errors;
 are fixed, so the tests are deterministic.
 """
 
+import colorsys
 import math
 
 import numpy as np
@@ -36,6 +37,12 @@ def _over_seeds(fn, n, signature, salt=0):
 
 def _rng_image(shape, seed=0):
   return np.random.default_rng(seed).uniform(size=shape).astype(np.float32)
+
+
+def _channels_last_op(op):
+  """A photometric op (channels-first, (3, H, W)) applied to an (H, W, 3) NumPy image."""
+  return lambda image, *args: np.transpose(
+      op(np.transpose(image, (2, 0, 1)), *args).numpy(), (1, 2, 0))
 
 
 # ----------------------------------------------------------------------------------------
@@ -137,25 +144,24 @@ def test_random_resized_crop_is_crop_then_antialiased_resize():
 
 
 def test_random_flip_rate_and_semantics():
-  image = _rng_image((4, 6, 3))
+  image = _rng_image((3, 4, 6))  # Channels first.
   n = 2000
   out = _over_seeds(lambda s: aug_lib.random_flip(image, s, 0.5), n,
-                    tf.TensorSpec([4, 6, 3], tf.float32))
-  flipped_ref = tf.image.flip_left_right(image).numpy()
+                    tf.TensorSpec([3, 4, 6], tf.float32))
+  flipped_ref = image[:, :, ::-1]  # Left-right: the width axis reversed.
   flipped = (out == flipped_ref).all(axis=(1, 2, 3))
   same = (out == image).all(axis=(1, 2, 3))
   assert (flipped ^ same).all()  # Exactly one of the two, bit for bit.
-  np.testing.assert_array_equal(flipped_ref, image[:, ::-1])
   assert abs(flipped.mean() - 0.5) < 5 * math.sqrt(0.25 / n)
 
 
 def test_random_grayscale_rate_and_weights():
-  image = _rng_image((4, 5, 3), seed=1)
+  image = _rng_image((3, 4, 5), seed=1)  # Channels first.
   n = 2000
   out = _over_seeds(lambda s: aug_lib.random_grayscale(image, s, 0.2), n,
-                    tf.TensorSpec([4, 5, 3], tf.float32))
-  luma = image.astype(np.float64) @ GRAY
-  gray = np.all(np.abs(out - luma[..., None]) < 1e-6, axis=(1, 2, 3))
+                    tf.TensorSpec([3, 4, 5], tf.float32))
+  luma = np.tensordot(GRAY, image.astype(np.float64), axes=1)
+  gray = np.all(np.abs(out - luma[None]) < 1e-6, axis=(1, 2, 3))
   same = (out == image).all(axis=(1, 2, 3))
   assert (gray ^ same).all()
   assert abs(gray.mean() - 0.2) < 5 * math.sqrt(0.16 / n)
@@ -166,10 +172,10 @@ def test_random_grayscale_rate_and_weights():
 
 
 def test_color_jitter_brightness_factor_is_uniform():
-  image = np.full((4, 4, 3), 0.5, np.float32)
+  image = np.full((3, 4, 4), 0.5, np.float32)
   n = 2000
   out = _over_seeds(lambda s: aug_lib.color_jitter(image, s, 0.4, 0.0, 0.0, 0.0), n,
-                    tf.TensorSpec([4, 4, 3], tf.float32))
+                    tf.TensorSpec([3, 4, 4], tf.float32))
   ratio = out / 0.5
   assert np.abs(ratio - ratio[:, :1, :1, :1]).max() < 1e-5  # One factor per image.
   ratio = ratio[:, 0, 0, 0]
@@ -189,22 +195,36 @@ def test_adjust_brightness_contrast_saturation_match_numpy(factor):
       aug_lib.adjust_saturation: np.clip(factor * x + (1 - factor) * gray[..., None], 0, 1),
   }
   for op, ref in expected.items():
-    np.testing.assert_allclose(op(x.astype(np.float32), factor), ref, atol=1e-5,
-                               err_msg=op.__name__)
+    np.testing.assert_allclose(_channels_last_op(op)(x.astype(np.float32), factor), ref,
+                               atol=1e-5, err_msg=op.__name__)
     if factor == 1.7:
       assert (ref == 1.0).any() and (factor * x > 1).any()  # Clipping is exercised.
 
 
 def test_adjust_hue():
+  adjust_hue = _channels_last_op(aug_lib.adjust_hue)
   x = _rng_image((6, 7, 3), seed=3)
-  np.testing.assert_allclose(aug_lib.adjust_hue(x, 0.0), x, atol=1e-5)
+  np.testing.assert_allclose(adjust_hue(x, 0.0), x, atol=1e-5)
   red = np.array([[[1.0, 0.0, 0.0]]], np.float32)
-  np.testing.assert_allclose(aug_lib.adjust_hue(red, 0.5), [[[0.0, 1.0, 1.0]]], atol=1e-5)
-  np.testing.assert_allclose(aug_lib.adjust_hue(red, 1 / 3), [[[0.0, 1.0, 0.0]]], atol=1e-5)
-  np.testing.assert_allclose(aug_lib.adjust_hue(red, -1 / 3), [[[0.0, 0.0, 1.0]]], atol=1e-5)
+  np.testing.assert_allclose(adjust_hue(red, 0.5), [[[0.0, 1.0, 1.0]]], atol=1e-5)
+  np.testing.assert_allclose(adjust_hue(red, 1 / 3), [[[0.0, 1.0, 0.0]]], atol=1e-5)
+  np.testing.assert_allclose(adjust_hue(red, -1 / 3), [[[0.0, 0.0, 1.0]]], atol=1e-5)
   # Grey has no hue.
   grey = np.full((2, 2, 3), 0.3, np.float32)
-  np.testing.assert_allclose(aug_lib.adjust_hue(grey, 0.37), grey, atol=1e-6)
+  np.testing.assert_allclose(adjust_hue(grey, 0.37), grey, atol=1e-6)
+
+
+@pytest.mark.parametrize("delta", [-0.5, -0.23, 0.1, 0.41])
+def test_adjust_hue_matches_colorsys(delta):
+  """Against Python's colorsys HSV round trip, pixel by pixel (hue rotated mod 1)."""
+  x = _rng_image((9, 11, 3), seed=10)
+  x[0, :3] = [[0.2, 0.2, 0.2], [1.0, 0.0, 0.0], [0.0, 0.5, 0.5]]  # Grey, pure, ties.
+  expected = np.empty_like(x)
+  for index in np.ndindex(x.shape[:2]):
+    hue, saturation, value = colorsys.rgb_to_hsv(*x[index])
+    expected[index] = colorsys.hsv_to_rgb((hue + delta) % 1.0, saturation, value)
+  np.testing.assert_allclose(_channels_last_op(aug_lib.adjust_hue)(x, delta), expected,
+                             atol=2e-6)
 
 
 def _replicated_jitter(image, seed, b, c, s, h):
@@ -229,10 +249,10 @@ def _replicated_jitter(image, seed, b, c, s, h):
 
 
 def test_color_jitter_applies_the_four_ops_in_a_uniform_random_order():
-  image = _rng_image((5, 6, 3), seed=4)
+  image = _rng_image((3, 5, 6), seed=4)  # Channels first.
   jitter = (0.4, 0.4, 0.4, 0.1)
   n = 300
-  spec = tf.TensorSpec([5, 6, 3], tf.float32)
+  spec = tf.TensorSpec([3, 5, 6], tf.float32)
   out, replicated, fixed = _over_seeds(
       lambda s: (aug_lib.color_jitter(image, s, *jitter),) + _replicated_jitter(
           image, s, *jitter)[:2], n, (spec, spec, spec))
@@ -296,21 +316,21 @@ def test_gaussian_blur_matches_scipy(shape, kernel_size, sigma):
   k /= k.sum()
   expected = scipy.ndimage.correlate1d(image.astype(np.float64), k, axis=0, mode="mirror")
   expected = scipy.ndimage.correlate1d(expected, k, axis=1, mode="mirror")
-  out = aug_lib.gaussian_blur(image, tf.constant(sigma), kernel_size)
+  out = _channels_last_op(aug_lib.gaussian_blur)(image, tf.constant(sigma), kernel_size)
   assert out.shape == shape
   np.testing.assert_allclose(out, expected, atol=1e-5)
 
 
 def test_gaussian_blur_of_a_constant_is_the_constant():
-  image = np.full((16, 16, 3), 0.37, np.float32)
+  image = np.full((3, 16, 16), 0.37, np.float32)
   np.testing.assert_allclose(aug_lib.gaussian_blur(image, 1.7, 9), image, atol=1e-6)
 
 
 def test_random_gaussian_blur_rate():
-  image = _rng_image((8, 8, 3), seed=7)
+  image = _rng_image((3, 8, 8), seed=7)  # Channels first.
   n = 1000
   out = _over_seeds(lambda s: aug_lib.random_gaussian_blur(image, s, 0.5, 3, (1.0, 2.0)), n,
-                    tf.TensorSpec([8, 8, 3], tf.float32))
+                    tf.TensorSpec([3, 8, 8], tf.float32))
   same = (out == image).all(axis=(1, 2, 3))
   assert (np.abs(out - image).max(axis=(1, 2, 3))[~same] > 1e-2).all()
   assert abs(same.mean() - 0.5) < 5 * math.sqrt(0.25 / n)

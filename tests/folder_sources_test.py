@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from configs import demo
-from simclr_jax import folder_sources, input_pipeline
+from simclr_jax import augmentations, folder_sources, input_pipeline
 
 
 def _write_jpeg(path, value, size=(24, 32)):
@@ -67,13 +67,29 @@ def test_raw_food101_layout_uses_the_official_splits(tmp_path):
     source.num_examples("validation")
 
 
-def test_pretraining_batches_from_a_folder_with_a_truncated_jpeg(tmp_path):
+def test_truncated_jpeg_and_png_are_skipped_and_counted_at_listing(tmp_path):
   _class_tree(str(tmp_path), per_class=4)
   good = (tmp_path / "sushi" / "0.jpg").read_bytes()
   (tmp_path / "sushi" / "truncated.jpg").write_bytes(good[:len(good) // 3])
+  png = tf.io.encode_png(np.zeros((64, 64, 3), np.uint8)).numpy()
+  (tmp_path / "sushi" / "whole.png").write_bytes(png)
+  (tmp_path / "sushi" / "truncated.png").write_bytes(png[:len(png) - 12])  # IEND cut off.
+  source = folder_sources.FolderSource(str(tmp_path))
+  assert source.num_skipped("train") == 2
+  assert source.num_examples("train") == 9  # 8 JPEGs and the whole PNG.
+
+
+def test_pretraining_skips_a_jpeg_corrupt_inside(tmp_path):
+  """Starts and ends like a JPEG (passes the listing checks) but does not decode."""
+  _class_tree(str(tmp_path), per_class=4)
+  good = (tmp_path / "sushi" / "0.jpg").read_bytes()
+  (tmp_path / "sushi" / "corrupt.jpg").write_bytes(good[:20] + b"\x00" * 400 + b"\xff\xd9")
   config = demo.get_config()
   config.dataset, config.data_dir, config.batch_size = "folder", str(tmp_path), 4
   source = input_pipeline.create_source(config)
+  assert source.num_skipped("train") == 0 and source.num_examples("train") == 9
+  with pytest.raises(tf.errors.InvalidArgumentError):
+    augmentations.decode_rgb((tmp_path / "sushi" / "corrupt.jpg").read_bytes())
   batches = list(input_pipeline.pretrain_dataset(config, source).take(3).as_numpy_iterator())
   assert [b["views"].shape for b in batches] == [(4, 2, 16, 16, 3)] * 3
 
