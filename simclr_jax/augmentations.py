@@ -7,11 +7,13 @@ reproducible and resumable. Semantics follow torchvision, which the seed used:
   RandomResizedCrop(size, scale, ratio) -> RandomHorizontalFlip(p)
   -> RandomApply([ColorJitter(b, c, s, h)], p)  (the four ops in random order)
   -> RandomGrayscale(p) -> GaussianBlur(kernel, sigma in [0.1, 2.0]) (applied with p)
-  -> ToTensor -> Normalize(mean, std)
+  -> uint8 (as the seed's PIL images; ToTensor and Normalize run on the accelerator,
+     `models.image_input`)
 
 Images are float32 in [0, 1] between the ops: (H, W, 3) up to the resized crop, then
 channels-first (3, H, W) for the photometric ops, which run as one XLA computation per view
-(`_photometric_view`); views come out channels-last, (S, S, 3).
+(`_photometric_view`). Views come out as (S, S, 3) uint8: a quarter of float32's bytes to
+batch, prefetch and send to the devices.
 """
 
 from __future__ import annotations
@@ -21,8 +23,6 @@ from typing import Sequence
 
 import tensorflow as tf
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 GRAYSCALE_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601-2, as torchvision and PIL use.
 
 
@@ -30,6 +30,11 @@ def blur_kernel_size(image_size: int) -> int:
   """The seed's kernel: int(10% of the image size), made odd by adding one if even."""
   kernel = int(0.1 * image_size)
   return kernel + 1 if kernel % 2 == 0 else kernel
+
+
+def split_seed(seed, num: int) -> tf.Tensor:
+  """(2,) seed -> (num, 2) independent seeds."""
+  return tf.random.experimental.stateless_split(seed, num)
 
 
 def _uniform(seed, minval, maxval, shape=()):
@@ -51,7 +56,7 @@ def random_resized_crop_window(seed, height, width, area_range: Sequence[float],
   Returns:
     int32 (top, left, crop_height, crop_width).
   """
-  seeds = tf.random.experimental.stateless_split(seed, 4)
+  seeds = split_seed(seed, 4)
   height_f, width_f = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
   area = height_f * width_f
   target_area = area * _uniform(seeds[0], area_range[0], area_range[1], [attempts])
@@ -86,7 +91,8 @@ def decode_rgb(image_bytes) -> tf.Tensor:
   return tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
 
 
-def random_resized_crop(image, seed, size: int, area_range, ratio_range):
+def random_resized_crop(image, seed, size: int, area_range, ratio_range,
+                        antialias: bool = True):
   """A random resized crop as a (size, size, 3) float32 image in [0, 1].
 
   `image` is a decoded (H, W, 3) image or the encoded bytes of one. JPEG bytes are decoded
@@ -94,31 +100,32 @@ def random_resized_crop(image, seed, size: int, area_range, ratio_range):
   in the header), so only the window is decoded; other formats are decoded, then cropped.
   """
   if image.dtype != tf.string:
-    return _crop_and_resize(image, seed, size, area_range, ratio_range)
+    return _crop_and_resize(image, seed, size, area_range, ratio_range, antialias)
 
   def crop_jpeg():
     shape = tf.image.extract_jpeg_shape(image)
     window = random_resized_crop_window(seed, shape[0], shape[1], area_range, ratio_range)
     return resize(tf.image.decode_and_crop_jpeg(image, tf.stack(window), channels=3), size,
-                  size)
+                  size, antialias)
 
   return tf.cond(tf.io.is_jpeg(image), crop_jpeg,
                  lambda: _crop_and_resize(decode_rgb(image), seed, size, area_range,
-                                          ratio_range))
+                                          ratio_range, antialias))
 
 
-def _crop_and_resize(image, seed, size: int, area_range, ratio_range):
+def _crop_and_resize(image, seed, size: int, area_range, ratio_range, antialias: bool):
   shape = tf.shape(image)
   top, left, crop_h, crop_w = random_resized_crop_window(
       seed, shape[0], shape[1], area_range, ratio_range)
   crop = tf.image.crop_to_bounding_box(image, top, left, crop_h, crop_w)
-  return resize(crop, size, size)
+  return resize(crop, size, size, antialias)
 
 
-def resize(image, height: int, width: int):
-  """Bilinear resize with antialiasing (as PIL and torchvision do) to float32 in [0, 1]."""
+def resize(image, height: int, width: int, antialias: bool = True):
+  """Bilinear resize to float32 in [0, 1], antialiased (as PIL and torchvision) or not (as
+  big_vision and TF SimCLR)."""
   image = tf.image.convert_image_dtype(image, tf.float32)
-  resized = tf.image.resize(image, (height, width), method="bilinear", antialias=True)
+  resized = tf.image.resize(image, (height, width), method="bilinear", antialias=antialias)
   return tf.clip_by_value(resized, 0.0, 1.0)
 
 
@@ -151,13 +158,21 @@ def grayscale(image):
   return tf.stack([gray, gray, gray])
 
 
+def flip_left_right(image):
+  """Mirrors a (3, H, W) image left-right."""
+  return tf.reverse(image, [2])
+
+
+def _apply_if(condition, op, image):
+  return tf.cond(condition, lambda: op(image), lambda: image)
+
+
 def random_flip(image, seed, probability: float = 0.5):
-  """Mirrors a (3, H, W) image left-right with `probability`."""
-  return tf.cond(_coin(seed, probability), lambda: tf.reverse(image, [2]), lambda: image)
+  return _apply_if(_coin(seed, probability), flip_left_right, image)
 
 
 def random_grayscale(image, seed, probability: float = 0.2):
-  return tf.cond(_coin(seed, probability), lambda: grayscale(image), lambda: image)
+  return _apply_if(_coin(seed, probability), grayscale, image)
 
 
 def adjust_brightness(image, factor):
@@ -217,24 +232,35 @@ def adjust_hue(image, delta):
   return hsv_to_rgb(tf.stack([hue, saturation, value]))
 
 
-def color_jitter(image, seed, brightness: float, contrast: float, saturation: float,
-                 hue: float):
-  """torchvision ColorJitter: factors uniform in [max(0, 1 - x), 1 + x] (hue in [-h, h]),
-  the four adjustments applied in a random order."""
-  seeds = tf.random.experimental.stateless_split(seed, 5)
-  factors = [
+def jitter_draws(seed, brightness: float, contrast: float, saturation: float, hue: float):
+  """torchvision's ColorJitter.get_params: (4,) factors for brightness, contrast and
+  saturation uniform in [max(0, 1 - x), 1 + x] and hue in [-h, h]; (4,) a uniform random
+  order of the four adjustments."""
+  seeds = split_seed(seed, 5)
+  factors = tf.stack([
       _uniform(seeds[0], max(0.0, 1.0 - brightness), 1.0 + brightness),
       _uniform(seeds[1], max(0.0, 1.0 - contrast), 1.0 + contrast),
       _uniform(seeds[2], max(0.0, 1.0 - saturation), 1.0 + saturation),
       _uniform(seeds[3], -hue, hue),
-  ]
-  ops = [adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue]
+  ])
   order = tf.argsort(_uniform(seeds[4], 0.0, 1.0, [4]))  # A uniform random permutation.
+  return factors, order
+
+
+def apply_color_jitter(image, factors, order):
+  """The four adjustments with `factors`, in `order` (from `jitter_draws`)."""
+  ops = [adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue]
   for position in range(4):
-    branches = [functools.partial(lambda op, f: op(image, f), op, f)
-                for op, f in zip(ops, factors)]
+    branches = [functools.partial(lambda op, f, x: op(x, f), op, factors[index], image)
+                for index, op in enumerate(ops)]
     image = tf.switch_case(order[position], branches)
   return image
+
+
+def color_jitter(image, seed, brightness: float, contrast: float, saturation: float,
+                 hue: float):
+  """torchvision's ColorJitter: random factors, the four adjustments in a random order."""
+  return apply_color_jitter(image, *jitter_draws(seed, brightness, contrast, saturation, hue))
 
 
 def gaussian_kernel_1d(kernel_size: int, sigma):
@@ -257,42 +283,63 @@ def gaussian_blur(image, sigma, kernel_size: int):
   return tf.add_n([kernel[i] * padded[:, :, i:i + width] for i in range(kernel_size)])
 
 
+def blur_draws(seed, probability: float, sigma_range=(0.1, 2.0)):
+  """Whether to blur (with `probability`) and sigma, uniform in `sigma_range`."""
+  seeds = split_seed(seed, 2)
+  return _coin(seeds[0], probability), _uniform(seeds[1], sigma_range[0], sigma_range[1])
+
+
 def random_gaussian_blur(image, seed, probability: float, kernel_size: int,
                          sigma_range=(0.1, 2.0)):
-  seeds = tf.random.experimental.stateless_split(seed, 2)
-  sigma = _uniform(seeds[1], sigma_range[0], sigma_range[1])
-  return tf.cond(_coin(seeds[0], probability),
-                 lambda: gaussian_blur(image, sigma, kernel_size), lambda: image)
+  blur, sigma = blur_draws(seed, probability, sigma_range)
+  return _apply_if(blur, lambda x: gaussian_blur(x, sigma, kernel_size), image)
 
 
-def normalize(image, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-  """(..., 3) channels-last image -> (image - mean) / std per channel."""
-  return (image - tf.constant(mean, image.dtype)) / tf.constant(std, image.dtype)
+def to_uint8(image):
+  """[0, 1] floats -> uint8, rounded (as torchvision's PIL images are between its ops)."""
+  return tf.cast(tf.round(tf.clip_by_value(image, 0.0, 1.0) * 255.0), tf.uint8)
+
+
+def photometric_draws(seeds, aug) -> dict[str, tf.Tensor]:
+  """Every random choice of the photometric ops of one view, from `seeds` (5, 2): flip,
+  whether to jitter, the jitter's factors and order, grayscale, blur and its sigma.
+
+  Drawn outside `_photometric_view` because XLA's random number generators differ from
+  TensorFlow's kernels: this way the compiled ops use the draws whose distributions
+  tests/augmentations_test.py checks.
+  """
+  s = aug.color_jitter_strength
+  factors, order = jitter_draws(seeds[2], 0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)
+  blur, sigma = blur_draws(seeds[4], aug.blur_probability, aug.blur_sigma_range)
+  return {"flip": _coin(seeds[0], aug.flip_probability),
+          "jitter": _coin(seeds[1], aug.color_jitter_probability),
+          "jitter_factors": factors, "jitter_order": order,
+          "grayscale": _coin(seeds[3], aug.grayscale_probability),
+          "blur": blur, "blur_sigma": sigma}
+
+
+def _flip_only_draws(flip) -> dict[str, tf.Tensor]:
+  """`photometric_draws` that flip (or not) and change nothing else."""
+  false = tf.constant(False)
+  return {"flip": flip, "jitter": false, "jitter_factors": tf.constant([1.0, 1.0, 1.0, 0.0]),
+          "jitter_order": tf.range(4), "grayscale": false, "blur": false,
+          "blur_sigma": tf.constant(1.0)}
 
 
 @tf.function(jit_compile=True)
-def _photometric_view(view, seeds, flip_probability: float, jitter_probability: float,
-                      jitter: tuple[float, float, float, float], grayscale_probability: float,
-                      blur_probability: float, blur_kernel: int,
-                      blur_sigma_range: tuple[float, float], normalized: bool):
-  """Flip, colour jitter, grayscale, blur and normalisation of one (S, S, 3) view in
-  [0, 1], compiled as one XLA computation (several times faster on the CPU than the same
-  ops run one by one). `seeds` is (5, 2): one seed per random op, in that order.
-  Python arguments are constants of the compiled function (one compile per setting)."""
+def _photometric_view(view, draws: dict[str, tf.Tensor], blur_kernel: int):
+  """Flip, colour jitter, grayscale and blur of one (S, S, 3) view in [0, 1], as `draws`
+  (`photometric_draws`) says, -> (S, S, 3) uint8. One XLA computation: several times
+  faster on the CPU than the same ops run one by one. One compile per view size and
+  `blur_kernel`."""
   image = to_channels_first(view)
-  if flip_probability > 0:
-    image = random_flip(image, seeds[0], flip_probability)
-  if jitter_probability > 0 and any(jitter):
-    jitter_seeds = tf.random.experimental.stateless_split(seeds[1], 2)
-    image = tf.cond(_coin(jitter_seeds[0], jitter_probability),
-                    lambda: color_jitter(image, jitter_seeds[1], *jitter), lambda: image)
-  if grayscale_probability > 0:
-    image = random_grayscale(image, seeds[2], grayscale_probability)
-  if blur_probability > 0:
-    image = random_gaussian_blur(image, seeds[3], blur_probability, blur_kernel,
-                                 blur_sigma_range)
-  view = to_channels_last(image)
-  return normalize(view) if normalized else view
+  image = _apply_if(draws["flip"], flip_left_right, image)
+  image = _apply_if(draws["jitter"], lambda x: apply_color_jitter(
+      x, draws["jitter_factors"], draws["jitter_order"]), image)
+  image = _apply_if(draws["grayscale"], grayscale, image)
+  image = _apply_if(draws["blur"], lambda x: gaussian_blur(x, draws["blur_sigma"],
+                                                           blur_kernel), image)
+  return to_uint8(to_channels_last(image))
 
 
 def simclr_view(image, seed, aug) -> tf.Tensor:
@@ -304,39 +351,22 @@ def simclr_view(image, seed, aug) -> tf.Tensor:
     aug: `config.augment` (see configs/default.py).
 
   Returns:
-    (aug.image_size, aug.image_size, 3) float32.
+    (aug.image_size, aug.image_size, 3) uint8.
   """
-  seeds = tf.random.experimental.stateless_split(seed, 6)
+  seeds = split_seed(seed, 6)
   view = random_resized_crop(image, seeds[0], aug.image_size, aug.crop_area_range,
-                             aug.crop_ratio_range)
-  s = aug.color_jitter_strength
-  return _photometric_view(
-      view, seeds[1:], flip_probability=float(aug.flip_probability),
-      jitter_probability=float(aug.color_jitter_probability),
-      jitter=(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s),
-      grayscale_probability=float(aug.grayscale_probability),
-      blur_probability=float(aug.blur_probability),
-      blur_kernel=blur_kernel_size(aug.image_size),
-      blur_sigma_range=tuple(float(x) for x in aug.blur_sigma_range),
-      normalized=bool(aug.normalize))
-
-
-def _flip_and_normalize(view, seed, flip_probability: float, normalized: bool):
-  """`_photometric_view` with every op off but the flip (none when flip_probability = 0)."""
-  return _photometric_view(
-      view, tf.tile(seed[None], [5, 1]), flip_probability=float(flip_probability),
-      jitter_probability=0.0, jitter=(0.0, 0.0, 0.0, 0.0), grayscale_probability=0.0,
-      blur_probability=0.0, blur_kernel=1, blur_sigma_range=(0.1, 2.0),
-      normalized=bool(normalized))
+                             aug.crop_ratio_range, aug.resize_antialias)
+  return _photometric_view(view, photometric_draws(seeds[1:], aug),
+                           blur_kernel_size(aug.image_size))
 
 
 def crop_flip_view(image, seed, aug) -> tf.Tensor:
   """The linear-evaluation training view (SimCLR protocol): random resized crop and
-  horizontal flip only. (H, W, 3) uint8 or encoded bytes -> (S, S, 3) float32."""
-  seeds = tf.random.experimental.stateless_split(seed, 2)
+  horizontal flip only. (H, W, 3) uint8 or encoded bytes -> (S, S, 3) uint8."""
+  seeds = split_seed(seed, 2)
   view = random_resized_crop(image, seeds[0], aug.image_size, aug.crop_area_range,
-                             aug.crop_ratio_range)
-  return _flip_and_normalize(view, seeds[1], aug.flip_probability, aug.normalize)
+                             aug.crop_ratio_range, aug.resize_antialias)
+  return _photometric_view(view, _flip_only_draws(_coin(seeds[1], aug.flip_probability)), 1)
 
 
 def eval_view(image, aug) -> tf.Tensor:
@@ -344,10 +374,10 @@ def eval_view(image, aug) -> tf.Tensor:
 
   Args:
     image: (H, W, 3) uint8, or its encoded bytes.
-    aug: `config.augment`; uses image_size, eval_crop_fraction, normalize.
+    aug: `config.augment`; uses image_size and eval_crop_fraction.
 
   Returns:
-    (aug.image_size, aug.image_size, 3) float32.
+    (aug.image_size, aug.image_size, 3) uint8.
   """
   if image.dtype == tf.string:
     image = decode_rgb(image)
@@ -356,6 +386,6 @@ def eval_view(image, aug) -> tf.Tensor:
   scale = (size / aug.eval_crop_fraction) / tf.reduce_min(shape)
   new_shape = tf.cast(tf.round(shape * scale), tf.int32)
   new_shape = tf.maximum(new_shape, size)
-  view = resize(image, new_shape[0], new_shape[1])
+  view = resize(image, new_shape[0], new_shape[1], aug.resize_antialias)
   view = tf.image.resize_with_crop_or_pad(view, size, size)
-  return _flip_and_normalize(view, tf.zeros([2], tf.int64), 0.0, aug.normalize)
+  return to_uint8(view)

@@ -175,7 +175,7 @@ def local_batch_size(global_batch_size: int) -> int:
 
 
 def pretrain_dataset(config, source, start_step: int = 0) -> tf.data.Dataset:
-  """Endless batches {'views': (local_batch, 2, S, S, 3) float32} of augmented images, plus
+  """Endless batches {'views': (local_batch, 2, S, S, 3) uint8} of augmented images, plus
   {'label': (local_batch,)} when `config.online_probe` (labels reach only that probe).
 
   The shuffle order is fixed by `config.seed`; each element's augmentation seed is its
@@ -193,7 +193,7 @@ def pretrain_dataset(config, source, start_step: int = 0) -> tf.data.Dataset:
 
   def two_views(example, position):
     seed = tf.stack([tf.constant(stream_id, tf.int64), position])
-    seeds = tf.random.experimental.stateless_split(seed, 2)
+    seeds = augmentations.split_seed(seed, 2)
     image = example["image"]
     views = tf.stack([augmentations.simclr_view(image, seeds[0], config.augment),
                       augmentations.simclr_view(image, seeds[1], config.augment)])
@@ -207,7 +207,7 @@ def pretrain_dataset(config, source, start_step: int = 0) -> tf.data.Dataset:
 
 
 def linear_train_dataset(config, source) -> tf.data.Dataset:
-  """Endless batches {'image': (b, S, S, 3), 'label': (b,)} of training images, randomly
+  """Endless batches {'image': (b, S, S, 3) uint8, 'label': (b,)} of training images, randomly
   cropped and flipped (SimCLR's linear-evaluation augmentation), b = per-process share of
   config.linear_eval.batch_size."""
   batch = local_batch_size(config.linear_eval.batch_size)
@@ -245,7 +245,7 @@ def _skip_undecodable(ds: tf.data.Dataset, source) -> tf.data.Dataset:
 def eval_dataset(config, source, split: str, batch_size: int) -> tf.data.Dataset:
   """One pass over this process's share of `split`, deterministic preprocessing.
 
-  Yields {'image': (b, S, S, 3), 'label': (b,), 'mask': (b,)} with b = batch_size //
+  Yields {'image': (b, S, S, 3) uint8, 'label': (b,), 'mask': (b,)} with b = batch_size //
   process_count; the last batch is padded with mask == False so nothing is dropped.
   """
   batch = local_batch_size(batch_size)

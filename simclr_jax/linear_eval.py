@@ -25,8 +25,8 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from simclr_jax import (checkpoints, config_checks, input_pipeline, knn, summaries, train,
-                        visualize)
+from simclr_jax import (checkpoints, config_checks, input_pipeline, knn, models, summaries,
+                        train, visualize)
 
 
 class NoCheckpointError(FileNotFoundError):
@@ -66,12 +66,14 @@ def extract_features(config, encode, state: train.TrainState, mesh, source,
   return features.astype(np.float32), labels.astype(np.int32)
 
 
-def make_encoder(graphdef: nnx.GraphDef):
-  """jit-compiled (params, batch_stats, (B, H, W, 3) images) -> (B, F) features of the
-  encoder alone (projection head dropped), BatchNorm in inference mode."""
+def make_encoder(graphdef: nnx.GraphDef, normalize: bool):
+  """jit-compiled (params, batch_stats, (B, H, W, 3) uint8 images) -> (B, F) features of
+  the encoder alone (projection head dropped), BatchNorm in inference mode; `normalize` as
+  config.augment.normalize."""
 
   @jax.jit
   def encode(params, batch_stats, images):
+    images = models.image_input(images, normalize)
     return nnx.merge(graphdef, params, batch_stats).encoder(images, train=False)
 
   return encode
@@ -290,7 +292,8 @@ def _load_encoders(config, workdir: str, mesh, source):
         f"--workdir={pretrain_workdir}` (pretraining) first, or pick another "
         f"--config.linear_eval.checkpoint_step.")
   num_probe_classes = train.probe_classes(config, source)
-  encode = make_encoder(train.model_graphdef(config, num_probe_classes))
+  encode = make_encoder(train.model_graphdef(config, num_probe_classes),
+                        config.augment.normalize)
   # The random-init state is also the restore target (structure, dtypes, shardings).
   random_init = train.init_train_state(config, tx, mesh, num_probe_classes)
   pretrained = checkpoints.restore(manager, random_init, wanted)

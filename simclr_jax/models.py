@@ -22,6 +22,20 @@ STAGE_SIZES = {
 }
 BOTTLENECK_DEPTHS = (50, 101, 152)
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def image_input(images: jax.Array, normalize: bool) -> jax.Array:
+  """uint8 (..., H, W, 3) images from the input pipeline -> float32 model input in [0, 1],
+  or normalised with the ImageNet mean and std (torchvision's ToTensor + Normalize). Runs
+  inside the jit-compiled steps, on the accelerator."""
+  images = images.astype(jnp.float32) / 255.0
+  if normalize:
+    images = (images - jnp.array(IMAGENET_MEAN)) / jnp.array(IMAGENET_STD)
+  return images
+
+
 # torchvision initialises convolutions with kaiming_normal_(mode='fan_out', relu).
 conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 

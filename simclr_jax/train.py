@@ -105,13 +105,15 @@ def online_probe_loss(model: models.SimCLRModel, features: jax.Array,
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef: nnx.GraphDef,
                tx: optax.GradientTransformation, schedule: optax.Schedule, temperature: float,
-               separately: bool, mesh: Mesh) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One SimCLR update on a global batch {'views': (N, 2, H, W, 3)[, 'label': (N,)]}
+               separately: bool, normalize: bool,
+               mesh: Mesh) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One SimCLR update on a global batch {'views': (N, 2, H, W, 3) uint8[, 'label': (N,)]}
   sharded on 'data' (labels only for the online probe)."""
+  views = models.image_input(batch["views"], normalize)
 
   def loss_fn(params):
     model = nnx.merge(graphdef, params, state.batch_stats)
-    features, z = embed_views(model, batch["views"], separately)
+    features, z = embed_views(model, views, separately)
     loss, accuracy = losses.sharded_nt_xent(z[:, 0], z[:, 1], temperature, mesh, DATA_AXIS)
     metrics = {"loss": loss, "contrastive_accuracy": accuracy}
     total = loss
@@ -135,7 +137,8 @@ def compile_train_step(config, graphdef, tx, schedule, mesh: Mesh):
   """jit over the mesh: state replicated and donated, batch sharded on 'data'."""
   step = functools.partial(train_step, graphdef=graphdef, tx=tx, schedule=schedule,
                            temperature=config.temperature,
-                           separately=config.model.forward_views_separately, mesh=mesh)
+                           separately=config.model.forward_views_separately,
+                           normalize=config.augment.normalize, mesh=mesh)
   replicated = NamedSharding(mesh, P())
   return jax.jit(step, in_shardings=(replicated, NamedSharding(mesh, P(DATA_AXIS))),
                  out_shardings=(replicated, replicated), donate_argnums=0)
@@ -205,7 +208,7 @@ def pretrain(config, workdir: str) -> dict[str, Any]:
   first = next(host_batches)
   if start_step == 0:  # Show what the model is trained on.
     writer.write_images(0, {"augmented_view_pairs": visualize.view_pairs_grid(
-        first["views"], config.augment.normalize)[None]})
+        first["views"])[None]})
   batches = input_pipeline.global_batches(itertools.chain([first], host_batches),
                                           NamedSharding(mesh, P(DATA_AXIS)))
   with jax.set_mesh(mesh):

@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from simclr_jax import augmentations
-
-
-def view_pairs_grid(views: np.ndarray, normalized: bool, max_pairs: int = 8) -> np.ndarray:
-  """(N, 2, H, W, 3) views -> one (rows * (H + 2), 2 * W + 2, 3) image in [0, 1]: each row is
-  one image's two views side by side."""
-  views = np.asarray(views[:max_pairs], np.float32)
-  if normalized:  # Undo the mean/std normalisation so that colours look right.
-    views = views * np.array(augmentations.IMAGENET_STD) + np.array(augmentations.IMAGENET_MEAN)
-  views = np.clip(views, 0.0, 1.0)
+def view_pairs_grid(views: np.ndarray, max_pairs: int = 8) -> np.ndarray:
+  """(N, 2, H, W, 3) uint8 views -> one (rows * (H + 2), 2 * W + 2, 3) float32 image in
+  [0, 1]: each row is one image's two views side by side."""
+  views = np.asarray(views[:max_pairs], np.float32) / 255.0
   rows = []
   for first, second in views:
     gap = np.ones((first.shape[0], 2, 3), np.float32)

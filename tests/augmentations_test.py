@@ -18,8 +18,6 @@ from configs import food101, food101_seed
 from simclr_jax import augmentations as aug_lib
 
 GRAY = np.array([0.299, 0.587, 0.114])
-MEAN = np.array([0.485, 0.456, 0.406])
-STD = np.array([0.229, 0.224, 0.225])
 
 
 def _seeds(n, salt=0):
@@ -139,6 +137,21 @@ def test_random_resized_crop_is_crop_then_antialiased_resize():
   np.testing.assert_allclose(out, np.clip(expected, 0, 1), atol=1e-6)
 
 
+def test_resize_without_antialiasing_is_plain_bilinear():
+  """resize_antialias=False (big_vision, TF SimCLR): plain bilinear, which aliases when
+  shrinking; the default matches PIL's antialiased bilinear (decode_test)."""
+  stripes = np.zeros((48, 48, 3), np.uint8)
+  stripes[:, ::2] = 255  # One-pixel stripes: averaging them gives mid-grey.
+  seed = tf.constant([5, 6], tf.int64)
+  area = (1.0, 1.0)  # The whole image (ratio 1): a pure resize 48 -> 16, by 3.
+  plain = aug_lib.random_resized_crop(stripes, seed, 16, area, (1.0, 1.0), antialias=False)
+  smooth = aug_lib.random_resized_crop(stripes, seed, 16, area, (1.0, 1.0))
+  expected = tf.image.resize(stripes / 255.0, (16, 16), method="bilinear", antialias=False)
+  np.testing.assert_allclose(plain, expected, atol=1e-6)
+  assert np.abs(smooth.numpy()[:, 1:-1] - 0.5).max() < 0.1  # Averaged.
+  assert np.abs(plain.numpy() - 0.5).min() > 0.4  # Aliased: each sample lands on a stripe.
+
+
 # ----------------------------------------------------------------------------------------
 # Flip and grayscale.
 
@@ -231,7 +244,7 @@ def _replicated_jitter(image, seed, b, c, s, h):
   """color_jitter's draws, replicated from its seed splitting (this couples the test to its
   internals: seeds[0..3] the four factors, argsort of 4 uniforms from seeds[4] the order).
   Returns (output with that order, output in the fixed order b-c-s-h, order)."""
-  seeds = tf.random.experimental.stateless_split(seed, 5)
+  seeds = aug_lib.split_seed(seed, 5)
   u = lambda i, lo, hi, shape=(): tf.random.stateless_uniform(shape, seeds[i], lo, hi)
   factors = [u(0, max(0.0, 1 - b), 1 + b), u(1, max(0.0, 1 - c), 1 + c),
              u(2, max(0.0, 1 - s), 1 + s), u(3, -h, h)]
@@ -361,42 +374,56 @@ def test_simclr_view_seed_config():
   image = (_rng_image((48, 64, 3), seed=8) * 255).astype(np.uint8)
   aug = _seed_aug()
   view = aug_lib.simclr_view(image, tf.constant([1, 2], tf.int64), aug)
-  assert view.shape == (32, 32, 3) and view.dtype == tf.float32
+  assert view.shape == (32, 32, 3) and view.dtype == tf.uint8
   np.testing.assert_array_equal(view, aug_lib.simclr_view(image, tf.constant([1, 2], tf.int64), aug))
   other = aug_lib.simclr_view(image, tf.constant([1, 3], tf.int64), aug)
-  assert np.abs(view - other).mean() > 0.05
+  assert np.abs(view.numpy().astype(float) - other.numpy()).mean() > 0.05 * 255
 
   n = 400
-  spec = tf.TensorSpec([32, 32, 3], tf.float32)
-  views = _over_seeds(lambda s: aug_lib.simclr_view(image, s, aug), n, spec)
-  lo, hi = (0 - MEAN) / STD, (1 - MEAN) / STD
-  assert (views >= lo - 1e-5).all() and (views <= hi + 1e-5).all()
-
-  raw = _over_seeds(lambda s: aug_lib.simclr_view(image, s, _seed_aug(normalize=False)), n,
-                    spec)
-  assert raw.min() >= -1e-6 and raw.max() <= 1.0 + 1e-6  # Float rounding in the blur.
-  np.testing.assert_allclose(views, (raw - MEAN) / STD, atol=1e-4)
+  views = _over_seeds(lambda s: aug_lib.simclr_view(image, s, aug), n,
+                      tf.TensorSpec([32, 32, 3], tf.uint8))
   # Grayscale (p = 0.2) is the only step that leaves the three channels equal.
-  gray = np.abs(raw - raw[..., :1]).max(axis=(1, 2, 3)) < 1e-6
+  gray = (views == views[..., :1]).all(axis=(1, 2, 3))
   assert abs(gray.mean() - 0.2) < 5 * math.sqrt(0.16 / n)
 
 
+def test_photometric_view_is_the_ops_in_order_then_rounded_to_uint8():
+  """The compiled chain equals the ops composed one by one, with the same draws."""
+  view = _rng_image((12, 14, 3), seed=11)
+  aug = _seed_aug()
+  for salt in range(8):
+    draws = aug_lib.photometric_draws(aug_lib.split_seed(tf.constant([3, salt], tf.int64), 5),
+                                      aug)
+    out = aug_lib._photometric_view(view, draws, 5)  # pylint: disable=protected-access
+    image = np.transpose(view, (2, 0, 1))
+    if draws["flip"]:
+      image = aug_lib.flip_left_right(image)
+    if draws["jitter"]:
+      image = aug_lib.apply_color_jitter(image, draws["jitter_factors"], draws["jitter_order"])
+    if draws["grayscale"]:
+      image = aug_lib.grayscale(image)
+    if draws["blur"]:
+      image = aug_lib.gaussian_blur(image, draws["blur_sigma"], 5)
+    expected = np.transpose(np.asarray(image), (1, 2, 0)) * 255
+    assert out.dtype == tf.uint8 and out.shape == (12, 14, 3)
+    assert np.abs(out.numpy() - expected).max() <= 0.5 + 1e-3  # Rounded, not truncated.
+
+
 def test_eval_view_resizes_shorter_side_and_centre_crops():
-  aug = _seed_aug(normalize=False, eval_crop_fraction=0.875)
+  aug = _seed_aug(eval_crop_fraction=0.875)
   image = (_rng_image((100, 200, 3), seed=9) * 255).astype(np.uint8)
   out = aug_lib.eval_view(image, aug)
   # 32 / 0.875 = 36.57: shorter side 100 -> 37, longer 200 -> round(73.14) = 73.
   resized = tf.image.resize(tf.image.convert_image_dtype(image, tf.float32), (37, 73),
                             method="bilinear", antialias=True).numpy()
-  expected = np.clip(resized, 0, 1)[2:34, 20:52]
-  assert out.shape == (32, 32, 3)
-  np.testing.assert_allclose(out, expected, atol=1e-6)
+  expected = np.round(np.clip(resized, 0, 1)[2:34, 20:52] * 255)
+  assert out.shape == (32, 32, 3) and out.dtype == tf.uint8
+  np.testing.assert_allclose(out, expected, atol=1)  # Float rounding at .5 boundaries.
+  assert (out.numpy() == expected).mean() > 0.99
   np.testing.assert_array_equal(out, aug_lib.eval_view(image, aug))  # Deterministic.
-  normalized = aug_lib.eval_view(image, _seed_aug(eval_crop_fraction=0.875))
-  np.testing.assert_allclose(normalized, (expected - MEAN) / STD, atol=1e-5)
 
   bright = np.zeros((100, 200, 3), np.uint8)
   bright[40:60, 90:110] = 255
   out = aug_lib.eval_view(bright, aug).numpy()
-  assert out[14:18, 14:18].min() > 0.9
-  assert out[:3, :3].max() < 0.05 and out[-3:, -3:].max() < 0.05
+  assert out[14:18, 14:18].min() > 0.9 * 255
+  assert out[:3, :3].max() < 0.05 * 255 and out[-3:, -3:].max() < 0.05 * 255

@@ -4,7 +4,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from configs import demo, food101_seed
-from simclr_jax import augmentations, input_pipeline
+from simclr_jax import augmentations, input_pipeline, models
 from tests.helpers import ArraySource, tiny_food101_config
 
 
@@ -18,10 +18,9 @@ def test_pretrain_batches_have_two_different_views_and_replay_from_the_seed():
   config.batch_size = 32
   source = input_pipeline.DigitsSource()
   first, second = _first_batches(config, source, 2)
-  assert first.shape == (32, 2, 16, 16, 3) and first.dtype == np.float32
-  assert 0.0 <= first.min() and first.max() <= 1.0  # demo: no normalisation.
+  assert first.shape == (32, 2, 16, 16, 3) and first.dtype == np.uint8
   # The two views of one image differ; the same config replays the same stream.
-  assert np.mean(np.abs(first[:, 0] - first[:, 1])) > 0.05
+  assert np.mean(np.abs(first[:, 0].astype(float) - first[:, 1])) > 0.05 * 255
   np.testing.assert_array_equal(first, _first_batches(config, source, 1)[0])
   # Resuming at step 1 starts with what was the second batch.
   np.testing.assert_array_equal(second, _first_batches(config, source, 1, start_step=1)[0])
@@ -29,18 +28,21 @@ def test_pretrain_batches_have_two_different_views_and_replay_from_the_seed():
   assert not np.allclose(first, _first_batches(config, source, 1)[0])
 
 
-def test_seed_config_views_are_normalised_with_imagenet_statistics():
+def test_seed_config_views_are_uint8_and_normalised_on_the_device():
   config = food101_seed.get_config()
   config.augment.image_size = 32
   config.batch_size = 4
   config.shuffle_buffer = 8
   with tfds.testing.mock_data(num_examples=8):
     views = _first_batches(config, input_pipeline.TfdsSource("food101"), 1)[0]
-  assert views.shape == (4, 2, 32, 32, 3)
-  low = (0 - np.array(augmentations.IMAGENET_MEAN)) / np.array(augmentations.IMAGENET_STD)
-  high = (1 - np.array(augmentations.IMAGENET_MEAN)) / np.array(augmentations.IMAGENET_STD)
-  assert np.all(views >= low - 1e-4) and np.all(views <= high + 1e-4)
-  assert views.min() < 0  # Actually normalised, not left in [0, 1].
+  assert views.shape == (4, 2, 32, 32, 3) and views.dtype == np.uint8
+  assert views.max() > 128  # Full-range pixels, not [0, 1] floats cast to uint8.
+  model_input = np.asarray(models.image_input(views, config.augment.normalize))
+  expected = (views / 255.0 - np.array(models.IMAGENET_MEAN)) / np.array(models.IMAGENET_STD)
+  assert model_input.dtype == np.float32
+  np.testing.assert_allclose(model_input, expected, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(models.image_input(views, False)), views / 255.0,
+                             atol=1e-7)
 
 
 def test_eval_dataset_pads_the_last_batch_and_masks_it():

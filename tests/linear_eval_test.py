@@ -55,7 +55,7 @@ def test_features_count_every_example_once_and_leave_encoder_untouched():
   labels = np.arange(37, dtype=np.int32) % 101
   source = ArraySource(images, labels)
 
-  encode = linear_eval.make_encoder(train.model_graphdef(config))
+  encode = linear_eval.make_encoder(train.model_graphdef(config), config.augment.normalize)
   features, seen_labels = linear_eval.extract_features(config, encode, state, mesh, source, "x")
 
   assert features.shape == (37, 32)
@@ -79,7 +79,7 @@ def test_lost_examples_are_an_error_not_a_smaller_denominator():
   source = ArraySource(images, np.arange(5, dtype=np.int32))
   source.num_examples = lambda split: 6  # The split claims one more than the pipeline yields.
   with pytest.raises(RuntimeError, match="Encoded 5 examples of split 'x' but it has 6"):
-    linear_eval.extract_features(config, linear_eval.make_encoder(train.model_graphdef(config)),
+    linear_eval.extract_features(config, linear_eval.make_encoder(train.model_graphdef(config), config.augment.normalize),
                                  state, mesh, source, "x")
 
 
@@ -150,7 +150,7 @@ def test_classifier_on_augmented_images_learns_and_leaves_the_encoder_frozen():
   images = (rng.integers(0, 60, (64, 20, 20, 3)) + 190 * labels[:, None, None, None])
   source = ArraySource(images.astype(np.uint8), labels)
   source.num_classes = 2
-  encode = linear_eval.make_encoder(train.model_graphdef(config))
+  encode = linear_eval.make_encoder(train.model_graphdef(config), config.augment.normalize)
 
   classifier = linear_eval.train_linear_classifier_on_images(config, encode, state, mesh,
                                                              source, 32)

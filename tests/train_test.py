@@ -73,7 +73,7 @@ def test_train_step_on_8_devices_equals_1_device(separately):
   config = tiny_food101_config()
   config.model.forward_views_separately = separately
   rng = np.random.default_rng(0)
-  views = rng.normal(size=(16, 2, 16, 16, 3)).astype(np.float32)
+  views = rng.integers(0, 256, size=(16, 2, 16, 16, 3), dtype=np.uint8)
 
   def one_step(mesh):
     tx, schedule = train.create_optimizer(config, 10, 100)
@@ -126,7 +126,7 @@ def test_online_probe_learns_from_labels_but_the_encoder_does_not():
   config = tiny_food101_config()
   config.optimizer.warmup_epochs = 0.0  # A non-zero learning rate on the first step.
   rng = np.random.default_rng(0)
-  batch = {"views": rng.normal(size=(16, 2, 16, 16, 3)).astype(np.float32),
+  batch = {"views": rng.integers(0, 256, size=(16, 2, 16, 16, 3), dtype=np.uint8),
            "label": rng.integers(0, 101, 16).astype(np.int32)}
   mesh = train.create_mesh()
 

@@ -1,19 +1,19 @@
-"""The pictures: view-pair grids undo the normalisation; the t-SNE map is a real PNG."""
+"""The pictures: view-pair grids of uint8 views; the t-SNE map is a real PNG."""
 
 import numpy as np
 
-from simclr_jax import augmentations, visualize
+from simclr_jax import visualize
 
 
-def test_view_pairs_grid_lays_out_pairs_and_undoes_normalisation():
+def test_view_pairs_grid_lays_out_pairs_in_unit_range():
   rng = np.random.default_rng(0)
-  raw = rng.uniform(size=(3, 2, 4, 5, 3)).astype(np.float32)
-  normalized = (raw - np.array(augmentations.IMAGENET_MEAN)) / np.array(augmentations.IMAGENET_STD)
-  grid = visualize.view_pairs_grid(normalized, normalized=True)
-  assert grid.shape == (3 * (4 + 2), 2 * 5 + 2, 3)
-  np.testing.assert_allclose(grid[6:10, :5], raw[1, 0], atol=1e-5)   # Row 1, first view.
-  np.testing.assert_allclose(grid[6:10, 7:], raw[1, 1], atol=1e-5)   # Row 1, second view.
-  assert visualize.view_pairs_grid(raw, normalized=False, max_pairs=2).shape[0] == 2 * 6
+  views = rng.integers(0, 256, size=(3, 2, 4, 5, 3), dtype=np.uint8)
+  grid = visualize.view_pairs_grid(views)
+  assert grid.shape == (3 * (4 + 2), 2 * 5 + 2, 3) and grid.dtype == np.float32
+  np.testing.assert_allclose(grid[6:10, :5], views[1, 0] / 255, atol=1e-6)  # Row 1, view 1.
+  np.testing.assert_allclose(grid[6:10, 7:], views[1, 1] / 255, atol=1e-6)  # Row 1, view 2.
+  assert (grid[4:6] == 1.0).all()  # White gap between rows.
+  assert visualize.view_pairs_grid(views, max_pairs=2).shape[0] == 2 * 6
 
 
 def test_tsne_map_writes_a_png_of_the_classes(tmp_path):
