@@ -3,15 +3,20 @@
     python benchmarks/make_jpegs.py /tmp/bench_jpegs          # 400 photo-like JPEGs, <=512 px
     python benchmarks/input_pipeline.py --dir /tmp/bench_jpegs [--sizes 224,256] [--batch 64]
         [--batches 20] [--warmup 3] [--threads 0] [--decode-images 2000] [--no-decode-limit]
+        [--no-antialias] [--breakdown]
 
 For each image size it builds the project's pretraining input exactly as training does
 (`input_pipeline.pretrain_dataset` with configs/food101_seed.py: the seed's augmentations,
-blur on every view; dataset 'folder', data_dir --dir; batch --batch; data_threads --threads,
-0 = every core this process may use), runs --warmup batches, times --batches batches as
-NumPy arrays and prints one JSON line:
+blur on every view, antialiased resize; dataset 'folder', data_dir --dir; batch --batch;
+data_threads --threads, 0 = every core this process may use), runs --warmup batches, times
+--batches batches as NumPy arrays (uint8 views) and prints one JSON line:
 
-  {"what": "simclr_jax two-view pipeline", "size", "threads", "cores", "images_per_s",
-   "views_per_s", "fraction_of_decode_limit", ...}
+  {"what": "simclr_jax two-view pipeline", "variant", "size", "threads", "cores",
+   "images_per_s", "views_per_s", "fraction_of_decode_limit", ...}
+
+--no-antialias adds the same with `augment.resize_antialias=False` (plain bilinear, as
+big_vision). --breakdown adds runs with parts of the augmentation switched off (no blur, no
+colour jitter, crop + flip only), to show where the time goes.
 
 The JPEG-decode limit (printed first, one JSON line): every file's bytes are read into
 memory once, then `tf.io.decode_jpeg` (full image, RGB) runs in a tf.data map with the same
@@ -55,9 +60,21 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
-def seed_config(data_dir: str, size: int, batch: int, threads: int):
+# Config overrides of each variant (on top of configs/food101_seed.py).
+VARIANTS = {
+    "seed config": {},
+    "no antialiasing": {"resize_antialias": False},
+    "no blur": {"blur_probability": 0.0},
+    "no colour jitter": {"color_jitter_probability": 0.0},
+    "crop + flip only": {"blur_probability": 0.0, "color_jitter_probability": 0.0,
+                         "grayscale_probability": 0.0},
+}
+
+
+def seed_config(data_dir: str, size: int, batch: int, threads: int, augment_overrides=None):
   config = food101_seed.get_config()
   config.augment.image_size = size
+  config.augment.update(augment_overrides or {})
   config.dataset = "folder"  # Image files under data_dir (input_pipeline.create_source).
   config.data_dir = data_dir
   config.batch_size = batch
@@ -75,8 +92,8 @@ def _options(threads: int) -> tf.data.Options:
 
 
 def time_pipeline(data_dir: str, size: int, batch: int, batches: int, warmup: int,
-                  threads: int) -> dict:
-  config = seed_config(data_dir, size, batch, threads)
+                  threads: int, variant: str = "seed config") -> dict:
+  config = seed_config(data_dir, size, batch, threads, VARIANTS[variant])
   source = input_pipeline.create_source(config)
   ds = input_pipeline.pretrain_dataset(config, source)
   iterator = ds.as_numpy_iterator()
@@ -88,7 +105,8 @@ def time_pipeline(data_dir: str, size: int, batch: int, batches: int, warmup: in
     next(iterator)
   seconds = time.perf_counter() - start
   images = batches * batch
-  return {"what": "simclr_jax two-view pipeline", "size": size, "threads": threads,
+  return {"what": "simclr_jax two-view pipeline", "variant": variant, "size": size,
+          "threads": threads,
           "cores": os.cpu_count(), "images_per_s": round(images / seconds, 2),
           "views_per_s": round(2 * images / seconds, 2), "batch": batch, "batches": batches,
           "views_shape": views_shape, "files": source.num_examples("train"),
@@ -167,6 +185,10 @@ def main():
                       help="Images decoded to time the JPEG-decode limit.")
   parser.add_argument("--no-decode-limit", action="store_true",
                       help="Skip the JPEG-decode limit.")
+  parser.add_argument("--no-antialias", action="store_true",
+                      help="Also time augment.resize_antialias=False.")
+  parser.add_argument("--breakdown", action="store_true",
+                      help="Also time the pipeline with parts of the augmentation off.")
   args = parser.parse_args()
 
   input_pipeline.hide_accelerators_from_tensorflow()
@@ -176,15 +198,22 @@ def main():
   if not args.no_decode_limit:
     limit = decode_limits(args.dir, threads, args.decode_images)
     print(json.dumps(limit), flush=True)
+  variants = ["seed config"]
+  if args.no_antialias:
+    variants.append("no antialiasing")
+  if args.breakdown:
+    variants += ["no blur", "no colour jitter", "crop + flip only"]
   for size in sizes:
-    result = time_pipeline(args.dir, size, args.batch, args.batches, args.warmup, threads)
-    if limit:
-      result["decode_limit_images_per_s"] = limit["images_per_s"]
-      result["fraction_of_decode_limit"] = round(
-          result["images_per_s"] / limit["images_per_s"], 3)
-      result["fraction_of_two_crop_decodes"] = round(
-          result["images_per_s"] / limit["two_crop_decodes_images_per_s"], 3)
-    print(json.dumps(result), flush=True)
+    for variant in variants:
+      result = time_pipeline(args.dir, size, args.batch, args.batches, args.warmup, threads,
+                             variant)
+      if limit:
+        result["decode_limit_images_per_s"] = limit["images_per_s"]
+        result["fraction_of_decode_limit"] = round(
+            result["images_per_s"] / limit["images_per_s"], 3)
+        result["fraction_of_two_crop_decodes"] = round(
+            result["images_per_s"] / limit["two_crop_decodes_images_per_s"], 3)
+      print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

@@ -191,44 +191,42 @@ def adjust_saturation(image, factor):
 
 
 def rgb_to_hsv(image):
-  """(3, H, W) RGB -> (3, H, W) HSV, hue in [0, 1) (torchvision's _rgb2hsv)."""
+  """(3, H, W) RGB -> (3, H, W) HSV, hue in [0, 1) (torchvision's _rgb2hsv). Written with
+  elementwise max/min, one reciprocal and no floormod: XLA's CPU code for those is
+  several times faster than for reductions over the channel axis and floormod."""
   red, green, blue = tf.unstack(image)
-  value = tf.reduce_max(image, axis=0)
-  chroma = value - tf.reduce_min(image, axis=0)
+  value = tf.maximum(tf.maximum(red, green), blue)
+  chroma = value - tf.minimum(tf.minimum(red, green), blue)
   gray = tf.equal(chroma, 0.0)
-  saturation = chroma / tf.where(gray, tf.ones_like(value), value)
-  chroma = tf.where(gray, tf.ones_like(chroma), chroma)
-  rc, gc, bc = (value - red) / chroma, (value - green) / chroma, (value - blue) / chroma
-  hue = tf.where(tf.equal(value, red), bc - gc,
-                 tf.where(tf.equal(value, green), 2.0 + rc - bc, 4.0 + gc - rc))
-  hue = tf.math.floormod(hue / 6.0 + 1.0, 1.0)
+  saturation = tf.where(gray, 0.0, chroma / tf.where(gray, 1.0, value))
+  inverse_chroma = 1.0 / tf.where(gray, 1.0, chroma)
+  hue = tf.where(tf.equal(value, red), (green - blue) * inverse_chroma,
+                 tf.where(tf.equal(value, green), 2.0 + (blue - red) * inverse_chroma,
+                          4.0 + (red - green) * inverse_chroma)) / 6.0
+  hue = tf.where(hue < 0.0, hue + 1.0, hue)  # In [-1/6, 5/6] before.
   return tf.stack([hue, saturation, value])
 
 
 def hsv_to_rgb(image):
-  """(3, H, W) HSV -> RGB (torchvision's _hsv2rgb)."""
+  """(3, H, W) HSV, hue in [0, 1) -> RGB. Each channel is v - v * s * clip(min(k, 4 - k),
+  0, 1) with k = (n + 6h) mod 6, n = 5, 3, 1 for red, green, blue: torchvision's _hsv2rgb
+  without its six-way select (the same piecewise-linear function, cheaper to compute)."""
   hue, saturation, value = tf.unstack(image)
-  sector = tf.floor(hue * 6.0)
-  fraction = hue * 6.0 - sector
-  sector = tf.math.floormod(sector, 6.0)
-  p = tf.clip_by_value(value * (1.0 - saturation), 0.0, 1.0)
-  q = tf.clip_by_value(value * (1.0 - saturation * fraction), 0.0, 1.0)
-  t = tf.clip_by_value(value * (1.0 - saturation * (1.0 - fraction)), 0.0, 1.0)
+  chroma = value * saturation
 
-  def pick(*by_sector):  # The channel's value in each of the six hue sectors.
-    out = by_sector[5]
-    for index in range(4, -1, -1):
-      out = tf.where(tf.equal(sector, float(index)), by_sector[index], out)
-    return out
+  def channel(n: float):
+    k = n + 6.0 * hue
+    k = tf.where(k >= 6.0, k - 6.0, k)  # mod 6, as n + 6h is in [1, 11).
+    return value - chroma * tf.clip_by_value(tf.minimum(k, 4.0 - k), 0.0, 1.0)
 
-  return tf.stack([pick(value, q, p, p, t, value), pick(t, value, value, q, p, p),
-                   pick(p, p, t, value, value, q)])
+  return tf.stack([channel(5.0), channel(3.0), channel(1.0)])
 
 
 def adjust_hue(image, delta):
   """Rotates hue by `delta` of a full turn, delta in [-0.5, 0.5] (torchvision's adjust_hue)."""
   hue, saturation, value = tf.unstack(rgb_to_hsv(image))
-  hue = tf.math.floormod(hue + delta, 1.0)
+  hue = hue + delta
+  hue = hue - tf.floor(hue)  # mod 1.
   return hsv_to_rgb(tf.stack([hue, saturation, value]))
 
 
