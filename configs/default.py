@@ -99,6 +99,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.linear_eval.standardize_features = True  # With precomputed features.
   config.linear_eval.few_shot_per_class = 0  # > 0: also a probe on k labels per class,
   config.linear_eval.few_shot_trials = 5  # averaged over this many draws of the k.
+  # L2 weight decay of the few-shot probe: a handful of labels needs the regularisation
+  # that the all-labels probe does not (as CLIP's few-shot logistic regression).
+  config.linear_eval.few_shot_weight_decay = 0.0
   config.linear_eval.random_init_baseline = False  # Also probe a random-init encoder.
   # Weighted kNN on the same frozen features (cosine similarity, votes exp(sim / T)).
   config.linear_eval.knn_k = 200

@@ -33,7 +33,7 @@ def get_config():
 
   config.online_probe = True
 
-  config.temperature = 0.2
+  config.temperature = 0.1
   config.batch_size = 256
   config.num_train_steps = 600
   config.optimizer.name = "lars"
@@ -49,5 +49,6 @@ def get_config():
   config.linear_eval.epochs = 100
   config.linear_eval.learning_rate = 0.1
   config.linear_eval.few_shot_per_class = 5
+  config.linear_eval.few_shot_weight_decay = 3e-2
   config.linear_eval.random_init_baseline = True
   return config

@@ -87,11 +87,13 @@ def _to_host(arrays):
 
 
 def train_linear_classifier(features: np.ndarray, labels: np.ndarray, num_classes: int,
-                            num_steps: int, le_config, seed: int) -> dict[str, Any]:
+                            num_steps: int, le_config, seed: int,
+                            weight_decay: float | None = None) -> dict[str, Any]:
   """Softmax regression on (n, F) features with SGD + Nesterov momentum, cosine decay.
 
   Features are standardised with the training mean and std (stored in the result) when
   `le_config.standardize_features`. Each step's minibatch is a fresh random sample.
+  `weight_decay` defaults to `le_config.weight_decay`.
 
   Returns:
     {'kernel': (F, C), 'bias': (C,), 'mean': (F,), 'std': (F,)}.
@@ -101,7 +103,8 @@ def train_linear_classifier(features: np.ndarray, labels: np.ndarray, num_classe
       jnp.asarray((features - mean) / std), jnp.asarray(labels), jax.random.PRNGKey(seed),
       num_classes=num_classes, num_steps=num_steps,
       batch=min(le_config.batch_size, len(labels)), learning_rate=le_config.learning_rate,
-      momentum=le_config.momentum, weight_decay=le_config.weight_decay)
+      momentum=le_config.momentum,
+      weight_decay=le_config.weight_decay if weight_decay is None else weight_decay)
   return {**jax.device_get(params), "mean": mean, "std": std}
 
 
@@ -213,10 +216,10 @@ def probe(train_features, train_labels, eval_features, eval_labels, num_classes:
   steps_per_epoch = math.ceil(n / min(le_config.batch_size, n))
   num_steps = le_config.epochs * steps_per_epoch
 
-  def measure(features, labels, trial_seed, classifier=None):
+  def measure(features, labels, trial_seed, classifier=None, weight_decay=None):
     if classifier is None:
       classifier = train_linear_classifier(features, labels, num_classes, num_steps,
-                                           le_config, trial_seed)
+                                           le_config, trial_seed, weight_decay)
     return {"top1": top_k_accuracy(classifier, eval_features, eval_labels, 1),
             "top5": top_k_accuracy(classifier, eval_features, eval_labels, 5),
             "knn_top1": knn.knn_accuracy(features, labels, eval_features, eval_labels,
@@ -232,7 +235,8 @@ def probe(train_features, train_labels, eval_features, eval_labels, num_classes:
     trials = []
     for trial in range(le_config.few_shot_trials):
       subset = few_shot_subset(train_labels, shots, seed + trial)
-      trials.append(measure(train_features[subset], train_labels[subset], seed + trial))
+      trials.append(measure(train_features[subset], train_labels[subset], seed + trial,
+                            weight_decay=le_config.few_shot_weight_decay))
     for name in trials[0]:
       results[f"{prefix}{name}_{shots}shot"] = float(np.mean([t[name] for t in trials]))
   return results

@@ -93,6 +93,14 @@ def test_linear_classifier_fits_separable_data_and_topk_is_exact():
       standardize_features=True))
   classifier = linear_eval.train_linear_classifier(features, labels, 5, 300, le_config, 0)
   assert linear_eval.top_k_accuracy(classifier, features, labels, 1) > 0.97
+  # An explicit weight decay (the few-shot probe's) overrides the config's and shrinks
+  # the kernel; the run is otherwise the same.
+  decayed = linear_eval.train_linear_classifier(features, labels, 5, 300, le_config, 0,
+                                                weight_decay=0.1)
+  assert np.linalg.norm(decayed["kernel"]) < 0.5 * np.linalg.norm(classifier["kernel"])
+  np.testing.assert_array_equal(
+      linear_eval.train_linear_classifier(features, labels, 5, 300, le_config, 0,
+                                          weight_decay=0.0)["kernel"], classifier["kernel"])
 
   # top-k against a direct NumPy count on hand-made logits.
   manual = {"kernel": np.eye(3, dtype=np.float32), "bias": np.zeros(3, np.float32),

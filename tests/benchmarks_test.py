@@ -1,0 +1,30 @@
+"""The input-pipeline benchmark runs end to end and prints what BENCHMARKS.md quotes."""
+
+import json
+import os
+import subprocess
+import sys
+
+from benchmarks import make_jpegs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_pipeline_benchmark_prints_rates_per_variant(tmp_path):
+  make_jpegs.write_jpegs(str(tmp_path), count=8, classes=2)
+  command = [sys.executable, os.path.join(ROOT, "benchmarks", "input_pipeline.py"),
+             "--dir", str(tmp_path), "--sizes", "32", "--batch", "4", "--batches", "2",
+             "--warmup", "1", "--decode-images", "64", "--no-antialias"]
+  env = {**os.environ, "SIMCLR_NO_DISTRIBUTED": "1"}
+  out = subprocess.run(command, capture_output=True, text=True, check=True, env=env,
+                       timeout=300).stdout
+  lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+  limit, *pipelines = lines
+  assert limit["what"] == "JPEG decode limit" and limit["files"] == 8
+  assert limit["images_per_s"] > 0 and limit["two_crop_decodes_images_per_s"] > 0
+  assert [p["variant"] for p in pipelines] == ["seed config", "no antialiasing"]
+  for result in pipelines:
+    assert result["views_shape"] == [4, 2, 32, 32, 3] and result["files"] == 8
+    assert result["views_per_s"] == 2 * result["images_per_s"] > 0
+    assert result["fraction_of_decode_limit"] == round(
+        result["images_per_s"] / limit["images_per_s"], 3)
