@@ -25,6 +25,7 @@ def test_pipeline_benchmark_prints_rates_per_variant(tmp_path):
   assert [p["variant"] for p in pipelines] == ["seed config", "no antialiasing"]
   for result in pipelines:
     assert result["views_shape"] == [4, 2, 32, 32, 3] and result["files"] == 8
-    assert result["views_per_s"] == 2 * result["images_per_s"] > 0
+    assert result["images_per_s"] > 0
+    assert abs(result["views_per_s"] - 2 * result["images_per_s"]) <= 0.02  # Each rounded.
     assert result["fraction_of_decode_limit"] == round(
         result["images_per_s"] / limit["images_per_s"], 3)
