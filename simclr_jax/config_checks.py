@@ -75,3 +75,6 @@ def check_linear_eval_config(config) -> None:
   _require(config.linear_eval.few_shot_trials >= 1, "linear_eval.few_shot_trials must be >= 1.")
   _require(config.linear_eval.knn_k >= 1, "linear_eval.knn_k must be >= 1.")
   _require(config.linear_eval.knn_temperature > 0, "linear_eval.knn_temperature must be > 0.")
+  for name in ("weight_decay", "few_shot_weight_decay"):
+    _require(config.linear_eval[name] >= 0,
+             f"linear_eval.{name} must be >= 0, got {config.linear_eval[name]}.")

@@ -46,3 +46,11 @@ def test_paper_config_uses_lars_sqrt_scaling_and_the_three_layer_head():
   assert (c.optimizer.name, c.optimizer.lr_scaling) == ("lars", "sqrt")
   assert c.optimizer.exclude_bn_and_bias and c.augment.blur_probability == 0.5
   assert len(c.model.head_widths) == 3 and c.model.head_batch_norm
+
+
+@pytest.mark.parametrize("field", ["weight_decay", "few_shot_weight_decay"])
+def test_negative_probe_weight_decay_is_a_config_error(field):
+  config = importlib.import_module("configs.food101_linear").get_config()
+  config.linear_eval[field] = -0.1
+  with pytest.raises(config_checks.ConfigError, match=f"linear_eval.{field} must be >= 0"):
+    config_checks.check_linear_eval_config(config)
