@@ -150,8 +150,7 @@ def decode_limits(data_dir: str, threads: int, images: int) -> dict:
   indexed = tf.data.Dataset.zip(encoded, tf.data.Dataset.counter())
 
   def two_crop_decodes(image_bytes, position):
-    seeds = tf.random.experimental.stateless_split(tf.stack([tf.constant(0, tf.int64),
-                                                             position]), 2)
+    seeds = augmentations.split_seed(tf.stack([tf.constant(0, tf.int64), position]), 2)
     shape = tf.image.extract_jpeg_shape(image_bytes)
     sizes = []
     for i in range(2):

@@ -167,14 +167,6 @@ def _apply_if(condition, op, image):
   return tf.cond(condition, lambda: op(image), lambda: image)
 
 
-def random_flip(image, seed, probability: float = 0.5):
-  return _apply_if(_coin(seed, probability), flip_left_right, image)
-
-
-def random_grayscale(image, seed, probability: float = 0.2):
-  return _apply_if(_coin(seed, probability), grayscale, image)
-
-
 def adjust_brightness(image, factor):
   return tf.clip_by_value(image * factor, 0.0, 1.0)
 
@@ -255,12 +247,6 @@ def apply_color_jitter(image, factors, order):
   return image
 
 
-def color_jitter(image, seed, brightness: float, contrast: float, saturation: float,
-                 hue: float):
-  """torchvision's ColorJitter: random factors, the four adjustments in a random order."""
-  return apply_color_jitter(image, *jitter_draws(seed, brightness, contrast, saturation, hue))
-
-
 def gaussian_kernel_1d(kernel_size: int, sigma):
   """Normalised 1-D Gaussian of `kernel_size` taps (torchvision's _get_gaussian_kernel1d)."""
   half = (kernel_size - 1) / 2.0
@@ -285,12 +271,6 @@ def blur_draws(seed, probability: float, sigma_range=(0.1, 2.0)):
   """Whether to blur (with `probability`) and sigma, uniform in `sigma_range`."""
   seeds = split_seed(seed, 2)
   return _coin(seeds[0], probability), _uniform(seeds[1], sigma_range[0], sigma_range[1])
-
-
-def random_gaussian_blur(image, seed, probability: float, kernel_size: int,
-                         sigma_range=(0.1, 2.0)):
-  blur, sigma = blur_draws(seed, probability, sigma_range)
-  return _apply_if(blur, lambda x: gaussian_blur(x, sigma, kernel_size), image)
 
 
 def to_uint8(image):

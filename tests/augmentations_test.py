@@ -153,49 +153,68 @@ def test_resize_without_antialiasing_is_plain_bilinear():
 
 
 # ----------------------------------------------------------------------------------------
-# Flip and grayscale.
+# The photometric draws (what the pipeline applies), flip and grayscale.
+
+DRAW_SPECS = {"flip": tf.TensorSpec([], tf.bool), "jitter": tf.TensorSpec([], tf.bool),
+              "jitter_factors": tf.TensorSpec([4], tf.float32),
+              "jitter_order": tf.TensorSpec([4], tf.int32),
+              "grayscale": tf.TensorSpec([], tf.bool), "blur": tf.TensorSpec([], tf.bool),
+              "blur_sigma": tf.TensorSpec([], tf.float32)}
 
 
-def test_random_flip_rate_and_semantics():
+def _draws(n, aug, salt=0):
+  """photometric_draws for n fixed seeds, as NumPy arrays keyed as DRAW_SPECS."""
+  return _over_seeds(lambda s: aug_lib.photometric_draws(aug_lib.split_seed(s, 5), aug), n,
+                     DRAW_SPECS, salt)
+
+
+def _rate_ok(flags, probability):
+  n = len(flags)
+  return abs(flags.mean() - probability) < 5 * math.sqrt(probability * (1 - probability) / n)
+
+
+def test_draws_apply_each_op_at_its_rate_independently():
+  n = 4000
+  draws = _draws(n, _seed_aug(blur_probability=0.5))  # Seed config, blur p as the paper.
+  for name, probability in [("flip", 0.5), ("jitter", 0.8), ("grayscale", 0.2),
+                            ("blur", 0.5)]:
+    assert _rate_ok(draws[name], probability), name
+  # Each op has its own seed: joint rates are products.
+  assert _rate_ok(draws["flip"] & draws["grayscale"], 0.1)
+  assert _rate_ok(draws["jitter"] & draws["blur"], 0.4)
+  # A probability of 0 or 1 is never or always.
+  fixed = _draws(200, _seed_aug(flip_probability=0.0, blur_probability=1.0), salt=1)
+  assert not fixed["flip"].any() and fixed["blur"].all()
+
+
+def test_flip_left_right_reverses_the_width_axis():
   image = _rng_image((3, 4, 6))  # Channels first.
-  n = 2000
-  out = _over_seeds(lambda s: aug_lib.random_flip(image, s, 0.5), n,
-                    tf.TensorSpec([3, 4, 6], tf.float32))
-  flipped_ref = image[:, :, ::-1]  # Left-right: the width axis reversed.
-  flipped = (out == flipped_ref).all(axis=(1, 2, 3))
-  same = (out == image).all(axis=(1, 2, 3))
-  assert (flipped ^ same).all()  # Exactly one of the two, bit for bit.
-  assert abs(flipped.mean() - 0.5) < 5 * math.sqrt(0.25 / n)
+  np.testing.assert_array_equal(aug_lib.flip_left_right(image), image[:, :, ::-1])
 
 
-def test_random_grayscale_rate_and_weights():
+def test_grayscale_puts_the_luma_in_every_channel():
   image = _rng_image((3, 4, 5), seed=1)  # Channels first.
-  n = 2000
-  out = _over_seeds(lambda s: aug_lib.random_grayscale(image, s, 0.2), n,
-                    tf.TensorSpec([3, 4, 5], tf.float32))
   luma = np.tensordot(GRAY, image.astype(np.float64), axes=1)
-  gray = np.all(np.abs(out - luma[None]) < 1e-6, axis=(1, 2, 3))
-  same = (out == image).all(axis=(1, 2, 3))
-  assert (gray ^ same).all()
-  assert abs(gray.mean() - 0.2) < 5 * math.sqrt(0.16 / n)
+  np.testing.assert_allclose(aug_lib.grayscale(image), np.stack([luma] * 3), atol=1e-6)
 
 
 # ----------------------------------------------------------------------------------------
 # Colour jitter.
 
 
-def test_color_jitter_brightness_factor_is_uniform():
-  image = np.full((3, 4, 4), 0.5, np.float32)
-  n = 2000
-  out = _over_seeds(lambda s: aug_lib.color_jitter(image, s, 0.4, 0.0, 0.0, 0.0), n,
-                    tf.TensorSpec([3, 4, 4], tf.float32))
-  ratio = out / 0.5
-  assert np.abs(ratio - ratio[:, :1, :1, :1]).max() < 1e-5  # One factor per image.
-  ratio = ratio[:, 0, 0, 0]
-  assert ratio.min() >= 0.6 - 1e-5 and ratio.max() <= 1.4 + 1e-5
-  assert ratio.min() < 0.61 and ratio.max() > 1.39
-  assert scipy.stats.kstest(ratio, "uniform", args=(0.6, 0.8)).statistic < 0.06
-  assert abs(ratio.mean() - 1.0) < 5 * (0.8 / math.sqrt(12)) / math.sqrt(n)
+def test_jitter_factors_are_uniform_in_torchvision_ranges():
+  n = 4000
+  factors = _draws(n, _seed_aug())["jitter_factors"]  # ColorJitter(0.4, 0.4, 0.4, 0.1).
+  for index, (low, high) in enumerate([(0.6, 1.4)] * 3 + [(-0.1, 0.1)]):
+    f = factors[:, index]
+    assert f.min() >= low - 1e-6 and f.max() <= high + 1e-6
+    assert scipy.stats.kstest(f, "uniform", args=(low, high - low)).statistic < 0.04
+  # Independent factors.
+  assert abs(np.corrcoef(factors[:, 0], factors[:, 1])[0, 1]) < 5 / math.sqrt(n)
+  # Strength s gives (0.8s, 0.8s, 0.8s, 0.2s): the seed's s = 0.5 halved, (0.2, ..., 0.05).
+  half = _draws(500, _seed_aug(color_jitter_strength=0.25), salt=1)["jitter_factors"]
+  assert half[:, 0].min() >= 0.8 - 1e-6 and half[:, 0].max() <= 1.2 + 1e-6
+  assert np.abs(half[:, 3]).max() <= 0.05 + 1e-6
 
 
 @pytest.mark.parametrize("factor", [0.0, 0.5, 1.0, 1.7])
@@ -240,46 +259,30 @@ def test_adjust_hue_matches_colorsys(delta):
                              atol=2e-6)
 
 
-def _replicated_jitter(image, seed, b, c, s, h):
-  """color_jitter's draws, replicated from its seed splitting (this couples the test to its
-  internals: seeds[0..3] the four factors, argsort of 4 uniforms from seeds[4] the order).
-  Returns (output with that order, output in the fixed order b-c-s-h, order)."""
-  seeds = aug_lib.split_seed(seed, 5)
-  u = lambda i, lo, hi, shape=(): tf.random.stateless_uniform(shape, seeds[i], lo, hi)
-  factors = [u(0, max(0.0, 1 - b), 1 + b), u(1, max(0.0, 1 - c), 1 + c),
-             u(2, max(0.0, 1 - s), 1 + s), u(3, -h, h)]
-  order = tf.argsort(u(4, 0.0, 1.0, [4]))
-  ops = [aug_lib.adjust_brightness, aug_lib.adjust_contrast, aug_lib.adjust_saturation,
-         aug_lib.adjust_hue]
-  fixed = image
-  for op, f in zip(ops, factors):
-    fixed = op(fixed, f)
-  out = image
-  for position in range(4):
-    out = tf.switch_case(order[position], [
-        (lambda op=op, f=f, x=out: op(x, f)) for op, f in zip(ops, factors)])
-  return out, fixed, order
-
-
 def test_color_jitter_applies_the_four_ops_in_a_uniform_random_order():
   image = _rng_image((3, 5, 6), seed=4)  # Channels first.
-  jitter = (0.4, 0.4, 0.4, 0.1)
-  n = 300
-  spec = tf.TensorSpec([3, 5, 6], tf.float32)
-  out, replicated, fixed = _over_seeds(
-      lambda s: (aug_lib.color_jitter(image, s, *jitter),) + _replicated_jitter(
-          image, s, *jitter)[:2], n, (spec, spec, spec))
-  # The output is the four adjustments with the drawn factors, in the drawn order ...
-  np.testing.assert_allclose(out, replicated, atol=1e-5)
-  # ... which matters: for many seeds a fixed b-c-s-h composition gives another image
-  # (the ops commute only without clipping and without hue).
-  differs = np.abs(out - fixed).max(axis=(1, 2, 3)) > 1e-3
-  assert differs.mean() > 0.2
+  ops = [aug_lib.adjust_brightness, aug_lib.adjust_contrast, aug_lib.adjust_saturation,
+         aug_lib.adjust_hue]
+  draws = _draws(40, _seed_aug())
+  differs = []
+  for factors, order in zip(draws["jitter_factors"], draws["jitter_order"]):
+    out = aug_lib.apply_color_jitter(image, factors, tf.constant(order)).numpy()
+    # The four adjustments with the drawn factors, in the drawn order ...
+    expected = image
+    for index in order:
+      expected = ops[index](expected, factors[index])
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    # ... which matters: a fixed b-c-s-h composition often gives another image (the ops
+    # commute only without clipping and without hue).
+    fixed = image
+    for index in range(4):
+      fixed = ops[index](fixed, factors[index])
+    differs.append(np.abs(out - fixed).max() > 1e-3)
+  assert np.mean(differs) > 0.2
 
   # The order is a uniform permutation: all 24 about equally often.
   m = 4800
-  orders = _over_seeds(lambda s: _replicated_jitter(image, s, *jitter)[2], m,
-                       tf.TensorSpec([4], tf.int32), salt=1)
+  orders = _draws(m, _seed_aug(), salt=1)["jitter_order"]
   assert (np.sort(orders, axis=1) == np.arange(4)).all()
   codes = orders @ np.array([64, 16, 4, 1])
   counts = np.unique(codes, return_counts=True)[1]
@@ -339,14 +342,10 @@ def test_gaussian_blur_of_a_constant_is_the_constant():
   np.testing.assert_allclose(aug_lib.gaussian_blur(image, 1.7, 9), image, atol=1e-6)
 
 
-def test_random_gaussian_blur_rate():
-  image = _rng_image((3, 8, 8), seed=7)  # Channels first.
-  n = 1000
-  out = _over_seeds(lambda s: aug_lib.random_gaussian_blur(image, s, 0.5, 3, (1.0, 2.0)), n,
-                    tf.TensorSpec([3, 8, 8], tf.float32))
-  same = (out == image).all(axis=(1, 2, 3))
-  assert (np.abs(out - image).max(axis=(1, 2, 3))[~same] > 1e-2).all()
-  assert abs(same.mean() - 0.5) < 5 * math.sqrt(0.25 / n)
+def test_blur_sigma_is_uniform_in_its_range():
+  sigma = _draws(3000, _seed_aug(blur_sigma_range=(0.1, 2.0)))["blur_sigma"]
+  assert sigma.min() >= 0.1 - 1e-6 and sigma.max() <= 2.0 + 1e-6
+  assert scipy.stats.kstest(sigma, "uniform", args=(0.1, 1.9)).statistic < 0.04
 
 
 # ----------------------------------------------------------------------------------------
