@@ -10,9 +10,10 @@ reproducible and resumable. Semantics follow torchvision, which the seed used:
   -> uint8 (as the seed's PIL images; ToTensor and Normalize run on the accelerator,
      `models.image_input`)
 
-Images are float32 in [0, 1] between the ops: (H, W, 3) up to the resized crop, then
-channels-first (3, H, W) for the photometric ops, which run as one XLA computation per view
-(`_photometric_view`). Views come out as (S, S, 3) uint8: a quarter of float32's bytes to
+The views of an image share one decode (`decode_for_crops`: for JPEGs, a crop-decode of
+the bounding window of their crops). The uint8 crop is resized to float32 pixel values in
+[0, 255]; the photometric ops then work on channels-first (3, H, W) floats in [0, 1], as
+one XLA computation per view (`_photometric_view`). Views come out as (S, S, 3) uint8: a quarter of float32's bytes to
 batch, prefetch and send to the devices.
 """
 
@@ -91,42 +92,90 @@ def decode_rgb(image_bytes) -> tf.Tensor:
   return tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
 
 
-def random_resized_crop(image, seed, size: int, area_range, ratio_range,
-                        antialias: bool = True):
-  """A random resized crop as a (size, size, 3) float32 image in [0, 1].
+def crop_windows(seeds, height, width, area_range, ratio_range) -> tf.Tensor:
+  """(n, 2) seeds -> (n, 4) int32 RandomResizedCrop windows (top, left, height, width)."""
+  return tf.stack([tf.stack(random_resized_crop_window(seed, height, width, area_range,
+                                                       ratio_range))
+                   for seed in tf.unstack(seeds)])
 
-  `image` is a decoded (H, W, 3) image or the encoded bytes of one. JPEG bytes are decoded
-  fused with the crop (tf.image.decode_and_crop_jpeg on the window sampled from the shape
-  in the header), so only the window is decoded; other formats are decoded, then cropped.
+
+def bounding_window(windows) -> tf.Tensor:
+  """(n, 4) windows -> (4,) the smallest window (top, left, height, width) holding them."""
+  top, left = tf.reduce_min(windows[:, 0]), tf.reduce_min(windows[:, 1])
+  bottom = tf.reduce_max(windows[:, 0] + windows[:, 2])
+  right = tf.reduce_max(windows[:, 1] + windows[:, 3])
+  return tf.stack([top, left, bottom - top, right - left])
+
+
+def decode_for_crops(image, seeds, area_range, ratio_range):
+  """Samples one RandomResizedCrop window per seed and decodes what they need, once.
+
+  JPEG bytes: only the bounding window of all the crop windows is decoded, fused with the
+  crop (tf.image.decode_and_crop_jpeg, windows sampled from the shape in the header). One
+  such decode per image is cheaper than one per view: the entropy decoding up to the
+  window's last row, which a crop-decode cannot skip, is paid once. Other formats are
+  decoded whole; decoded images are used as they are.
+
+  Args:
+    image: (H, W, 3) uint8, or its encoded bytes.
+    seeds: (n, 2) one seed per window.
+
+  Returns:
+    region: (h, w, 3) uint8, the decoded part of the image.
+    windows: (n, 4) int32 crop windows (top, left, height, width) within `region`.
   """
+  def windows_in(shape):
+    return crop_windows(seeds, shape[0], shape[1], area_range, ratio_range)
+
+  image = tf.convert_to_tensor(image)
   if image.dtype != tf.string:
-    return _crop_and_resize(image, seed, size, area_range, ratio_range, antialias)
+    return image, windows_in(tf.shape(image))
 
-  def crop_jpeg():
-    shape = tf.image.extract_jpeg_shape(image)
-    window = random_resized_crop_window(seed, shape[0], shape[1], area_range, ratio_range)
-    return resize(tf.image.decode_and_crop_jpeg(image, tf.stack(window), channels=3), size,
-                  size, antialias)
+  def decode_jpeg_region():
+    windows = windows_in(tf.image.extract_jpeg_shape(image))
+    bounds = bounding_window(windows)
+    region = tf.image.decode_and_crop_jpeg(image, bounds, channels=3)
+    return region, windows - tf.stack([bounds[0], bounds[1], 0, 0])
 
-  return tf.cond(tf.io.is_jpeg(image), crop_jpeg,
-                 lambda: _crop_and_resize(decode_rgb(image), seed, size, area_range,
-                                          ratio_range, antialias))
+  def decode_whole():
+    decoded = decode_rgb(image)
+    return decoded, windows_in(tf.shape(decoded))
+
+  return tf.cond(tf.io.is_jpeg(image), decode_jpeg_region, decode_whole)
 
 
-def _crop_and_resize(image, seed, size: int, area_range, ratio_range, antialias: bool):
-  shape = tf.shape(image)
-  top, left, crop_h, crop_w = random_resized_crop_window(
-      seed, shape[0], shape[1], area_range, ratio_range)
-  crop = tf.image.crop_to_bounding_box(image, top, left, crop_h, crop_w)
-  return resize(crop, size, size, antialias)
+def random_resized_crops(image, seeds, size: int, area_range, ratio_range,
+                         antialias: bool = True) -> list[tf.Tensor]:
+  """One random resized crop per seed, from one decode of `image` (`decode_for_crops`).
+
+  Args:
+    image: (H, W, 3) uint8, or its encoded bytes.
+    seeds: (n, 2) one seed per crop.
+
+  Returns:
+    n crops, each (size, size, 3) float32 pixel values in [0, 255].
+  """
+  region, windows = decode_for_crops(image, seeds, area_range, ratio_range)
+  crops = []
+  for window in tf.unstack(windows, num=seeds.shape[0]):
+    top, left, height, width = tf.unstack(window, num=4)
+    crops.append(resize(region[top:top + height, left:left + width], size, size, antialias))
+  return crops
+
+
+def random_resized_crop(image, seed, size: int, area_range, ratio_range,
+                        antialias: bool = True) -> tf.Tensor:
+  """One random resized crop (seed (2,)) -> (size, size, 3) float32 in [0, 255]."""
+  return random_resized_crops(image, seed[None], size, area_range, ratio_range, antialias)[0]
 
 
 def resize(image, height: int, width: int, antialias: bool = True):
-  """Bilinear resize to float32 in [0, 1], antialiased (as PIL and torchvision) or not (as
-  big_vision and TF SimCLR)."""
-  image = tf.image.convert_image_dtype(image, tf.float32)
-  resized = tf.image.resize(image, (height, width), method="bilinear", antialias=antialias)
-  return tf.clip_by_value(resized, 0.0, 1.0)
+  """Bilinear resize of a uint8 (or float) image to float32 on the same scale (0-255 for
+  uint8), antialiased (as PIL and torchvision) or not (as big_vision and TF SimCLR). Both
+  filters' weights are convex, so the result stays in the input's range. uint8 goes into
+  the resize kernel as it is: converting to float first costs a pass over the larger
+  input."""
+  return tf.image.resize(image, (height, width), method="bilinear", antialias=antialias)
 
 
 # ----------------------------------------------------------------------------------------
@@ -306,36 +355,43 @@ def _flip_only_draws(flip) -> dict[str, tf.Tensor]:
 
 @tf.function(jit_compile=True)
 def _photometric_view(view, draws: dict[str, tf.Tensor], blur_kernel: int):
-  """Flip, colour jitter, grayscale and blur of one (S, S, 3) view in [0, 1], as `draws`
-  (`photometric_draws`) says, -> (S, S, 3) uint8. One XLA computation: several times
-  faster on the CPU than the same ops run one by one. One compile per view size and
-  `blur_kernel`."""
-  image = to_channels_first(view)
-  image = _apply_if(draws["flip"], flip_left_right, image)
+  """Flip, colour jitter, grayscale and blur of one (S, S, 3) view of float32 pixel values
+  in [0, 255], as `draws` (`photometric_draws`) says, -> (S, S, 3) uint8. One XLA
+  computation: several times faster on the CPU than the same ops run one by one. One
+  compile per view size and `blur_kernel`."""
+  image = to_channels_first(view) * (1.0 / 255.0)
+  image = tf.where(draws["flip"], flip_left_right(image), image)
   image = _apply_if(draws["jitter"], lambda x: apply_color_jitter(
       x, draws["jitter_factors"], draws["jitter_order"]), image)
-  image = _apply_if(draws["grayscale"], grayscale, image)
+  image = tf.where(draws["grayscale"], grayscale(image), image)
   image = _apply_if(draws["blur"], lambda x: gaussian_blur(x, draws["blur_sigma"],
                                                            blur_kernel), image)
   return to_uint8(to_channels_last(image))
 
 
-def simclr_view(image, seed, aug) -> tf.Tensor:
-  """One SimCLR view of an image.
+def simclr_views(image, seeds, aug) -> tf.Tensor:
+  """SimCLR views of one image, one per seed, from one decode of it.
 
   Args:
-    image: (H, W, 3) uint8, or its encoded bytes (JPEG: decoded fused with the crop).
-    seed: (2,) int seed for this view.
+    image: (H, W, 3) uint8, or its encoded bytes (JPEG: decoded fused with the crops).
+    seeds: (n, 2) int seeds, one per view; a view depends only on its own seed.
     aug: `config.augment` (see configs/default.py).
 
   Returns:
-    (aug.image_size, aug.image_size, 3) uint8.
+    (n, aug.image_size, aug.image_size, 3) uint8.
   """
-  seeds = split_seed(seed, 6)
-  view = random_resized_crop(image, seeds[0], aug.image_size, aug.crop_area_range,
-                             aug.crop_ratio_range, aug.resize_antialias)
-  return _photometric_view(view, photometric_draws(seeds[1:], aug),
-                           blur_kernel_size(aug.image_size))
+  view_seeds = [split_seed(seed, 6) for seed in tf.unstack(seeds)]
+  crops = random_resized_crops(image, tf.stack([s[0] for s in view_seeds]), aug.image_size,
+                               aug.crop_area_range, aug.crop_ratio_range,
+                               aug.resize_antialias)
+  blur_kernel = blur_kernel_size(aug.image_size)
+  return tf.stack([_photometric_view(crop, photometric_draws(s[1:], aug), blur_kernel)
+                   for crop, s in zip(crops, view_seeds)])
+
+
+def simclr_view(image, seed, aug) -> tf.Tensor:
+  """One SimCLR view, seed (2,): `simclr_views` of one seed -> (S, S, 3) uint8."""
+  return simclr_views(image, seed[None], aug)[0]
 
 
 def crop_flip_view(image, seed, aug) -> tf.Tensor:
@@ -366,4 +422,4 @@ def eval_view(image, aug) -> tf.Tensor:
   new_shape = tf.maximum(new_shape, size)
   view = resize(image, new_shape[0], new_shape[1], aug.resize_antialias)
   view = tf.image.resize_with_crop_or_pad(view, size, size)
-  return to_uint8(view)
+  return to_uint8(view * (1.0 / 255.0))

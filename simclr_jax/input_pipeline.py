@@ -193,10 +193,8 @@ def pretrain_dataset(config, source, start_step: int = 0) -> tf.data.Dataset:
 
   def two_views(example, position):
     seed = tf.stack([tf.constant(stream_id, tf.int64), position])
-    seeds = augmentations.split_seed(seed, 2)
-    image = example["image"]
-    views = tf.stack([augmentations.simclr_view(image, seeds[0], config.augment),
-                      augmentations.simclr_view(image, seeds[1], config.augment)])
+    views = augmentations.simclr_views(example["image"], augmentations.split_seed(seed, 2),
+                                       config.augment)
     if config.online_probe:
       return {"views": views, "label": example["label"]}
     return {"views": views}

@@ -131,10 +131,42 @@ def test_random_resized_crop_is_crop_then_antialiased_resize():
   out = aug_lib.random_resized_crop(image, seed, 24, (0.08, 1.0), (3 / 4, 4 / 3))
   top, left, h, w = [int(v) for v in aug_lib.random_resized_crop_window(
       seed, 60, 80, (0.08, 1.0), (3 / 4, 4 / 3))]
-  crop = tf.image.convert_image_dtype(image[top:top + h, left:left + w], tf.float32)
+  crop = image[top:top + h, left:left + w].astype(np.float32)
   expected = tf.image.resize(crop, (24, 24), method="bilinear", antialias=True)
-  assert out.shape == (24, 24, 3) and out.dtype == tf.float32
-  np.testing.assert_allclose(out, np.clip(expected, 0, 1), atol=1e-6)
+  assert out.shape == (24, 24, 3) and out.dtype == tf.float32  # Pixel values in [0, 255].
+  np.testing.assert_allclose(out, expected, atol=1e-3)
+
+
+def test_random_resized_crops_share_one_decode_and_match_their_own_seeds():
+  """The views of an image come from one decode; each is still the crop of its own seed."""
+  image = (_rng_image((60, 80, 3), seed=5) * 255).astype(np.uint8)
+  seeds = aug_lib.split_seed(tf.constant([9, 1], tf.int64), 3)
+  crops = aug_lib.random_resized_crops(image, seeds, 20, (0.08, 1.0), (3 / 4, 4 / 3))
+  assert len(crops) == 3
+  for crop, seed in zip(crops, seeds):
+    np.testing.assert_array_equal(
+        crop, aug_lib.random_resized_crop(image, seed, 20, (0.08, 1.0), (3 / 4, 4 / 3)))
+  assert np.abs(crops[0].numpy() - crops[1].numpy()).mean() > 5  # Different windows.
+
+
+def test_bounding_window_holds_every_window_and_no_more():
+  windows = tf.constant([[10, 20, 30, 40], [5, 50, 10, 5], [12, 22, 3, 3]], tf.int32)
+  np.testing.assert_array_equal(aug_lib.bounding_window(windows), [5, 20, 35, 40])
+  # Windows relative to the decoded region (decode_for_crops) stay inside it.
+  image = np.zeros((60, 80, 3), np.uint8)
+  for salt in range(20):
+    seeds = aug_lib.split_seed(tf.constant([salt, 2], tf.int64), 2)
+    region, relative = aug_lib.decode_for_crops(tf.io.encode_jpeg(image), seeds,
+                                                (0.08, 1.0), (3 / 4, 4 / 3))
+    absolute = aug_lib.crop_windows(seeds, 60, 80, (0.08, 1.0), (3 / 4, 4 / 3)).numpy()
+    relative = relative.numpy()
+    height, width = region.shape[:2]
+    assert (relative[:, :2] >= 0).all()
+    assert (relative[:, 0] + relative[:, 2] <= height).all()
+    assert (relative[:, 1] + relative[:, 3] <= width).all()
+    np.testing.assert_array_equal(relative[:, 2:], absolute[:, 2:])  # Same crop sizes.
+    assert height == max(absolute[:, 0] + absolute[:, 2]) - min(absolute[:, 0])
+    assert width == max(absolute[:, 1] + absolute[:, 3]) - min(absolute[:, 1])
 
 
 def test_resize_without_antialiasing_is_plain_bilinear():
@@ -146,10 +178,11 @@ def test_resize_without_antialiasing_is_plain_bilinear():
   area = (1.0, 1.0)  # The whole image (ratio 1): a pure resize 48 -> 16, by 3.
   plain = aug_lib.random_resized_crop(stripes, seed, 16, area, (1.0, 1.0), antialias=False)
   smooth = aug_lib.random_resized_crop(stripes, seed, 16, area, (1.0, 1.0))
-  expected = tf.image.resize(stripes / 255.0, (16, 16), method="bilinear", antialias=False)
-  np.testing.assert_allclose(plain, expected, atol=1e-6)
-  assert np.abs(smooth.numpy()[:, 1:-1] - 0.5).max() < 0.1  # Averaged.
-  assert np.abs(plain.numpy() - 0.5).min() > 0.4  # Aliased: each sample lands on a stripe.
+  expected = tf.image.resize(stripes.astype(np.float32), (16, 16), method="bilinear",
+                             antialias=False)
+  np.testing.assert_allclose(plain, expected, atol=1e-3)
+  assert np.abs(smooth.numpy()[:, 1:-1] / 255 - 0.5).max() < 0.1  # Averaged.
+  assert np.abs(plain.numpy() / 255 - 0.5).min() > 0.4  # Aliased: each sample on a stripe.
 
 
 # ----------------------------------------------------------------------------------------
@@ -377,6 +410,9 @@ def test_simclr_view_seed_config():
   np.testing.assert_array_equal(view, aug_lib.simclr_view(image, tf.constant([1, 2], tf.int64), aug))
   other = aug_lib.simclr_view(image, tf.constant([1, 3], tf.int64), aug)
   assert np.abs(view.numpy().astype(float) - other.numpy()).mean() > 0.05 * 255
+  # Views made together (one decode) equal views made one by one, seed for seed.
+  seeds = tf.constant([[1, 2], [1, 3]], tf.int64)
+  np.testing.assert_array_equal(aug_lib.simclr_views(image, seeds, aug), tf.stack([view, other]))
 
   n = 400
   views = _over_seeds(lambda s: aug_lib.simclr_view(image, s, aug), n,
@@ -393,7 +429,7 @@ def test_photometric_view_is_the_ops_in_order_then_rounded_to_uint8():
   for salt in range(8):
     draws = aug_lib.photometric_draws(aug_lib.split_seed(tf.constant([3, salt], tf.int64), 5),
                                       aug)
-    out = aug_lib._photometric_view(view, draws, 5)  # pylint: disable=protected-access
+    out = aug_lib._photometric_view(view * 255, draws, 5)  # pylint: disable=protected-access
     image = np.transpose(view, (2, 0, 1))
     if draws["flip"]:
       image = aug_lib.flip_left_right(image)
