@@ -171,11 +171,22 @@ def random_resized_crop(image, seed, size: int, area_range, ratio_range,
 
 def resize(image, height: int, width: int, antialias: bool = True):
   """Bilinear resize of a uint8 (or float) image to float32 on the same scale (0-255 for
-  uint8), antialiased (as PIL and torchvision) or not (as big_vision and TF SimCLR). Both
-  filters' weights are convex, so the result stays in the input's range. uint8 goes into
-  the resize kernel as it is: converting to float first costs a pass over the larger
-  input."""
-  return tf.image.resize(image, (height, width), method="bilinear", antialias=antialias)
+  uint8), antialiased (as PIL and torchvision) or not (as big_vision and TF SimCLR).
+
+  Both filters' weights are convex, so the result stays in the input's range. uint8 goes
+  into the resize kernel as it is (a float copy of the larger input would cost a pass).
+  Antialiasing widens the filter only when shrinking: an image enlarged along both axes
+  takes the cheaper plain bilinear kernel, which then computes the same weights (equal to
+  float rounding, tests/augmentations_test.py).
+  """
+  if not antialias:
+    return tf.image.resize(image, (height, width), method="bilinear")
+  shape = tf.shape(image)
+  shrinks = (shape[0] > height) | (shape[1] > width)
+  return tf.cond(shrinks,
+                 lambda: tf.image.resize(image, (height, width), method="bilinear",
+                                         antialias=True),
+                 lambda: tf.image.resize(image, (height, width), method="bilinear"))
 
 
 # ----------------------------------------------------------------------------------------

@@ -137,6 +137,21 @@ def test_random_resized_crop_is_crop_then_antialiased_resize():
   np.testing.assert_allclose(out, expected, atol=1e-3)
 
 
+def test_antialiased_resize_of_an_enlarged_image_is_plain_bilinear():
+  """`resize` skips the antialiasing kernel when no axis shrinks: the weights are the same."""
+  image = (_rng_image((20, 30, 3), seed=6) * 255).astype(np.uint8)
+  for size in (30, 41):  # Enlarged along both axes (or kept): the shortcut.
+    np.testing.assert_allclose(
+        aug_lib.resize(image, size, size),
+        tf.image.resize(image, (size, size), method="bilinear", antialias=True), atol=1e-3)
+  # Shrinking along one axis only (30 -> 25) still takes the antialiased kernel.
+  np.testing.assert_allclose(
+      aug_lib.resize(image, 25, 25),
+      tf.image.resize(image, (25, 25), method="bilinear", antialias=True), atol=1e-3)
+  assert np.abs(aug_lib.resize(image, 25, 25).numpy()
+                - tf.image.resize(image, (25, 25), method="bilinear").numpy()).max() > 1
+
+
 def test_random_resized_crops_share_one_decode_and_match_their_own_seeds():
   """The views of an image come from one decode; each is still the crop of its own seed."""
   image = (_rng_image((60, 80, 3), seed=5) * 255).astype(np.uint8)
