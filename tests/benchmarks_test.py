@@ -22,6 +22,7 @@ def test_pipeline_benchmark_prints_rates_per_variant(tmp_path):
   limit, *pipelines = lines
   assert limit["what"] == "JPEG decode limit" and limit["files"] == 8
   assert limit["images_per_s"] > 0 and limit["two_crop_decodes_images_per_s"] > 0
+  assert limit["bounding_crop_decode_images_per_s"] > 0
   assert [p["variant"] for p in pipelines] == ["seed config", "no antialiasing"]
   for result in pipelines:
     assert result["views_shape"] == [4, 2, 32, 32, 3] and result["files"] == 8
@@ -29,3 +30,5 @@ def test_pipeline_benchmark_prints_rates_per_variant(tmp_path):
     assert abs(result["views_per_s"] - 2 * result["images_per_s"]) <= 0.02  # Each rounded.
     assert result["fraction_of_decode_limit"] == round(
         result["images_per_s"] / limit["images_per_s"], 3)
+    assert result["fraction_of_its_decode"] == round(
+        result["images_per_s"] / limit["bounding_crop_decode_images_per_s"], 3)
