@@ -13,8 +13,8 @@ reproducible and resumable. Semantics follow torchvision, which the seed used:
 The views of an image share one decode (`decode_for_crops`: for JPEGs, a crop-decode of
 the bounding window of their crops). The uint8 crop is resized to float32 pixel values in
 [0, 255]; the photometric ops then work on channels-first (3, H, W) floats in [0, 1], as
-one XLA computation per view (`_photometric_view`). Views come out as (S, S, 3) uint8: a quarter of float32's bytes to
-batch, prefetch and send to the devices.
+one XLA computation per view (`_photometric_view`). Views come out as (S, S, 3) uint8: a
+quarter of float32's bytes to batch, prefetch and send to the devices.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Files are listed once; any that is empty, not an image (checked from its first bytes) or
 truncated (no end marker, JPEG and PNG) is skipped and counted, with a few example paths
-logged. Elements carry the encoded bytes, so
-JPEGs are decoded fused with the random crop.
+logged. Elements carry the encoded bytes, so JPEGs are decoded fused with the random crops
+(one crop-decode per image, `augmentations.decode_for_crops`).
 """
 
 from __future__ import annotations
