@@ -151,26 +151,25 @@ def decode_limits(data_dir: str, threads: int, images: int) -> dict:
   aug = food101_seed.get_config().augment  # Crop windows do not depend on image_size.
   indexed = tf.data.Dataset.zip(encoded, tf.data.Dataset.counter())
 
+  def seeds_at(position):  # Two views' seeds, as the pipeline splits them.
+    return augmentations.split_seed(tf.stack([tf.constant(0, tf.int64), position]), 2)
+
   def two_crop_decodes(image_bytes, position):
-    seeds = augmentations.split_seed(tf.stack([tf.constant(0, tf.int64), position]), 2)
     shape = tf.image.extract_jpeg_shape(image_bytes)
-    sizes = []
-    for i in range(2):
-      window = augmentations.random_resized_crop_window(
-          seeds[i], shape[0], shape[1], aug.crop_area_range, aug.crop_ratio_range)
-      sizes.append(tf.shape(tf.image.decode_and_crop_jpeg(image_bytes, tf.stack(window),
-                                                          channels=3)))
-    return tf.stack(sizes)
+    windows = augmentations.crop_windows(seeds_at(position), shape[0], shape[1],
+                                         aug.crop_area_range, aug.crop_ratio_range)
+    return tf.stack([tf.shape(tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3))
+                     for window in tf.unstack(windows, num=2)])
 
   def bounding_crop_decode(image_bytes, position):
-    seeds = augmentations.split_seed(tf.stack([tf.constant(0, tf.int64), position]), 2)
-    region, _ = augmentations.decode_for_crops(image_bytes, seeds, aug.crop_area_range,
-                                               aug.crop_ratio_range)
+    region, _ = augmentations.decode_for_crops(image_bytes, seeds_at(position),
+                                               aug.crop_area_range, aug.crop_ratio_range)
     return tf.shape(region)
 
   def rate(decode):
     return _images_per_s(indexed.map(decode, num_parallel_calls=threads).with_options(
         _options(threads)), images)
+
   sizes = [len(c) for c in contents]
   return {"what": "JPEG decode limit", "threads": threads, "cores": os.cpu_count(),
           "files": len(contents), "mean_file_kb": round(float(np.mean(sizes)) / 1024, 1),

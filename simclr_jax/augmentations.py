@@ -400,11 +400,6 @@ def simclr_views(image, seeds, aug) -> tf.Tensor:
                    for crop, s in zip(crops, view_seeds)])
 
 
-def simclr_view(image, seed, aug) -> tf.Tensor:
-  """One SimCLR view, seed (2,): `simclr_views` of one seed -> (S, S, 3) uint8."""
-  return simclr_views(image, seed[None], aug)[0]
-
-
 def crop_flip_view(image, seed, aug) -> tf.Tensor:
   """The linear-evaluation training view (SimCLR protocol): random resized crop and
   horizontal flip only. (H, W, 3) uint8 or encoded bytes -> (S, S, 3) uint8."""

@@ -79,8 +79,8 @@ def test_lost_examples_are_an_error_not_a_smaller_denominator():
   source = ArraySource(images, np.arange(5, dtype=np.int32))
   source.num_examples = lambda split: 6  # The split claims one more than the pipeline yields.
   with pytest.raises(RuntimeError, match="Encoded 5 examples of split 'x' but it has 6"):
-    linear_eval.extract_features(config, linear_eval.make_encoder(train.model_graphdef(config), config.augment.normalize),
-                                 state, mesh, source, "x")
+    encode = linear_eval.make_encoder(train.model_graphdef(config), config.augment.normalize)
+    linear_eval.extract_features(config, encode, state, mesh, source, "x")
 
 
 def test_linear_classifier_fits_separable_data_and_topk_is_exact():
