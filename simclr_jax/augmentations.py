@@ -325,16 +325,49 @@ def gaussian_kernel_1d(kernel_size: int, sigma):
   return pdf / tf.reduce_sum(pdf)
 
 
+# Taps further than this many sigmas from the centre weigh under 6e-7 in all: dropping them
+# moves a blurred pixel by under 1e-5 of the [0, 1] range (tests/augmentations_test.py).
+BLUR_TRUNCATE_SIGMAS = 5.0
+
+
+def blur_radii(kernel_size: int) -> list[int]:
+  """The kernel radii `gaussian_blur` compiles, smallest first: 2, 4, 6, ... and the full
+  `kernel_size // 2`."""
+  full = kernel_size // 2
+  return sorted({r for r in range(2, full, 2)} | {full})
+
+
+def blur_radius(sigma, kernel_size: int):
+  """Index into `blur_radii` of the smallest radius covering BLUR_TRUNCATE_SIGMAS * sigma
+  (the full kernel when none smaller does)."""
+  radii = tf.constant(blur_radii(kernel_size), tf.float32)
+  too_small = tf.cast(radii < BLUR_TRUNCATE_SIGMAS * sigma, tf.int32)
+  return tf.minimum(tf.reduce_sum(too_small), len(blur_radii(kernel_size)) - 1)
+
+
 def gaussian_blur(image, sigma, kernel_size: int):
-  """Separable Gaussian blur of a (3, H, W) image with reflect padding (torchvision's
-  gaussian_blur), as sums of shifted planes: XLA fuses each pass into one loop."""
-  pad = kernel_size // 2
+  """torchvision's gaussian_blur of a (3, H, W) image: separable, reflect padding.
+
+  Why truncated: torchvision's kernel is 10% of the image wide whatever sigma is, but
+  sigma <= 2 leaves most of its taps near zero. The blur uses the kernel only out to the
+  radius `blur_radius` picks (one compiled branch per radius), which halves its cost on
+  average for sigma uniform in [0.1, 2] and changes no pixel by 1e-5.
+  """
+  branches = [functools.partial(_blur_within, image, sigma, radius)
+              for radius in blur_radii(kernel_size)]
+  return tf.switch_case(blur_radius(sigma, kernel_size), branches)
+
+
+def _blur_within(image, sigma, radius: int):
+  """Separable blur of a (3, H, W) image with a (2 * radius + 1)-tap Gaussian, as sums of
+  shifted planes: XLA fuses each pass into one loop."""
+  size = 2 * radius + 1
   height, width = image.shape[1], image.shape[2]
-  kernel = tf.cast(gaussian_kernel_1d(kernel_size, sigma), image.dtype)
-  padded = tf.pad(image, [[0, 0], [pad, pad], [0, 0]], mode="REFLECT")
-  image = tf.add_n([kernel[i] * padded[:, i:i + height] for i in range(kernel_size)])
-  padded = tf.pad(image, [[0, 0], [0, 0], [pad, pad]], mode="REFLECT")
-  return tf.add_n([kernel[i] * padded[:, :, i:i + width] for i in range(kernel_size)])
+  kernel = tf.cast(gaussian_kernel_1d(size, sigma), image.dtype)
+  padded = tf.pad(image, [[0, 0], [radius, radius], [0, 0]], mode="REFLECT")
+  image = tf.add_n([kernel[i] * padded[:, i:i + height] for i in range(size)])
+  padded = tf.pad(image, [[0, 0], [0, 0], [radius, radius]], mode="REFLECT")
+  return tf.add_n([kernel[i] * padded[:, :, i:i + width] for i in range(size)])
 
 
 def blur_draws(seed, probability: float, sigma_range=(0.1, 2.0)):

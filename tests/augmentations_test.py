@@ -386,6 +386,30 @@ def test_gaussian_blur_matches_scipy(shape, kernel_size, sigma):
   np.testing.assert_allclose(out, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("kernel_size", [23, 25])
+def test_truncated_blur_equals_the_full_kernel(kernel_size):
+  """`gaussian_blur` drops the taps beyond 5 sigma; every pixel stays within 1e-5 of
+  torchvision's full kernel, over the seed's sigma range, on a worst-case checkerboard."""
+  radii = aug_lib.blur_radii(kernel_size)
+  assert radii[0] == 2 and radii[-1] == kernel_size // 2
+  checkers = np.indices((40, 40)).sum(axis=0) % 2  # Neighbours differ by the full range.
+  image = np.stack([checkers, 1 - checkers, _rng_image((40, 40), seed=2)]).astype(np.float32)
+  blur = tf.function(aug_lib.gaussian_blur, jit_compile=True)
+  used = set()
+  for sigma in np.linspace(0.1, 2.0, 14):
+    x = np.arange(kernel_size) - (kernel_size - 1) / 2
+    k = np.exp(-x**2 / (2 * sigma**2))
+    k /= k.sum()
+    expected = scipy.ndimage.correlate1d(image.astype(np.float64), k, axis=1, mode="mirror")
+    expected = scipy.ndimage.correlate1d(expected, k, axis=2, mode="mirror")
+    np.testing.assert_allclose(blur(image, tf.constant(sigma, tf.float32), kernel_size),
+                               expected, atol=1e-5)
+    used.add(radii[int(aug_lib.blur_radius(tf.constant(sigma, tf.float32), kernel_size))])
+  assert min(used) == 2 and max(used) == 10  # Sigma 2 needs radius 10 of the full 11 or 12.
+  # A sigma wider than the kernel allows gets the full kernel.
+  assert radii[int(aug_lib.blur_radius(tf.constant(3.0), kernel_size))] == kernel_size // 2
+
+
 def test_gaussian_blur_of_a_constant_is_the_constant():
   image = np.full((3, 16, 16), 0.37, np.float32)
   np.testing.assert_allclose(aug_lib.gaussian_blur(image, 1.7, 9), image, atol=1e-6)
