@@ -138,19 +138,31 @@ def test_random_resized_crop_is_crop_then_antialiased_resize():
 
 
 def test_antialiased_resize_one_axis_at_a_time_is_the_joint_resize_bit_for_bit():
-  """`resize` runs ScaleAndTranslate per axis (the fast form) with the joint op's result."""
+  """The per-axis ScaleAndTranslate (the fast form) gives the joint op's result exactly."""
   image = (_rng_image((40, 30, 3), seed=6) * 255).astype(np.uint8)
   joint = tf.function(lambda x, size: tf.image.resize(x, size, "bilinear", antialias=True))
-  ours = tf.function(lambda x, size: aug_lib.resize(x, size[0], size[1]))
+  per_axis = tf.function(lambda x, size: aug_lib._antialiased_resize(x, size[0], size[1]))
   # Shrinking both axes, enlarging both, one of each, and a float input.
   for source in (image, image.astype(np.float32) / 7):
     for size in ((24, 24), (50, 61), (20, 45), (45, 20), (40, 30)):
-      out = ours(source, size)
+      out = per_axis(source, size)
       assert out.shape == size + (3,) and out.dtype == tf.float32
       np.testing.assert_array_equal(out, joint(source, size))
-  # And it does antialias: a shrink differs from plain bilinear.
-  assert np.abs(aug_lib.resize(image, 13, 13).numpy()
-                - tf.image.resize(image, (13, 13), method="bilinear").numpy()).max() > 1
+
+
+def test_antialiased_resize_of_an_enlarged_image_is_plain_bilinear():
+  """`resize` skips the antialiasing kernel when no axis shrinks: the weights are the same."""
+  image = (_rng_image((20, 30, 3), seed=6) * 255).astype(np.uint8)
+  for size in (30, 41):  # Enlarged along both axes (or kept): the shortcut.
+    np.testing.assert_allclose(
+        aug_lib.resize(image, size, size),
+        tf.image.resize(image, (size, size), method="bilinear", antialias=True), atol=1e-2)
+  # Shrinking along one axis only (30 -> 25) still takes the antialiased kernel.
+  np.testing.assert_array_equal(
+      aug_lib.resize(image, 25, 25),
+      tf.image.resize(image, (25, 25), method="bilinear", antialias=True))
+  assert np.abs(aug_lib.resize(image, 25, 25).numpy()
+                - tf.image.resize(image, (25, 25), method="bilinear").numpy()).max() > 1
 
 
 def test_random_resized_crops_share_one_decode_and_match_their_own_seeds():
