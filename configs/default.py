@@ -37,7 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.augment.blur_sigma_range = (0.1, 2.0)
   config.augment.normalize = True  # ImageNet mean/std, on the device (models.image_input).
   # Antialiased bilinear resize, as PIL and so torchvision's RandomResizedCrop do. False:
-  # plain bilinear, as big_vision and TF SimCLR do (no antialiasing); about 1.3-1.4x the
+  # plain bilinear, as big_vision and TF SimCLR do (no antialiasing); about 1.1-1.2x the
   # views/s on the CPU (BENCHMARKS.md).
   config.augment.resize_antialias = True
   config.augment.eval_crop_fraction = 0.875
