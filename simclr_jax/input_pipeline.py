@@ -182,13 +182,10 @@ def pretrain_dataset(config, source, start_step: int = 0) -> tf.data.Dataset:
   position in the stream, so restarting at `start_step` resumes the same sequence.
   """
   batch = local_batch_size(config.batch_size)
-  ds = _maybe_cache(source.local_dataset(config.train_split, shuffle=True, seed=config.seed),
-                    config)
-  ds = ds.shuffle(config.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
-  ds = ds.repeat()
   # Per-element seeds: (config.seed + process, position in stream).
   positions = tf.data.Dataset.counter()
-  ds = tf.data.Dataset.zip(ds, positions).skip(start_step * batch)
+  ds = tf.data.Dataset.zip(_endless_training_examples(config, source), positions)
+  ds = ds.skip(start_step * batch)
   stream_id = config.seed * 1_000_003 + jax.process_index()
 
   def two_views(example, position):
@@ -209,10 +206,8 @@ def linear_train_dataset(config, source) -> tf.data.Dataset:
   cropped and flipped (SimCLR's linear-evaluation augmentation), b = per-process share of
   config.linear_eval.batch_size."""
   batch = local_batch_size(config.linear_eval.batch_size)
-  ds = _maybe_cache(source.local_dataset(config.train_split, shuffle=True, seed=config.seed),
-                    config)
-  ds = ds.shuffle(config.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
-  ds = tf.data.Dataset.zip(ds.repeat(), tf.data.Dataset.counter())
+  ds = tf.data.Dataset.zip(_endless_training_examples(config, source),
+                           tf.data.Dataset.counter())
   stream_id = -(config.seed * 1_000_003 + jax.process_index()) - 1  # Apart from pretraining.
 
   def crop_and_flip(example, position):
@@ -225,10 +220,25 @@ def linear_train_dataset(config, source) -> tf.data.Dataset:
   return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(config))
 
 
-def _maybe_cache(ds: tf.data.Dataset, config) -> tf.data.Dataset:
-  """Keeps this process's encoded images in host memory after the first epoch (they are
-  JPEG bytes for TFDS and folder sources: food101's train split is about 4 GB)."""
-  return ds.cache() if config.cache_encoded_images else ds
+def _endless_training_examples(config, source) -> tf.data.Dataset:
+  """This process's training examples, epoch after epoch, shuffled with `config.seed`.
+
+  With `config.cache_encoded_images` the encoded images (JPEG bytes for TFDS and folder
+  sources: food101's train split is about 4 GB) stay in host memory after the first epoch.
+  The cache replays the order it was filled in, so later epochs are shuffled whole from it
+  (the buffer holds references to the cached bytes, not copies); the first epoch streams
+  through the usual buffer and is the same as without the cache.
+  """
+  ds = source.local_dataset(config.train_split, shuffle=True, seed=config.seed)
+  if not config.cache_encoded_images:
+    return ds.shuffle(config.shuffle_buffer, seed=config.seed,
+                      reshuffle_each_iteration=True).repeat()
+  cached = ds.cache()
+  everything = max(int(cached.cardinality()), config.shuffle_buffer)  # Unknown: -2.
+  first_epoch = cached.shuffle(config.shuffle_buffer, seed=config.seed)
+  later_epochs = cached.shuffle(everything, seed=config.seed + 1,
+                                reshuffle_each_iteration=True).repeat()
+  return first_epoch.concatenate(later_epochs)
 
 
 def _skip_undecodable(ds: tf.data.Dataset, source) -> tf.data.Dataset:

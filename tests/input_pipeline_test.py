@@ -92,6 +92,7 @@ def test_labels_reach_the_batches_only_for_the_online_probe():
 
 
 def test_cached_and_uncached_streams_are_identical():
+  """The cache changes nothing in the first epoch (2 batches of 16 of 1,347 digits)."""
   config = demo.get_config()
   config.batch_size = 16
   source = input_pipeline.DigitsSource()
@@ -100,3 +101,29 @@ def test_cached_and_uncached_streams_are_identical():
   cached = _first_batches(config, source, 2)
   for a, b in zip(plain, cached):
     np.testing.assert_array_equal(a, b)
+
+
+def test_cached_epochs_are_each_shuffled_whole():
+  """After the first epoch the cache replays its fill order; later epochs must still be
+  fresh permutations of every example, not that order mixed by a small buffer."""
+  n = 60
+  source = ArraySource(np.arange(n), np.arange(n, dtype=np.int32))
+  config = demo.get_config()
+  config.shuffle_buffer = 4
+  config.cache_encoded_images = True
+
+  def epochs():
+    ds = input_pipeline._endless_training_examples(  # pylint: disable=protected-access
+        config, source)
+    ids = np.array([int(e["label"]) for e in ds.take(4 * n).as_numpy_iterator()])
+    return ids.reshape(4, n)
+
+  stream = epochs()
+  np.testing.assert_array_equal(stream, epochs())  # Reproducible from config.seed.
+  for epoch in stream:
+    np.testing.assert_array_equal(np.sort(epoch), np.arange(n))  # Each example once.
+  position = np.argsort(stream, axis=1)  # position[e, i]: where example i came in epoch e.
+  for a, b in ((0, 1), (1, 2), (2, 3)):
+    assert np.mean(np.abs(position[a] - position[b])) > n / 5  # A full shuffle: ~n/3.
+  # A 4-element buffer alone moves examples only a few places.
+  assert np.mean(np.abs(position[0] - np.arange(n))) < n / 10
