@@ -360,8 +360,8 @@ def gaussian_blur(image, sigma, kernel_size: int):
 
   Why truncated: torchvision's kernel is 10% of the image wide whatever sigma is, but
   sigma <= 2 leaves most of its taps near zero. The blur uses the kernel only out to the
-  radius `blur_radius` picks (one compiled branch per radius), which halves its cost on
-  average for sigma uniform in [0.1, 2] and changes no pixel by 1e-5.
+  radius `blur_radius` picks (one compiled branch per radius): 13 taps on average instead
+  of 23 at 224 px for sigma uniform in [0.1, 2], and no pixel moves by more than 1e-5.
   """
   branches = [functools.partial(_blur_within, image, sigma, radius)
               for radius in blur_radii(kernel_size)]
