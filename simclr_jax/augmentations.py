@@ -347,12 +347,12 @@ def blur_radii(kernel_size: int) -> list[int]:
   return sorted({r for r in range(2, full, 2)} | {full})
 
 
-def blur_radius(sigma, kernel_size: int):
+def blur_radius_index(sigma, kernel_size: int):
   """Index into `blur_radii` of the smallest radius covering BLUR_TRUNCATE_SIGMAS * sigma
   (the full kernel when none smaller does)."""
-  radii = tf.constant(blur_radii(kernel_size), tf.float32)
-  too_small = tf.cast(radii < BLUR_TRUNCATE_SIGMAS * sigma, tf.int32)
-  return tf.minimum(tf.reduce_sum(too_small), len(blur_radii(kernel_size)) - 1)
+  radii = blur_radii(kernel_size)
+  too_small = tf.cast(tf.constant(radii, tf.float32) < BLUR_TRUNCATE_SIGMAS * sigma, tf.int32)
+  return tf.minimum(tf.reduce_sum(too_small), len(radii) - 1)
 
 
 def gaussian_blur(image, sigma, kernel_size: int):
@@ -360,12 +360,12 @@ def gaussian_blur(image, sigma, kernel_size: int):
 
   Why truncated: torchvision's kernel is 10% of the image wide whatever sigma is, but
   sigma <= 2 leaves most of its taps near zero. The blur uses the kernel only out to the
-  radius `blur_radius` picks (one compiled branch per radius): 13 taps on average instead
+  radius `blur_radius_index` picks (one compiled branch per radius): 13 taps on average instead
   of 23 at 224 px for sigma uniform in [0.1, 2], and no pixel moves by more than 1e-5.
   """
   branches = [functools.partial(_blur_within, image, sigma, radius)
               for radius in blur_radii(kernel_size)]
-  return tf.switch_case(blur_radius(sigma, kernel_size), branches)
+  return tf.switch_case(blur_radius_index(sigma, kernel_size), branches)
 
 
 def _blur_within(image, sigma, radius: int):

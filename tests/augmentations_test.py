@@ -151,7 +151,8 @@ def test_antialiased_resize_one_axis_at_a_time_is_the_joint_resize_bit_for_bit()
 
 
 def test_antialiased_resize_of_an_enlarged_image_is_plain_bilinear():
-  """`resize` skips the antialiasing kernel when no axis shrinks: the weights are the same."""
+  """When no axis shrinks, `resize` takes plain bilinear: the antialiased weights are the
+  same there, so the result equals the antialiased resize to float rounding."""
   image = (_rng_image((20, 30, 3), seed=6) * 255).astype(np.uint8)
   for size in (30, 41):  # Enlarged along both axes (or kept): the shortcut.
     np.testing.assert_allclose(
@@ -416,10 +417,10 @@ def test_truncated_blur_equals_the_full_kernel(kernel_size):
     expected = scipy.ndimage.correlate1d(expected, k, axis=2, mode="mirror")
     np.testing.assert_allclose(blur(image, tf.constant(sigma, tf.float32), kernel_size),
                                expected, atol=1e-5)
-    used.add(radii[int(aug_lib.blur_radius(tf.constant(sigma, tf.float32), kernel_size))])
+    used.add(radii[int(aug_lib.blur_radius_index(tf.constant(sigma, tf.float32), kernel_size))])
   assert min(used) == 2 and max(used) == 10  # Sigma 2 needs radius 10 of the full 11 or 12.
   # A sigma wider than the kernel allows gets the full kernel.
-  assert radii[int(aug_lib.blur_radius(tf.constant(3.0), kernel_size))] == kernel_size // 2
+  assert radii[int(aug_lib.blur_radius_index(tf.constant(3.0), kernel_size))] == kernel_size // 2
 
 
 def test_gaussian_blur_of_a_constant_is_the_constant():
