@@ -199,7 +199,7 @@ def main():
                       help="Also time the pipeline with parts of the augmentation off.")
   args = parser.parse_args()
 
-  input_pipeline.hide_accelerators_from_tensorflow()
+  input_pipeline.configure_tensorflow()
   threads = args.threads or usable_cores()
   sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
   limit = None

@@ -21,13 +21,29 @@ import tensorflow_datasets as tfds
 from simclr_jax import augmentations
 
 
-def hide_accelerators_from_tensorflow() -> None:
-  """TensorFlow only feeds data: keep it off GPUs/TPUs so JAX owns their memory."""
+def configure_tensorflow() -> None:
+  """Sets TensorFlow up as the data feeder it is here; call it before TensorFlow runs an op.
+
+  - Off GPUs/TPUs, so that JAX owns their memory.
+  - One intra-op thread, so every op runs on the tf.data thread that calls it.
+    Why: the resize kernels and XLA-compiled functions otherwise split their work over
+    TensorFlow's global intra-op pool, even with tf.data's `max_intra_op_parallelism=1`.
+    For image-sized work the hand-offs cost more than they save: on 2 cores they took
+    about a third of the pipeline's CPU time (thread-pool stealing and futex waits under
+    `perf`), and removing them made the two-view pipeline about 1.4x faster
+    (BENCHMARKS.md). tf.data's parallel calls are the parallelism.
+
+  Once TensorFlow has run an op these can no longer change; then it leaves them as they are.
+  """
   for kind in ("GPU", "TPU"):
     try:
       tf.config.set_visible_devices([], kind)
     except (RuntimeError, ValueError):  # Already initialised, or no such device type.
       pass
+  try:
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+  except RuntimeError:  # Already initialised (e.g. a second stage in the same process).
+    pass
 
 
 class DatasetNotFoundError(RuntimeError):

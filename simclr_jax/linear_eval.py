@@ -245,7 +245,7 @@ def probe(train_features, train_labels, eval_features, eval_labels, num_classes:
 def evaluate(config, workdir: str) -> dict[str, Any]:
   """Runs the linear evaluation stage; returns and writes linear_eval.json."""
   config_checks.check_linear_eval_config(config)
-  input_pipeline.hide_accelerators_from_tensorflow()
+  input_pipeline.configure_tensorflow()
   mesh = train.create_mesh()
   source = input_pipeline.create_source(config)
   encode, step, encoders = _load_encoders(config, workdir, mesh, source)

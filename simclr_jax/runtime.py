@@ -42,7 +42,7 @@ def run(config, workdir: str, mode: str) -> None:
 
 def _run_stages(config, workdir: str, mode: str) -> None:
   initialize_distributed()
-  input_pipeline.hide_accelerators_from_tensorflow()
+  input_pipeline.configure_tensorflow()
   logging.info("JAX %s: %d processes, %d devices (%s).", jax.__version__, jax.process_count(),
                jax.device_count(), jax.devices()[0].platform)
   if mode in ("pretrain", "pretrain_and_eval"):

@@ -171,7 +171,7 @@ def param_counts(params) -> dict[str, int]:
 def pretrain(config, workdir: str) -> dict[str, Any]:
   """Pretrains (or resumes) in `workdir`; returns and writes pretrain_summary.json."""
   config_checks.check_pretrain_config(config)
-  input_pipeline.hide_accelerators_from_tensorflow()
+  input_pipeline.configure_tensorflow()
   mesh = create_mesh()
   source = input_pipeline.create_source(config)
   num_train_examples = source.num_examples(config.train_split)

@@ -1,4 +1,5 @@
-"""Test set-up: 8 simulated CPU devices, TensorFlow kept quiet and off accelerators."""
+"""Test set-up: 8 simulated CPU devices; TensorFlow quiet, off accelerators, one intra-op
+thread (as the entry points set it)."""
 
 import os
 import sys
@@ -25,6 +26,9 @@ import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from tests import helpers  # pylint: disable=g-import-not-at-top,wrong-import-position
+from simclr_jax import input_pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+input_pipeline.configure_tensorflow()  # As every entry point does, before TensorFlow runs.
 
 MOCK_EXAMPLES = 21  # Divides neither the batch (16) nor the 8 devices.
 

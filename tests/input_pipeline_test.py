@@ -1,5 +1,9 @@
 """Input pipeline: two-view batches, reproducibility, exact padded evaluation, sources."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -127,3 +131,20 @@ def test_cached_epochs_are_each_shuffled_whole():
     assert np.mean(np.abs(position[a] - position[b])) > n / 5  # A full shuffle: ~n/3.
   # A 4-element buffer alone moves examples only a few places.
   assert np.mean(np.abs(position[0] - np.arange(n))) < n / 10
+
+
+def test_configure_tensorflow_keeps_ops_on_the_calling_thread():
+  """In a fresh process: one intra-op thread and no GPU for TensorFlow; a second call, after
+  TensorFlow has run ops, leaves the settings as they are instead of raising."""
+  code = ("import tensorflow as tf\n"
+          "from simclr_jax import input_pipeline\n"
+          "input_pipeline.configure_tensorflow()\n"
+          "tf.constant(1.0) + 1.0\n"
+          "input_pipeline.configure_tensorflow()\n"
+          "print(tf.config.threading.get_intra_op_parallelism_threads(),"
+          " len(tf.config.get_visible_devices('GPU')))\n")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = {**os.environ, "PYTHONPATH": root, "JAX_PLATFORMS": "cpu"}
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       check=True, env=env, cwd=root, timeout=300).stdout
+  assert out.split()[-2:] == ["1", "0"]
