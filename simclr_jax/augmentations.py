@@ -23,6 +23,7 @@ import functools
 from typing import Sequence
 
 import tensorflow as tf
+from tensorflow.compiler.tf2xla.python import xla as tfxla
 
 GRAYSCALE_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601-2, as torchvision and PIL use.
 
@@ -215,6 +216,18 @@ def _antialiased_resize_rows(image, height: int):
 # (H, W, 3). `_photometric_view` compiles the whole chain with XLA.
 
 
+def materialize(tensor):
+  """`tensor` as it is, but computed into its own buffer under XLA (an optimisation
+  barrier; outside XLA it does nothing).
+
+  Why: XLA otherwise fuses a producer into each of its consumers. For a value read by
+  several output channels or shifted slices, that recomputes it once per reader, or splits
+  it into several partial copies. The float operations on each element are the same
+  either way (tests/augmentations_test.py checks the values bit for bit).
+  """
+  return tfxla.optimization_barrier(tensor)[0]
+
+
 def to_channels_first(image):
   """(H, W, 3) -> (3, H, W)."""
   return tf.transpose(image, [2, 0, 1])
@@ -295,8 +308,12 @@ def hsv_to_rgb(image):
 
 
 def adjust_hue(image, delta):
-  """Rotates hue by `delta` of a full turn, delta in [-0.5, 0.5] (torchvision's adjust_hue)."""
-  hue, saturation, value = tf.unstack(rgb_to_hsv(image))
+  """Rotates hue by `delta` of a full turn, delta in [-0.5, 0.5] (torchvision's adjust_hue).
+
+  The HSV planes are materialised: fused into the RGB output, their two divisions a pixel
+  would run once per output channel (twice the time at 224 px).
+  """
+  hue, saturation, value = tf.unstack(materialize(rgb_to_hsv(image)))
   hue = hue + delta
   hue = hue - tf.floor(hue)  # mod 1.
   return hsv_to_rgb(tf.stack([hue, saturation, value]))
@@ -370,13 +387,17 @@ def gaussian_blur(image, sigma, kernel_size: int):
 
 def _blur_within(image, sigma, radius: int):
   """Separable blur of a (3, H, W) image with a (2 * radius + 1)-tap Gaussian, as sums of
-  shifted planes: XLA fuses each pass into one loop."""
+  shifted planes: XLA fuses each pass into one loop.
+
+  Each padded image is materialised once: left to itself, XLA splits the reflect padding
+  into two padded copies per pass (one per image edge), about 40 us of a 100-230 us blur.
+  """
   size = 2 * radius + 1
   height, width = image.shape[1], image.shape[2]
   kernel = tf.cast(gaussian_kernel_1d(size, sigma), image.dtype)
-  padded = tf.pad(image, [[0, 0], [radius, radius], [0, 0]], mode="REFLECT")
+  padded = materialize(tf.pad(image, [[0, 0], [radius, radius], [0, 0]], mode="REFLECT"))
   image = tf.add_n([kernel[i] * padded[:, i:i + height] for i in range(size)])
-  padded = tf.pad(image, [[0, 0], [0, 0], [radius, radius]], mode="REFLECT")
+  padded = materialize(tf.pad(image, [[0, 0], [0, 0], [radius, radius]], mode="REFLECT"))
   return tf.add_n([kernel[i] * padded[:, :, i:i + width] for i in range(size)])
 
 

@@ -434,6 +434,37 @@ def test_blur_sigma_is_uniform_in_its_range():
   assert scipy.stats.kstest(sigma, "uniform", args=(0.1, 1.9)).statistic < 0.04
 
 
+@pytest.mark.parametrize("size", [64, 224])
+def test_materialize_leaves_the_compiled_photometric_ops_bit_identical(monkeypatch, size):
+  """The optimisation barriers in adjust_hue and the blur change only what XLA fuses: the
+  compiled views are equal, bit for bit, to those compiled without them."""
+  aug = _seed_aug(image_size=size)
+  view_fn = aug_lib._photometric_view.python_function  # pylint: disable=protected-access
+  seeds = [aug_lib.split_seed(tf.constant([9, i], tf.int64), 5) for i in range(12)]
+  draws = [aug_lib.photometric_draws(s, aug) for s in seeds]
+  draws[0]["jitter"], draws[0]["jitter_order"] = tf.constant(True), tf.constant([3, 2, 1, 0])
+  views = [tf.constant(_rng_image((size, size, 3), seed=i) * 255.0) for i in range(3)]
+  kernel = aug_lib.blur_kernel_size(size)
+
+  def all_views():
+    compiled = tf.function(view_fn, jit_compile=True)
+    return [compiled(views[i % 3], d, kernel).numpy() for i, d in enumerate(draws)]
+
+  def hue_and_blur():
+    hue = tf.function(aug_lib.adjust_hue, jit_compile=True)
+    blur = tf.function(aug_lib._blur_within, jit_compile=True)  # pylint: disable=protected-access
+    image = tf.constant(np.transpose(_rng_image((size, size, 3), seed=7), (2, 0, 1)))
+    return ([hue(image, tf.constant(d)).numpy() for d in (-0.1, 0.03)]
+            + [blur(image, tf.constant(s), r).numpy() for s, r in ((0.7, 4), (1.9, 10))])
+
+  with_barriers = all_views() + hue_and_blur()
+  monkeypatch.setattr(aug_lib, "materialize", lambda tensor: tensor)
+  without = all_views() + hue_and_blur()
+  assert any(d["jitter"] for d in draws) and any(d["blur"] for d in draws)
+  for a, b in zip(with_barriers, without):
+    np.testing.assert_array_equal(a, b)
+
+
 # ----------------------------------------------------------------------------------------
 # Full views.
 
