@@ -23,7 +23,7 @@ import functools
 from typing import Sequence
 
 import tensorflow as tf
-from tensorflow.compiler.tf2xla.python import xla as tfxla
+from tensorflow.compiler.tf2xla.python import xla as tfxla  # XLA's optimisation barrier.
 
 GRAYSCALE_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601-2, as torchvision and PIL use.
 
@@ -390,7 +390,8 @@ def _blur_within(image, sigma, radius: int):
   shifted planes: XLA fuses each pass into one loop.
 
   Each padded image is materialised once: left to itself, XLA splits the reflect padding
-  into two padded copies per pass (one per image edge), about 40 us of a 100-230 us blur.
+  into two padded copies per pass (one per image edge): about 40 us of a 100-230 us blur
+  at 224 px.
   """
   size = 2 * radius + 1
   height, width = image.shape[1], image.shape[2]

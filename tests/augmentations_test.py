@@ -434,7 +434,7 @@ def test_blur_sigma_is_uniform_in_its_range():
   assert scipy.stats.kstest(sigma, "uniform", args=(0.1, 1.9)).statistic < 0.04
 
 
-@pytest.mark.parametrize("size", [64, 224])
+@pytest.mark.parametrize("size", [16, 64, 224])  # 16: the demo's.
 def test_materialize_leaves_the_compiled_photometric_ops_bit_identical(monkeypatch, size):
   """The optimisation barriers in adjust_hue and the blur change only what XLA fuses: the
   compiled views are equal, bit for bit, to those compiled without them."""
