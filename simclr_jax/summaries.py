@@ -1,31 +1,26 @@
-"""Small JSON summaries of what each stage measured, written to the workdir."""
+"""Small JSON summaries of what each stage measured, written to the workdir (local or
+gs://, through `storage`)."""
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any
 
 import jax
 from absl import logging
 
+from simclr_jax import storage
 
-def write_json(workdir: str, filename: str, summary: dict[str, Any]) -> str:
-  """Writes `summary` to workdir/filename on process 0; returns the path."""
-  path = os.path.join(workdir, filename)
+
+def write_json(workdir, filename: str, summary: dict[str, Any]) -> str:
+  """Writes `summary` to workdir/filename on process 0 (whole: a reader never sees half
+  of it); returns the path."""
+  target = storage.path(workdir) / filename
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(path, "w") as f:
-      json.dump(summary, f, indent=2, sort_keys=True)
-      f.write("\n")
-    logging.info("Wrote %s: %s", path, summary)
-  return path
+    storage.write_json(target, summary)
+    logging.info("Wrote %s: %s", target, summary)
+  return str(target)
 
 
-def read_json(workdir: str, filename: str) -> dict[str, Any]:
+def read_json(workdir, filename: str) -> dict[str, Any]:
   """The summary written earlier, or {} if there is none."""
-  path = os.path.join(workdir, filename)
-  if not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    return json.load(f)
+  return storage.read_json(storage.path(workdir) / filename)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
+
+from simclr_jax import storage
+
 
 def view_pairs_grid(views: np.ndarray, max_pairs: int = 8) -> np.ndarray:
   """(N, 2, H, W, 3) uint8 views -> one (rows * (H + 2), 2 * W + 2, 3) float32 image in
@@ -16,9 +21,10 @@ def view_pairs_grid(views: np.ndarray, max_pairs: int = 8) -> np.ndarray:
   return np.concatenate(rows, axis=0)
 
 
-def tsne_map(features: np.ndarray, labels: np.ndarray, path: str, title: str,
+def tsne_map(features: np.ndarray, labels: np.ndarray, path, title: str,
              max_points: int = 5000, seed: int = 0) -> np.ndarray:
-  """t-SNE of (n, F) features coloured by class, saved as a PNG at `path`.
+  """t-SNE of (n, F) features coloured by class, saved as a PNG at `path` (local or
+  gs://, through `storage`).
 
   At most `max_points` examples (a fixed random subset) keep it to seconds.
 
@@ -51,7 +57,10 @@ def tsne_map(features: np.ndarray, labels: np.ndarray, path: str, title: str,
   axes.set_xticks([])
   axes.set_yticks([])
   figure.tight_layout()
-  figure.savefig(path)
+  # Matplotlib writes local files only: render to memory, store through the storage layer.
+  png = io.BytesIO()
+  figure.savefig(png, format="png")
+  storage.write_bytes(path, png.getvalue())
   figure.canvas.draw()
   picture = np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
   plt.close(figure)

@@ -1,26 +1,27 @@
 """Folder sources: class folders, flat folders, the raw Food-101 layout; bad files counted."""
 
-import os
-
 import jax
 import numpy as np
 import pytest
 import tensorflow as tf
+from etils import epath
 
 from configs import demo
 from simclr_jax import augmentations, folder_sources, input_pipeline
+from tests.ram_fs import ram_root  # pylint: disable=unused-import
 
 
 def _write_jpeg(path, value, size=(24, 32)):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
+  """A JPEG at `path` (local or ram://)."""
+  epath.Path(path).parent.mkdir(parents=True, exist_ok=True)
   image = np.full((*size, 3), value, np.uint8)
-  tf.io.write_file(path, tf.io.encode_jpeg(image))
+  tf.io.write_file(str(path), tf.io.encode_jpeg(image))
 
 
-def _class_tree(root, per_class=3):
-  for label, name in enumerate(["apple_pie", "sushi"]):
+def _class_tree(root, per_class=3, classes=("apple_pie", "sushi")):
+  for label, name in enumerate(classes):
     for i in range(per_class):
-      _write_jpeg(os.path.join(root, name, f"{i}.jpg"), 40 + 150 * label + 5 * i)
+      _write_jpeg(epath.Path(root) / name / f"{i}.jpg", (40 + 150 * label + 5 * i) % 256)
 
 
 def _labels(source, split):
@@ -126,3 +127,87 @@ def test_process_shares_are_disjoint_and_cover_the_split(tmp_path, monkeypatch, 
     if name == "folder":
       everything = [item for share in shares for item in share]
       assert len(set(everything)) == len(everything) == 8
+
+
+def test_class_folders_that_are_all_empty_are_a_clear_error(tmp_path):
+  (tmp_path / "apple_pie").mkdir()
+  (tmp_path / "sushi").mkdir()
+  (tmp_path / "sushi" / "notes.txt").write_text("not an image file name")
+  source = folder_sources.FolderSource(str(tmp_path))
+  assert source.classes == ["apple_pie", "sushi"]
+  with pytest.raises(input_pipeline.DatasetNotFoundError,
+                     match="No images .* class folders .apple_pie, sushi. are all empty"):
+    source.num_examples("train")
+
+
+@pytest.mark.parametrize("layout", ["classes", "flat"])
+def test_a_folder_whose_files_are_all_unreadable_is_a_clear_error(tmp_path, layout):
+  folder = tmp_path / "sushi" if layout == "classes" else tmp_path
+  folder.mkdir(exist_ok=True)
+  (folder / "empty.jpg").write_bytes(b"")
+  (folder / "notes.png").write_text("not an image")
+  source = folder_sources.FolderSource(str(tmp_path))
+  with pytest.raises(input_pipeline.DatasetNotFoundError,
+                     match="None of the 2 image files in .* is readable"):
+    source.num_examples("train")
+
+
+def test_food101_whose_listed_images_are_all_missing_is_a_clear_error(tmp_path):
+  (tmp_path / "meta").mkdir()
+  (tmp_path / "meta" / "classes.txt").write_text("sushi\n")
+  (tmp_path / "meta" / "train.txt").write_text("sushi/0\nsushi/1\n")
+  source = folder_sources.Food101RawSource(str(tmp_path))
+  with pytest.raises(input_pipeline.DatasetNotFoundError, match="None of the 2 image files"):
+    source.num_examples("train")
+
+
+def test_split_folders_with_different_classes_name_what_each_lacks(tmp_path):
+  _class_tree(tmp_path / "train", classes=("apple_pie", "sushi", "tacos"))
+  _class_tree(tmp_path / "test", classes=("apple_pie", "ramen", "tacos"))
+  with pytest.raises(input_pipeline.DatasetNotFoundError) as raised:
+    folder_sources.FolderSource(str(tmp_path))  # At construction, before any training.
+  message = str(raised.value)
+  assert f"{tmp_path / 'test'} lacks sushi;" in message
+  assert f"{tmp_path / 'train'} lacks ramen." in message
+  assert "\n" not in message
+
+
+def test_a_flat_split_beside_a_class_split_is_a_mismatch(tmp_path):
+  _class_tree(tmp_path / "train")
+  _write_jpeg(tmp_path / "test" / "0.jpg", 10)
+  with pytest.raises(input_pipeline.DatasetNotFoundError,
+                     match="test lacks apple_pie, sushi; .*train lacks none"):
+    folder_sources.FolderSource(str(tmp_path))
+
+
+def test_sources_over_a_non_local_file_system(ram_root, tmp_path, monkeypatch):
+  """ram:// (TensorFlow's in-memory file system, through epath like gs://): listing,
+  the head/tail checks and tf.data's reads; nothing lands in the current directory."""
+  monkeypatch.chdir(tmp_path)
+  folders = f"{ram_root}/folders"
+  _class_tree(f"{folders}/train", per_class=3)
+  _class_tree(f"{folders}/test", per_class=2)
+  good = tf.io.gfile.GFile(f"{folders}/train/sushi/0.jpg", "rb").read()
+  with tf.io.gfile.GFile(f"{folders}/train/sushi/truncated.jpg", "wb") as f:
+    f.write(good[:len(good) // 3])
+  source = folder_sources.FolderSource(folders)
+  assert source.classes == ["apple_pie", "sushi"]
+  assert source.num_examples("train") == 6 and source.num_skipped("train") == 1
+  assert source.num_examples("test") == 4 and _labels(source, "test") == [0, 0, 1, 1]
+  assert all(p.startswith(f"{folders}/") for p in source._files("train").paths)
+  first = next(iter(source.local_dataset("train", False, 0)))
+  assert first["image"].numpy()[:3] == b"\xff\xd8\xff"
+
+  food = f"{ram_root}/food-101"
+  _class_tree(f"{food}/images")
+  for name, text in [("classes", "apple_pie\nsushi\n"), ("train", "apple_pie/0\nsushi/1\n"),
+                     ("test", "apple_pie/2\nsushi/2\n")]:
+    with tf.io.gfile.GFile(f"{food}/meta/{name}.txt", "w") as f:
+      f.write(text)
+  raw = folder_sources.Food101RawSource(food)
+  assert raw.classes == ["apple_pie", "sushi"] and _labels(raw, "train") == [0, 1]
+  assert len([e for e in raw.local_dataset("test", False, 0)]) == 2
+
+  with pytest.raises(input_pipeline.DatasetNotFoundError, match="does not exist"):
+    folder_sources.FolderSource(f"{ram_root}/nowhere")
+  assert not list(tmp_path.iterdir())

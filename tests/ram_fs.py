@@ -1,0 +1,45 @@
+"""TensorFlow's in-memory file system, ram://, as an etils.epath scheme: a non-local path
+that needs no network, for tests of the storage layer.
+
+epath sends gs:// to tf.io.gfile (TensorFlow installed); RamPath sends ram:// there the
+same way. Registering it is all a test needs: `epath.Path("ram://x")` is then a RamPath,
+so the package's code sees a remote path it did not special-case.
+"""
+
+import uuid
+
+import pytest
+import tensorflow as tf
+from etils import epath
+from etils.epath import backend, gpath
+
+SCHEME = "ram://"
+_ROOT = "/ram/"  # How the parts hold the scheme, as epath keeps gs:// under /gs/.
+
+
+@epath.register_path_cls(SCHEME)
+class RamPath(gpath.PosixGPath):
+  """A ram:// path: epath's gs:// handling with tf.io.gfile as the backend."""
+
+  def __new__(cls, *parts):
+    full = "/".join(str(p) for p in parts)
+    if full.startswith(SCHEME):
+      full = _ROOT + full[len(SCHEME):]
+    return super().__new__(cls, full)
+
+  @property
+  def _uri_scheme(self):
+    return "ram" if self.parts[:2] == ("/", "ram") else None
+
+  @property
+  def _backend(self):
+    return backend.tf_backend
+
+
+@pytest.fixture
+def ram_root():
+  """A fresh ram:// folder name (not created), removed after the test."""
+  root = f"{SCHEME}{uuid.uuid4().hex}"
+  yield root
+  if tf.io.gfile.exists(root):
+    tf.io.gfile.rmtree(root)
