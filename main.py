@@ -15,6 +15,25 @@ flags.DEFINE_enum("mode", "pretrain", ["pretrain", "linear_eval", "pretrain_and_
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def parse_flags(argv):
+  """absl's parsing, with a bad flag or an unknown config field reported as one line (e.g.
+  `Error: unknown config field 'batch_sizee' Did you mean "batch_size" ...`)."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    raise SystemExit(f"Error: {' '.join(str(e).split())}") from None
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    # ml_collections raises these from inside the parser for --config.<field> overrides;
+    # an unknown field's message is "'name'\nDid you mean ...?".
+    message = e
+    while isinstance(message, BaseException) and message.args:  # KeyError inside AttributeError.
+      message = message.args[0]
+    text = " ".join(str(message).split())
+    overrides = " ".join(arg for arg in argv[1:] if arg.startswith("--config."))
+    kind = "unknown config field" if isinstance(e, (AttributeError, KeyError)) else "bad value"
+    raise SystemExit(f"Error: {kind} {text} (in {overrides or 'the flags'}).") from None
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -25,4 +44,4 @@ def main(argv):
 
 if __name__ == "__main__":
   logging.set_verbosity(logging.INFO)
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -14,7 +14,6 @@ def get_config():
   config.train_split = "train"
   config.eval_split = "test"
   config.shuffle_buffer = 2048
-  config.data_deterministic = True
 
   config.augment.image_size = 16
   config.augment.crop_area_range = (0.3, 1.0)

@@ -1,47 +1,185 @@
-"""Orbax checkpoints of the pretraining state in `workdir/checkpoints`."""
+"""Orbax checkpoints: what every stage saves and restores, in `<workdir>/checkpoints`.
+
+A checkpoint is one Orbax step folder with named items, each restorable alone:
+
+  model:  {'params', 'batch_stats'}        what evaluation and every later stage restore
+  train:  {'step', 'opt_state', 'rng'}     what resuming pretraining needs beside the model
+  config: the run's config as JSON         compared with the config that restores it
+
+Restoring walks back from the newest step: a damaged checkpoint (truncated or missing
+files, an unfinished save) is named in a warning and the next older one is tried; only
+when none is readable is it an error. A run that resumes moves the damaged ones aside (to
+`checkpoints_damaged/`, kept), so that it can save those steps again. A checkpoint made with another model is an error
+naming the differing config fields, never a silent fallback.
+"""
 
 from __future__ import annotations
 
-import os
+import json
+import time
+from typing import Any, Mapping, Sequence
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+from jax.experimental import multihost_utils
+
+from simclr_jax import storage
+
+# Config fields (prefixes of dotted names) that shape the `model` item.
+MODEL_FIELDS = ("model.", "online_probe")
+CONFIG_ITEM = "config"
+# Orbax writes a step to a folder with this in its name and renames it when committed.
+UNFINISHED_MARKER = ".orbax-checkpoint-tmp"
 
 
 class CheckpointError(RuntimeError):
-  """A checkpoint exists but cannot be restored."""
+  """Checkpoints exist but none can be restored."""
 
 
-def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), "checkpoints")
+class CheckpointMismatchError(CheckpointError):
+  """A checkpoint was made with a config whose model (or optimiser) differs."""
 
 
-def create_manager(workdir: str, max_to_keep: int = 3) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
-  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+def checkpoint_dir(workdir) -> epath.Path:
+  """`<workdir>/checkpoints`, the workdir kept as given (gs:// stays gs://)."""
+  return storage.path(workdir) / "checkpoints"
 
 
-def save(manager: ocp.CheckpointManager, step: int, state) -> None:
-  """Starts an asynchronous save; call `manager.wait_until_finished()` before exiting."""
-  manager.save(step, args=ocp.args.StandardSave(state))
+def create_manager(directory, max_to_keep: int = 3,
+                   read_only: bool = False) -> ocp.CheckpointManager:
+  """An Orbax manager over `directory` (local or gs://). `read_only` for stages that
+  restore another stage's checkpoints: they never create, clean up or delete there."""
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=None if read_only else max_to_keep, create=not read_only,
+      read_only=read_only, save_interval_steps=0 if read_only else 1)
+  return ocp.CheckpointManager(storage.path(directory), options=options)
 
 
-def restore(manager: ocp.CheckpointManager, target, step: int | None = None):
-  """Restores `step` (default: the latest) into the structure and shardings of `target`.
+def config_json(config) -> dict[str, Any]:
+  """The config as plain JSON (tuples become lists, unset placeholders None)."""
+  return json.loads(config.to_json_best_effort(sort_keys=True))
 
-  Returns None when there is no checkpoint. Raises CheckpointError, naming the directory,
-  when one exists but is unreadable or does not match the model being built.
+
+def save(manager: ocp.CheckpointManager, step: int, items: Mapping[str, Any], config) -> None:
+  """Starts an asynchronous save of `items` (name -> pytree) and the config at `step`;
+  `manager.wait_until_finished()` before exiting. Every process calls it."""
+  args = {name: ocp.args.StandardSave(tree) for name, tree in items.items()}
+  args[CONFIG_ITEM] = ocp.args.JsonSave(config_json(config))
+  manager.save(step, args=ocp.args.Composite(**args), force=True)
+
+
+def restore(manager: ocp.CheckpointManager, targets: Mapping[str, Any], config,
+            step: int | None = None,
+            check_fields: Sequence[str] = MODEL_FIELDS,
+            move_damaged: bool = False) -> tuple[int, dict[str, Any]] | None:
+  """Restores the items named in `targets` into their structure, dtypes and shardings.
+
+  Args:
+    manager: from `create_manager`.
+    targets: item name -> a pytree like the one saved (values or ShapeDtypeStructs).
+    config: the config of the run that restores; its `check_fields` must equal the
+      checkpoint's.
+    step: that step only (damage is then an error); None: the newest readable step.
+    check_fields: prefixes of dotted config names that must match.
+    move_damaged: move the damaged steps newer than the one restored to `damaged_dir`
+      (for a run that will save those steps again).
+
+  Returns:
+    (step, {name: restored pytree}), or None when there is no checkpoint at all.
+
+  Raises:
+    CheckpointMismatchError: the checkpoint's config differs in `check_fields`.
+    CheckpointError: checkpoints exist but none of those tried is readable.
   """
-  step = manager.latest_step() if step is None else step
-  if step is None:
+  _warn_about_unfinished_saves(manager.directory)
+  steps = sorted(manager.all_steps(), reverse=True) if step is None else [step]
+  if not steps:
     return None
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-  try:
-    return manager.restore(step, args=ocp.args.StandardRestore(abstract))
-  except Exception as e:  # Orbax raises many types: corrupt files, shape or tree mismatch.
-    path = os.path.join(str(manager.directory), str(step))
-    raise CheckpointError(
-        f"Cannot restore the checkpoint at {path}: {type(e).__name__}: {e}\n"
-        f"It may be corrupt (an interrupted write) or come from a different config (model "
-        f"depth, width, head, optimiser). Move it away to resume from an earlier step, or "
-        f"use a fresh --workdir.") from e
+  abstract = {name: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+              for name, tree in targets.items()}
+  failures = []
+  for candidate in steps:
+    path = epath.Path(manager.directory) / str(candidate)
+    try:
+      saved_config = manager.restore(
+          candidate, args=ocp.args.Composite(**{CONFIG_ITEM: ocp.args.JsonRestore()}))
+      _check_same_fields(saved_config[CONFIG_ITEM], config_json(config), check_fields, path)
+      restored = manager.restore(candidate, args=ocp.args.Composite(
+          **{name: ocp.args.StandardRestore(tree) for name, tree in abstract.items()}))
+      if failures and move_damaged:
+        _move_aside(manager, steps[:steps.index(candidate)])
+      return candidate, {name: restored[name] for name in targets}
+    except CheckpointMismatchError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  Orbax raises many types.
+      reason = _one_line(e)
+      failures.append(f"step {candidate}: {reason}")
+      logging.warning("Checkpoint %s is unreadable (%s)%s", path, reason,
+                      "; trying an older one." if candidate != steps[-1] else ".")
+  raise CheckpointError(
+      f"No readable checkpoint in {manager.directory} ({'; '.join(failures)}). Move the "
+      f"damaged step folders away to start again, or use a fresh --workdir.")
+
+
+def damaged_dir(directory) -> epath.Path:
+  """Where damaged checkpoints of `directory` are moved: beside it, never deleted."""
+  directory = epath.Path(directory)
+  return directory.parent / f"{directory.name}_damaged"
+
+
+def _move_aside(manager: ocp.CheckpointManager, damaged_steps: Sequence[int]) -> None:
+  """Moves the damaged steps newer than the one restored out of the manager's folder, so
+  that the resumed run can save those steps again; the files are kept for a post-mortem."""
+  target = damaged_dir(manager.directory)
+  if jax.process_index() == 0:
+    target.mkdir(parents=True, exist_ok=True)
+    for step in damaged_steps:
+      source = epath.Path(manager.directory) / str(step)
+      destination = target / f"{step}-{int(time.time())}"
+      source.rename(destination)
+      logging.warning("Moved the damaged checkpoint %s to %s.", source, destination)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("simclr_jax.checkpoints.move_aside")
+  manager.reload()
+
+
+def _check_same_fields(saved: dict[str, Any], current: dict[str, Any],
+                       prefixes: Sequence[str], path) -> None:
+  saved_flat, current_flat = _flatten(saved), _flatten(current)
+  names = sorted(name for name in set(saved_flat) | set(current_flat)
+                 if name.startswith(tuple(prefixes)))
+  differing = [f"{name}: checkpoint {saved_flat.get(name)!r}, config {current_flat.get(name)!r}"
+               for name in names if saved_flat.get(name) != current_flat.get(name)]
+  if differing:
+    raise CheckpointMismatchError(
+        f"The checkpoint {path} was made with a different config: {'; '.join(differing)}. "
+        f"Use the config it was made with (its copy: {path}/{CONFIG_ITEM}) or a fresh "
+        f"--workdir.")
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def _warn_about_unfinished_saves(directory) -> None:
+  """An interrupted save leaves a temporary step folder that Orbax never lists: say so."""
+  directory = epath.Path(directory)
+  if not directory.exists():
+    return
+  for child in directory.iterdir():
+    if UNFINISHED_MARKER in child.name:
+      logging.warning("Ignoring %s: an unfinished save (interrupted before it committed).",
+                      child)
+
+
+def _one_line(error: Exception) -> str:
+  text = " ".join(str(error).split())
+  return f"{type(error).__name__}: {text[:300]}"

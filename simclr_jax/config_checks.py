@@ -47,8 +47,23 @@ def check_pretrain_config(config) -> None:
            f"optimizer.schedule_unit must be 'step' or 'epoch', got "
            f"{config.optimizer.schedule_unit!r}.")
   _check_augment(config.augment)
+  check_image_size(config)
   _require(config.num_epochs > 0 or config.num_train_steps > 0,
            "Set num_epochs > 0 or num_train_steps > 0.")
+  for name in ("log_every_steps", "checkpoint_every_steps", "max_checkpoints_to_keep"):
+    _require(isinstance(config[name], int) and config[name] > 0,
+             f"{name} must be a positive integer, got {config[name]!r}.")
+
+
+def check_image_size(config) -> None:
+  """The views must be at least the model's downsampling factor."""
+  minimum = models.downsampling_factor(config.model.small_image_stem)
+  stem = "small-image" if config.model.small_image_stem else "ImageNet"
+  _require(config.augment.image_size >= minimum,
+           f"augment.image_size={config.augment.image_size} is too small for the ResNet with "
+           f"the {stem} stem, which downsamples by {minimum}: use at least {minimum}"
+           + ("" if config.model.small_image_stem else
+              " (or --config.model.small_image_stem=True for images down to 8 px)") + ".")
 
 
 def _check_augment(aug) -> None:
@@ -68,6 +83,10 @@ def _check_augment(aug) -> None:
 
 def check_linear_eval_config(config) -> None:
   check_batch_size("linear_eval.batch_size", config.linear_eval.batch_size)
+  check_image_size(config)
+  _require(config.linear_eval.checkpoint_every_steps > 0,
+           f"linear_eval.checkpoint_every_steps must be > 0, got "
+           f"{config.linear_eval.checkpoint_every_steps}.")
   _require(config.linear_eval.epochs > 0,
            f"linear_eval.epochs must be > 0, got {config.linear_eval.epochs}.")
   _require(config.linear_eval.few_shot_per_class >= 0,

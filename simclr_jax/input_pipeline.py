@@ -222,13 +222,14 @@ def pretrain_dataset(config, source, start_step: int = 0) -> tf.data.Dataset:
   return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(config))
 
 
-def linear_train_dataset(config, source) -> tf.data.Dataset:
+def linear_train_dataset(config, source, start_step: int = 0) -> tf.data.Dataset:
   """Endless batches {'image': (b, S, S, 3) uint8, 'label': (b,)} of training images, randomly
   cropped and flipped (SimCLR's linear-evaluation augmentation), b = per-process share of
-  config.linear_eval.batch_size."""
+  config.linear_eval.batch_size; from batch `start_step` on, as `pretrain_dataset`."""
   batch = local_batch_size(config.linear_eval.batch_size)
   ds = tf.data.Dataset.zip(_endless_training_examples(config, source),
                            tf.data.Dataset.counter())
+  ds = ds.skip(start_step * batch)
   stream_id = -(config.seed * 1_000_003 + jax.process_index()) - 1  # Apart from pretraining.
 
   def crop_and_flip(example, position):

@@ -15,6 +15,7 @@ import math
 import os
 from typing import Any
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,19 +26,25 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from simclr_jax import (checkpoints, config_checks, input_pipeline, knn, models, summaries,
-                        train, visualize)
+from simclr_jax import (checkpoints, config_checks, input_pipeline, knn, models, preemption,
+                        storage, summaries, train, visualize)
+
+# Config fields a resumed classifier training must share with its checkpoint.
+CLASSIFIER_FIELDS = (*checkpoints.MODEL_FIELDS, "linear_eval.batch_size", "linear_eval.epochs",
+                     "linear_eval.learning_rate", "linear_eval.momentum",
+                     "linear_eval.weight_decay", "train_split", "augment.")
 
 
 class NoCheckpointError(FileNotFoundError):
   """Linear evaluation needs a pretraining checkpoint."""
 
 
-def extract_features(config, encode, state: train.TrainState, mesh, source,
+def extract_features(config, encode, state, mesh, source,
                      split: str) -> tuple[np.ndarray, np.ndarray]:
   """Frozen-encoder features of every example of `split`, on every process.
 
   `encode` comes from `make_encoder`; one serves every split and state of a model.
+  `state` has the encoder's `params` and `batch_stats` (an EncoderState or a TrainState).
 
   Returns:
     features (num_examples, num_features) float32 and labels (num_examples,) int32.
@@ -143,42 +150,79 @@ def _softmax_loss(params, features, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def train_linear_classifier_on_images(config, encode, state: train.TrainState, mesh, source,
-                                      num_features: int) -> dict[str, Any]:
+@flax.struct.dataclass
+class EncoderState:
+  """A restored checkpoint's model item: {'encoder', 'head', ...} params and statistics."""
+  params: Any
+  batch_stats: Any
+
+
+def train_linear_classifier_on_images(config, encode, state, mesh, source, num_features: int,
+                                      checkpoint_dir=None) -> dict[str, Any]:
   """The SimCLR protocol: every step encodes a fresh batch of randomly cropped and flipped
   training images with the frozen encoder (BatchNorm in inference mode) and updates only
   the linear classifier; epochs over the training split as `config.linear_eval.epochs`.
+
+  With `checkpoint_dir` (local or gs://) the classifier is checkpointed every
+  `config.linear_eval.checkpoint_every_steps` and resumed from there (the image stream
+  resumes at the same position); a stop signal saves the step reached and raises
+  `preemption.Preempted`.
 
   Returns:
     {'kernel': (F, C), 'bias': (C,), 'mean': 0, 'std': 1} (features are not standardised).
   """
   le_config = config.linear_eval
-  num_classes = source.num_classes
   steps_per_epoch = max(1, source.num_examples(config.train_split) // le_config.batch_size)
   num_steps = le_config.epochs * steps_per_epoch
   tx = _classifier_optimizer(le_config.learning_rate, le_config.momentum,
                              le_config.weight_decay, num_steps)
   replicated = NamedSharding(mesh, P())
 
-  @functools.partial(jax.jit, donate_argnums=(0, 1))
-  def step(params, opt_state, encoder_params, batch_stats, images, labels):
+  @functools.partial(jax.jit, donate_argnums=(0,))
+  def step(classifier, encoder_params, batch_stats, images, labels):
     features = encode(encoder_params, batch_stats, images)
-    grads = jax.grad(_softmax_loss)(params, features, labels)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state
+    grads = jax.grad(_softmax_loss)(classifier["params"], features, labels)
+    updates, opt_state = tx.update(grads, classifier["opt_state"], classifier["params"])
+    return {"params": optax.apply_updates(classifier["params"], updates),
+            "opt_state": opt_state, "step": classifier["step"] + 1}
 
-  params = {"kernel": jnp.zeros((num_features, num_classes)), "bias": jnp.zeros((num_classes,))}
-  params, opt_state = jax.device_put((params, tx.init(params)), replicated)
+  params = {"kernel": jnp.zeros((num_features, source.num_classes)),
+            "bias": jnp.zeros((source.num_classes,))}
+  classifier = jax.device_put({"params": params, "opt_state": tx.init(params),
+                               "step": jnp.zeros((), jnp.int32)}, replicated)
   encoder_params, batch_stats = jax.device_put((state.params, state.batch_stats), replicated)
-  batches = input_pipeline.global_batches(
-      input_pipeline.linear_train_dataset(config, source).as_numpy_iterator(),
-      NamedSharding(mesh, P(train.DATA_AXIS)))
-  for index, batch in zip(range(1, num_steps + 1), batches):
-    params, opt_state = step(params, opt_state, encoder_params, batch_stats, batch["image"],
-                             batch["label"])
-    if index % 100 == 0 or index == num_steps:
-      logging.info("Linear classifier on augmented images: step %d/%d.", index, num_steps)
-  return {**jax.device_get(params), "mean": np.zeros(num_features, np.float32),
+  manager = (checkpoints.create_manager(checkpoint_dir, max_to_keep=1)
+             if checkpoint_dir is not None else None)
+  try:
+    if manager is not None:
+      restored = checkpoints.restore(manager, {"classifier": classifier}, config,
+                                     check_fields=CLASSIFIER_FIELDS,
+                                     move_damaged=True)
+      if restored is not None:
+        classifier = restored[1]["classifier"]
+        logging.info("Resuming the linear classifier from step %d of %d (%s).",
+                     restored[0], num_steps, checkpoint_dir)
+    start = int(classifier["step"])
+    batches = input_pipeline.global_batches(
+        input_pipeline.linear_train_dataset(config, source, start).as_numpy_iterator(),
+        NamedSharding(mesh, P(train.DATA_AXIS)))
+    for index, batch in zip(range(start + 1, num_steps + 1), batches):
+      classifier = step(classifier, encoder_params, batch_stats, batch["image"], batch["label"])
+      if index % 100 == 0 or index == num_steps:
+        logging.info("Linear classifier on augmented images: step %d/%d.", index, num_steps)
+      if manager is None:
+        continue
+      stop = preemption.reached()
+      if stop or index % le_config.checkpoint_every_steps == 0 or index == num_steps:
+        checkpoints.save(manager, index, {"classifier": classifier}, config)
+      if stop:
+        manager.wait_until_finished()
+        raise preemption.Preempted("The linear classifier's training", index,
+                                   str(storage.path(checkpoint_dir) / str(index)))
+  finally:
+    if manager is not None:
+      manager.close()
+  return {**jax.device_get(classifier["params"]), "mean": np.zeros(num_features, np.float32),
           "std": np.ones(num_features, np.float32)}
 
 
@@ -259,8 +303,10 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
                  eval_x.shape)
     classifier = None
     if not config.linear_eval.precompute_features:
+      checkpoint_dir = (storage.path(workdir) / "linear_eval_checkpoints" /
+                        (prefix.rstrip("_") or f"pretrained_step_{step}"))
       classifier = train_linear_classifier_on_images(config, encode, state, mesh, source,
-                                                     train_x.shape[1])
+                                                     train_x.shape[1], checkpoint_dir)
     results.update(probe(train_x, train_y, eval_x, eval_y, source.num_classes,
                          config.linear_eval, config.seed, prefix, classifier))
     if not prefix and config.linear_eval.tsne_points and jax.process_index() == 0:
@@ -280,32 +326,40 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
 
 
 def _load_encoders(config, workdir: str, mesh, source):
-  """(encode, checkpoint step, {result prefix: state}) for the pretrained encoder chosen by
-  config.linear_eval (and the random-init one when asked)."""
-  steps_per_epoch, num_train_steps = train.training_length(
-      config, source.num_examples(config.train_split))
-  tx, _ = train.create_optimizer(config, steps_per_epoch, num_train_steps)
+  """(encode, checkpoint step, {result prefix: EncoderState}) for the pretrained encoder
+  chosen by config.linear_eval (and the random-init one when asked).
+
+  Only the checkpoint's model item is restored: the optimiser that pretrained it (and its
+  state) plays no part, so any pretraining config's checkpoint evaluates under any
+  evaluation protocol, as long as the model fields agree.
+  """
   pretrain_workdir = config.linear_eval.pretrain_workdir or workdir
-  manager = checkpoints.create_manager(pretrain_workdir, config.max_checkpoints_to_keep)
-  wanted = config.linear_eval.checkpoint_step
-  if manager.latest_step() is None or (wanted is not None and wanted not in manager.all_steps()):
-    raise NoCheckpointError(
-        f"No pretraining checkpoint{'' if wanted is None else f' at step {wanted}'} in "
-        f"{checkpoints.checkpoint_dir(pretrain_workdir)} (it has steps "
-        f"{list(manager.all_steps())}). Run `python main.py --config=... "
-        f"--workdir={pretrain_workdir}` (pretraining) first, or pick another "
-        f"--config.linear_eval.checkpoint_step.")
+  directory = checkpoints.checkpoint_dir(pretrain_workdir)
   num_probe_classes = train.probe_classes(config, source)
   encode = make_encoder(train.model_graphdef(config, num_probe_classes),
                         config.augment.normalize)
-  # The random-init state is also the restore target (structure, dtypes, shardings).
-  random_init = train.init_train_state(config, tx, mesh, num_probe_classes)
-  pretrained = checkpoints.restore(manager, random_init, wanted)
-  step = int(pretrained.step)
+  # The random-init model is also the restore target (structure, dtypes, shardings).
+  random_init = train.init_model(config, mesh, num_probe_classes)
+  wanted = config.linear_eval.checkpoint_step
+  restored = None
+  if directory.exists():
+    with checkpoints.create_manager(directory, read_only=True) as manager:
+      steps = list(manager.all_steps())
+      if wanted is None or wanted in steps:
+        restored = checkpoints.restore(manager, {"model": random_init}, config, wanted)
+  else:
+    steps = []
+  if restored is None:
+    raise NoCheckpointError(
+        f"No pretraining checkpoint{'' if wanted is None else f' at step {wanted}'} in "
+        f"{directory} (it has steps {steps}). Run `python main.py --config=... "
+        f"--workdir={pretrain_workdir}` (pretraining) first, or pick another "
+        f"--config.linear_eval.checkpoint_step.")
+  step, items = restored
   logging.info("Linear evaluation of the encoder at pretraining step %d.", step)
-  encoders = {"": pretrained}
+  encoders = {"": EncoderState(**items["model"])}
   if config.linear_eval.random_init_baseline:
-    encoders["random_init_"] = random_init
+    encoders["random_init_"] = EncoderState(**random_init)
   return encode, step, encoders
 
 

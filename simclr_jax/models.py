@@ -106,6 +106,13 @@ class _Projection(nnx.Module):
     return self.bn(self.conv(x), use_running_average=not train)
 
 
+def downsampling_factor(small_image_stem: bool) -> int:
+  """How much a ResNet shrinks its input before the pooling: the three strided stages (8),
+  times the ImageNet stem's stride-2 convolution and max-pool (4). Images smaller than this
+  reach the last stage as less than one pixel of image (the rest is padding)."""
+  return 8 if small_image_stem else 32
+
+
 class ResNet(nnx.Module):
   """ResNet trunk up to global average pooling: (B, H, W, 3) -> (B, num_features).
 

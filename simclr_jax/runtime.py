@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import logging as std_logging
 import os
+import shlex
+import sys
 
 import jax
 from absl import logging
 
-from simclr_jax import checkpoints, config_checks, input_pipeline, linear_eval, train
+from simclr_jax import (checkpoints, config_checks, input_pipeline, linear_eval, preemption,
+                        storage, train)
+
+# Errors a user can fix: one `Error: ...` line and exit status 1, no traceback.
+USER_ERRORS = (config_checks.ConfigError, input_pipeline.DatasetNotFoundError,
+               checkpoints.CheckpointError, linear_eval.NoCheckpointError,
+               storage.StorageError, train.TrainingDivergedError)
 
 
 def initialize_distributed() -> None:
@@ -29,15 +37,30 @@ class _QuietLibraryInfo(std_logging.Filter):
 
 
 def run(config, workdir: str, mode: str) -> None:
-  """Runs the stages; errors a user can fix end the process with a message, no traceback."""
-  user_errors = (config_checks.ConfigError, input_pipeline.DatasetNotFoundError,
-                 checkpoints.CheckpointError, linear_eval.NoCheckpointError)
+  """Runs the stages. Errors a user can fix end the process with one line and status 1; a
+  stop signal (SIGTERM, SIGINT) ends it with status 0 after saving the step reached."""
   logging.get_absl_handler().addFilter(_QuietLibraryInfo())
   try:
     _run_stages(config, workdir, mode)
-  except user_errors as e:
+  except USER_ERRORS as e:
+    message = " ".join(str(e).split("\n", 1)[0].split())
+    details = str(e).split("\n", 1)[1:]
     logging.error("%s", e)
-    raise SystemExit(f"Error: {e}") from None
+    raise SystemExit(f"Error: {message}" + (f"\n{details[0]}" if details else "")) from None
+  except preemption.Preempted as e:
+    resume = shlex.join([os.path.basename(sys.executable), *sys.argv])
+    logging.warning("%s Resume with the same command:\n  %s", e, resume)
+    print(f"{e} Resume with the same command:\n  {resume}", flush=True)
+
+
+def check_storage(config, workdir: str) -> None:
+  """Before anything compiles: the workdir is writable and the same for every process,
+  and config.data_dir (when set) exists."""
+  if jax.process_index() == 0:
+    storage.ensure_writable_dir(workdir)
+  storage.check_shared_workdir(workdir)
+  if config.get("data_dir"):
+    storage.require_existing(config.data_dir, "config.data_dir")
 
 
 def _run_stages(config, workdir: str, mode: str) -> None:
@@ -45,7 +68,9 @@ def _run_stages(config, workdir: str, mode: str) -> None:
   input_pipeline.configure_tensorflow()
   logging.info("JAX %s: %d processes, %d devices (%s).", jax.__version__, jax.process_count(),
                jax.device_count(), jax.devices()[0].platform)
-  if mode in ("pretrain", "pretrain_and_eval"):
-    train.pretrain(config, workdir)
-  if mode in ("linear_eval", "pretrain_and_eval"):
-    linear_eval.evaluate(config, workdir)
+  check_storage(config, workdir)
+  with preemption.handle_stop_signals():
+    if mode in ("pretrain", "pretrain_and_eval"):
+      train.pretrain(config, workdir)
+    if mode in ("linear_eval", "pretrain_and_eval"):
+      linear_eval.evaluate(config, workdir)

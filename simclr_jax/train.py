@@ -18,9 +18,18 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from simclr_jax import (checkpoints, config_checks, input_pipeline, losses, models, optim,
-                        summaries, visualize)
+                        preemption, summaries, visualize)
 
 DATA_AXIS = "data"
+# Config fields a resumed run must share with its checkpoint: the model's and the
+# optimiser's (its state's structure).
+RESUME_FIELDS = (*checkpoints.MODEL_FIELDS, "optimizer.name")
+# Bits of the per-step `fault` metric: which values were not finite.
+FAULT_LOSS, FAULT_GRADIENTS, FAULT_PARAMETERS = 1, 2, 4
+
+
+class TrainingDivergedError(RuntimeError):
+  """A step produced a non-finite loss, gradient or parameter."""
 
 
 @flax.struct.dataclass
@@ -35,6 +44,16 @@ class TrainState:
   batch_stats: Any
   opt_state: Any
   rng: jax.Array
+
+  def checkpoint_items(self) -> dict[str, Any]:
+    """The checkpoint's items: the model alone (what later stages restore), the rest."""
+    return {"model": {"params": self.params, "batch_stats": self.batch_stats},
+            "train": {"step": self.step, "opt_state": self.opt_state, "rng": self.rng}}
+
+  @classmethod
+  def from_checkpoint_items(cls, items: dict[str, Any]) -> "TrainState":
+    return cls(params=items["model"]["params"], batch_stats=items["model"]["batch_stats"],
+               **items["train"])
 
 
 def create_mesh() -> Mesh:
@@ -59,18 +78,32 @@ def model_graphdef(config, num_probe_classes: int = 0) -> nnx.GraphDef:
   return nnx.split(abstract, nnx.Param, nnx.BatchStat)[0]
 
 
+def _init_variables(config, num_probe_classes: int) -> tuple[Any, Any]:
+  model = models.create_model(config.model, nnx.Rngs(config.seed), num_probe_classes)
+  _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+  return nnx.to_pure_dict(params), nnx.to_pure_dict(batch_stats)
+
+
+def init_model(config, mesh: Mesh, num_probe_classes: int = 0) -> dict[str, Any]:
+  """{'params', 'batch_stats'} initialised from `config.seed`, replicated over the mesh:
+  the checkpoint's `model` item, which later stages restore into."""
+
+  def init():
+    params, batch_stats = _init_variables(config, num_probe_classes)
+    return {"params": params, "batch_stats": batch_stats}
+
+  return jax.jit(init, out_shardings=NamedSharding(mesh, P()))()
+
+
 def init_train_state(config, tx: optax.GradientTransformation, mesh: Mesh,
                      num_probe_classes: int = 0) -> TrainState:
   """Initialises the model from `config.seed`, replicated over the mesh (every process
   computes the same values, so this also works across hosts)."""
 
   def init():
-    model = models.create_model(config.model, nnx.Rngs(config.seed), num_probe_classes)
-    _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    params = nnx.to_pure_dict(params)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      batch_stats=nnx.to_pure_dict(batch_stats), opt_state=tx.init(params),
-                      rng=jax.random.PRNGKey(config.seed))
+    params, batch_stats = _init_variables(config, num_probe_classes)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                      opt_state=tx.init(params), rng=jax.random.PRNGKey(config.seed))
 
   return jax.jit(init, out_shardings=NamedSharding(mesh, P()))()
 
@@ -124,13 +157,32 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef: nnx.
     batch_stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
     return total, (metrics, batch_stats)
 
-  (_, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (total, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics.update(learning_rate=schedule(state.step), grad_norm=optax.global_norm(grads))
+  grad_norm = optax.global_norm(grads)
+  metrics.update(learning_rate=schedule(state.step), grad_norm=grad_norm)
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                             opt_state=opt_state)
-  return new_state, metrics
+  fault = fault_code(total, grad_norm, (params, batch_stats))
+  metrics["fault"] = fault
+  return keep_if_faulty(fault, new_state, state), metrics
+
+
+def fault_code(loss: jax.Array, grad_norm: jax.Array, new_params) -> jax.Array:
+  """int32 scalar: 0 when the step is finite, else FAULT_* bits of what is not."""
+  params_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x))
+                                     for x in jax.tree.leaves(new_params)]))
+  return (jnp.where(jnp.isfinite(loss), 0, FAULT_LOSS)
+          + jnp.where(jnp.isfinite(grad_norm), 0, FAULT_GRADIENTS)
+          + jnp.where(params_finite, 0, FAULT_PARAMETERS)).astype(jnp.int32)
+
+
+def keep_if_faulty(fault: jax.Array, new_state, old_state):
+  """`new_state` if `fault` is 0, else `old_state`: a faulty step's update is not applied
+  (and the step counter does not advance), decided on the device without a host sync."""
+  return jax.tree.map(lambda new, old: jnp.where(fault == 0, new, old), new_state, old_state)
 
 
 def compile_train_step(config, graphdef, tx, schedule, mesh: Mesh):
@@ -181,55 +233,73 @@ def pretrain(config, workdir: str) -> dict[str, Any]:
   graphdef = model_graphdef(config, num_probe_classes)
 
   state = init_train_state(config, tx, mesh, num_probe_classes)
-  manager = checkpoints.create_manager(workdir, config.max_checkpoints_to_keep)
-  state = checkpoints.restore(manager, state) or state
-  start_step = int(state.step)
-  counts = param_counts(state.params)
-  if start_step >= num_train_steps:
-    logging.info("The checkpoint at step %d already reaches num_train_steps=%d: nothing to "
-                 "train (raise num_epochs or num_train_steps to continue).", start_step,
-                 num_train_steps)
-    return summaries.read_json(workdir, "pretrain_summary.json")
+  # Closing the manager waits for a save in flight and stops Orbax's background threads,
+  # also when the run ends with an error.
+  with checkpoints.create_manager(checkpoints.checkpoint_dir(workdir),
+                                  config.max_checkpoints_to_keep) as manager:
+    restored = checkpoints.restore(manager, state.checkpoint_items(), config,
+                                   check_fields=RESUME_FIELDS, move_damaged=True)
+    if restored is not None:
+      state = TrainState.from_checkpoint_items(restored[1])
+    start_step = int(state.step)
+    counts = param_counts(state.params)
+    if start_step >= num_train_steps:
+      logging.info("The checkpoint at step %d already reaches num_train_steps=%d: nothing to "
+                   "train (raise num_epochs or num_train_steps to continue).", start_step,
+                   num_train_steps)
+      return summaries.read_json(workdir, "pretrain_summary.json")
 
-  writer = metric_writers.create_default_writer(workdir,
-                                                just_logging=jax.process_index() > 0)
-  if start_step == 0:
-    parameter_overview.log_parameter_overview(state.params)
-    writer.write_hparams(_flat_hparams(config))
-  else:
-    logging.info("Resuming from checkpoint step %d.", start_step)
-  logging.info("Pretraining on %d %s examples, %d steps (%d per epoch), global batch %d "
-               "over %d devices; encoder %d params, head %d.", num_train_examples,
-               config.train_split, num_train_steps, steps_per_epoch, config.batch_size,
-               jax.device_count(), counts["params_encoder"], counts["params_head"])
+    writer = metric_writers.create_default_writer(workdir,
+                                                  just_logging=jax.process_index() > 0)
+    if start_step == 0:
+      parameter_overview.log_parameter_overview(state.params)
+      writer.write_hparams(_flat_hparams(config))
+    else:
+      logging.info("Resuming from checkpoint step %d.", start_step)
+    logging.info("Pretraining on %d %s examples, %d steps (%d per epoch), global batch %d "
+                 "over %d devices; encoder %d params, head %d.", num_train_examples,
+                 config.train_split, num_train_steps, steps_per_epoch, config.batch_size,
+                 jax.device_count(), counts["params_encoder"], counts["params_head"])
 
-  step_fn = compile_train_step(config, graphdef, tx, schedule, mesh)
-  host_batches = input_pipeline.pretrain_dataset(config, source, start_step).as_numpy_iterator()
-  first = next(host_batches)
-  if start_step == 0:  # Show what the model is trained on.
-    writer.write_images(0, {"augmented_view_pairs": visualize.view_pairs_grid(
-        first["views"])[None]})
-  batches = input_pipeline.global_batches(itertools.chain([first], host_batches),
-                                          NamedSharding(mesh, P(DATA_AXIS)))
-  with jax.set_mesh(mesh):
-    state, last = _train_loop(config, state, step_fn, batches, manager, writer, start_step,
-                              num_train_steps)
+    step_fn = compile_train_step(config, graphdef, tx, schedule, mesh)
+    host_batches = input_pipeline.pretrain_dataset(config, source, start_step).as_numpy_iterator()
+    first = next(host_batches)
+    if start_step == 0:  # Show what the model is trained on.
+      writer.write_images(0, {"augmented_view_pairs": visualize.view_pairs_grid(
+          first["views"])[None]})
+    batches = input_pipeline.global_batches(itertools.chain([first], host_batches),
+                                            NamedSharding(mesh, P(DATA_AXIS)))
+    with jax.set_mesh(mesh):
+      step, last, stopped = _train_loop(config, state, step_fn, batches, manager, writer,
+                                        start_step, num_train_steps)
 
-  summary = {"step": int(state.step), "num_train_steps": num_train_steps,
-             "resumed_from_step": start_step, **counts,
-             "loss": last.get("loss"), "contrastive_accuracy": last.get("contrastive_accuracy"),
-             "views_per_second": last.get("views_per_second"),
-             "devices": jax.device_count(), "processes": jax.process_count()}
-  summaries.write_json(workdir, "pretrain_summary.json", summary)
-  return summary
+    summary = {"step": step, "num_train_steps": num_train_steps,
+               "resumed_from_step": start_step, **counts,
+               "loss": last.get("loss"), "contrastive_accuracy": last.get("contrastive_accuracy"),
+               "views_per_second": last.get("views_per_second"),
+               "stopped_by_signal": stopped,
+               "devices": jax.device_count(), "processes": jax.process_count()}
+    summaries.write_json(workdir, "pretrain_summary.json", summary)
+    if stopped:
+      raise preemption.Preempted("Pretraining", step,
+                                 str(checkpoints.checkpoint_dir(workdir) / str(step)))
+    return summary
 
 
 def _train_loop(config, state: TrainState, step_fn, batches, manager, writer, start_step: int,
-                num_train_steps: int) -> tuple[TrainState, dict[str, float]]:
-  """Steps start_step + 1 .. num_train_steps; logs, checkpoints; returns the last metrics."""
+                num_train_steps: int) -> tuple[int, dict[str, float], bool]:
+  """Steps start_step + 1 .. num_train_steps; logs and checkpoints.
+
+  A stop signal ends the loop after the step in flight, which is checkpointed. Each
+  step's fault flag is read with the metrics (at log and checkpoint steps, the only host
+  syncs), so a checkpoint is only written after every step before it was found finite.
+
+  Returns:
+    (last step, its logged metrics, whether a stop signal ended the loop).
+  """
   report = periodic_actions.ReportProgress(num_train_steps=num_train_steps, writer=writer)
   meter = _ThroughputMeter(2 * config.batch_size)
-  pending, last = [], {}
+  pending, last, step, stop = [], {}, start_step, False
   for step in range(start_step + 1, num_train_steps + 1):
     with jax.profiler.StepTraceAnnotation("train", step_num=step):
       state, metrics = step_fn(state, next(batches))
@@ -238,30 +308,54 @@ def _train_loop(config, state: TrainState, step_fn, batches, manager, writer, st
     if step == start_step + 1:
       jax.block_until_ready(metrics)  # Start timing after compilation.
       meter.restart(step)
-    if step % config.log_every_steps == 0 or step == num_train_steps:
-      last = _mean_metrics(pending, step)
+    stop = preemption.reached()
+    final = stop or step == num_train_steps
+    if final or step % config.log_every_steps == 0 or step % config.checkpoint_every_steps == 0:
+      fetched = jax.device_get(pending)
       pending = []
+      raise_on_fault(fetched, step, manager)
+      last = _mean_metrics(fetched)
       rate = meter.rate(step)
       if rate is not None:  # Undefined before the second step.
         last["views_per_second"] = rate
       writer.write_scalars(step, last)
-    if step % config.checkpoint_every_steps == 0 or step == num_train_steps:
-      checkpoints.save(manager, step, state)
+    if final or step % config.checkpoint_every_steps == 0:
+      checkpoints.save(manager, step, state.checkpoint_items(), config)
+    if stop:
+      logging.warning("Stopping after step %d (%s); waiting for its checkpoint to commit.",
+                      step, preemption.signal_name())
+      break
   manager.wait_until_finished()
   writer.flush()
-  return state, last
+  return step, last, stop
 
 
-def _mean_metrics(pending: list[dict[str, jax.Array]], step: int) -> dict[str, float]:
-  """Averages the metrics of the steps since the last log (one host sync per log)."""
-  stacked = jax.device_get(pending)
-  mean = {key: float(np.mean([m[key] for m in stacked])) for key in stacked[0]}
-  mean["learning_rate"] = float(stacked[-1]["learning_rate"])
-  if not np.isfinite(mean["loss"]):
-    raise FloatingPointError(
-        f"Loss is {mean['loss']} at step {step}. Lower config.optimizer.base_learning_rate "
-        f"or raise config.temperature, and check the input data. Checkpoints written before "
-        f"this step are kept.")
+def raise_on_fault(fetched: list[dict[str, np.ndarray]], step: int, manager) -> None:
+  """Raises TrainingDivergedError naming the first faulty step among the `fetched` metrics
+  of the steps up to `step` (the checkpoints written so far precede it)."""
+  faults = np.array([m["fault"] for m in fetched])
+  if not faults.any():
+    return
+  index = int(np.flatnonzero(faults)[0])
+  code = int(faults[index])
+  what = [name for bit, name in ((FAULT_LOSS, "loss"), (FAULT_GRADIENTS, "gradients"),
+                                 (FAULT_PARAMETERS, "parameters")) if code & bit]
+  manager.wait_until_finished()
+  good = manager.latest_step()
+  where = (f"the last good checkpoint is step {good} in {manager.directory} (rerunning resumes "
+           f"there)" if good is not None else "no checkpoint was written")
+  raise TrainingDivergedError(
+      f"Non-finite {' and '.join(what)} at step {step - len(fetched) + index + 1}: its update "
+      f"was not applied and nothing after it was saved; {where}. Lower "
+      f"config.optimizer.base_learning_rate or raise config.temperature, and check the input "
+      f"data.")
+
+
+def _mean_metrics(fetched: list[dict[str, np.ndarray]]) -> dict[str, float]:
+  """Averages the metrics of the steps since the last log."""
+  mean = {key: float(np.mean([m[key] for m in fetched])) for key in fetched[0]
+          if key != "fault"}
+  mean["learning_rate"] = float(fetched[-1]["learning_rate"])
   return mean
 
 

@@ -16,7 +16,6 @@ def tiny_food101_config(**overrides):
   config.batch_size = 16
   config.num_train_steps = 1
   config.shuffle_buffer = 64
-  config.data_deterministic = True
   config.log_every_steps = 1
   config.checkpoint_every_steps = 1
   config.linear_eval.batch_size = 16

@@ -33,9 +33,12 @@ def test_pretrain_one_step_on_mock_food101(pretrained_workdir):
 
 
 def _restore(config, workdir):
+  """(the latest checkpoint's TrainState, the freshly initialised one)."""
   tx, _ = train.create_optimizer(config, 2, 3)
   target = train.init_train_state(config, tx, train.create_mesh())
-  return checkpoints.restore(checkpoints.create_manager(str(workdir)), target), target
+  with checkpoints.create_manager(checkpoints.checkpoint_dir(workdir)) as manager:
+    _, items = checkpoints.restore(manager, target.checkpoint_items(), config)
+  return train.TrainState.from_checkpoint_items(items), target
 
 
 def test_rerun_resumes_from_the_latest_checkpoint(pretrained_workdir, tmp_path):
@@ -64,29 +67,39 @@ def test_resumed_run_equals_an_uninterrupted_one(pretrained_workdir, tmp_path):
   b, _ = _restore(tiny_food101_config(), straight)
   assert int(a.step) == int(b.step) == 3
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))  # Bit for bit.
 
 
 @pytest.mark.parametrize("separately", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_train_step_on_8_devices_equals_1_device(separately):
-  """Global BatchNorm statistics and the gathered loss: sharding changes nothing."""
+  """Global BatchNorm statistics and the gathered loss: sharding changes nothing. Two
+  steps at a non-zero learning rate, so the parameters move and the check can fail."""
   config = tiny_food101_config()
   config.model.forward_views_separately = separately
+  config.optimizer.warmup_epochs = 0.0  # A non-zero learning rate from the first step.
   rng = np.random.default_rng(0)
-  views = rng.integers(0, 256, size=(16, 2, 16, 16, 3), dtype=np.uint8)
+  views = rng.integers(0, 256, size=(2, 16, 2, 16, 16, 3), dtype=np.uint8)
 
-  def one_step(mesh):
+  def two_steps(mesh):
     tx, schedule = train.create_optimizer(config, 10, 100)
     state = train.init_train_state(config, tx, mesh)
+    initial = jax.device_get(state.params)
     step = train.compile_train_step(config, train.model_graphdef(config), tx, schedule, mesh)
-    batch = {"views": jax.device_put(views, NamedSharding(mesh, P("data")))}
-    return jax.device_get(step(state, batch))
+    for batch in views:
+      state, metrics = step(state, {"views": jax.device_put(batch,
+                                                            NamedSharding(mesh, P("data")))})
+    return initial, jax.device_get(state), jax.device_get(metrics)
 
-  state_8, metrics_8 = one_step(train.create_mesh())
+  initial, state_8, metrics_8 = two_steps(train.create_mesh())
   mesh_1 = Mesh(np.array(jax.devices()[:1]), ("data",),
                 axis_types=(jax.sharding.AxisType.Auto,))
-  state_1, metrics_1 = one_step(mesh_1)
+  _, state_1, metrics_1 = two_steps(mesh_1)
+  assert metrics_8["learning_rate"] > 0 and metrics_8["fault"] == 0
   np.testing.assert_allclose(metrics_8["loss"], metrics_1["loss"], rtol=1e-5)
+  np.testing.assert_allclose(metrics_8["grad_norm"], metrics_1["grad_norm"], rtol=1e-4)
+  moved = [np.abs(a - b).max() for a, b in zip(jax.tree.leaves(state_8.params),
+                                                jax.tree.leaves(initial))]
+  assert min(moved) > 1e-6  # Every parameter moved: the comparison below means something.
   for a, b in zip(jax.tree.leaves(state_8), jax.tree.leaves(state_1)):
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
 
@@ -110,15 +123,49 @@ def test_missing_dataset_is_reported_with_instructions(tmp_path):
     train.pretrain(config, str(tmp_path / "work"))
 
 
-def test_corrupt_checkpoint_is_reported(pretrained_workdir, tmp_path):
+def test_blow_up_stops_at_its_step_without_applying_or_saving_it(pretrained_workdir,
+                                                                  tmp_path):
+  """lr 1e30 from the step-1 checkpoint, checkpoints every 7 steps, logs every 10:
+  the fault is caught at the step it happens (read with the metrics, at the next
+  checkpoint step), and only the good step-1 checkpoint exists afterwards."""
   workdir = tmp_path / "work"
   shutil.copytree(pretrained_workdir, workdir)
-  for root, _, files in os.walk(workdir / "checkpoints" / "1"):
-    for name in files:
-      with open(os.path.join(root, name), "wb") as f:
-        f.write(b"garbage")
-  with pytest.raises(checkpoints.CheckpointError, match="Cannot restore the checkpoint"):
-    _restore(tiny_food101_config(), workdir)
+  config = tiny_food101_config(num_train_steps=20, checkpoint_every_steps=7,
+                               log_every_steps=10)
+  # LARS as the checkpoint was made with (a resume keeps the optimiser).
+  config.optimizer.update(base_learning_rate=1e30, lr_scaling="none", warmup_epochs=0.0)
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    with pytest.raises(train.TrainingDivergedError,
+                       match=r"Non-finite .* at step [2-7]: its update was not applied.*"
+                             r"last good checkpoint is step 1 in .*checkpoints") as error:
+      train.pretrain(config, str(workdir))
+  assert "\n" not in str(error.value)
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["1"]
+  restored, _ = _restore(tiny_food101_config(), workdir)
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(restored))
+
+
+def test_a_faulty_step_leaves_the_state_as_it_was():
+  """The step that goes non-finite returns its input state, bit for bit, step included."""
+  config = tiny_food101_config()
+  config.optimizer.update(name="sgd", base_learning_rate=1e30, lr_scaling="none",
+                          warmup_epochs=0.0)
+  mesh = train.create_mesh()
+  tx, schedule = train.create_optimizer(config, 10, 100)
+  state = train.init_train_state(config, tx, mesh)
+  step = train.compile_train_step(config, train.model_graphdef(config), tx, schedule, mesh)
+  views = np.random.default_rng(0).integers(0, 256, (16, 2, 16, 16, 3), dtype=np.uint8)
+  batch = {"views": jax.device_put(views, NamedSharding(mesh, P("data")))}
+  for _ in range(5):
+    before = jax.device_get(state)
+    state, metrics = step(state, batch)
+    if int(metrics["fault"]):
+      break
+  assert int(metrics["fault"]) != 0, "lr 1e30 should blow up within 5 steps"
+  after = jax.device_get(state)
+  assert int(after.step) == int(before.step)
+  for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(before)):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_online_probe_learns_from_labels_but_the_encoder_does_not():

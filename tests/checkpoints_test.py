@@ -1,0 +1,119 @@
+"""Damaged and mismatched checkpoints: warn and fall back, or stop with the fields named."""
+
+import logging
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from simclr_jax import checkpoints, train
+from tests.conftest import MOCK_EXAMPLES
+from tests.helpers import tiny_food101_config
+
+
+@pytest.fixture(scope="module")
+def two_step_workdir(pretrained_workdir, tmp_path_factory):
+  """Checkpoints at steps 1 and 2 of the tiny food101 run."""
+  workdir = tmp_path_factory.mktemp("two_steps") / "work"
+  shutil.copytree(pretrained_workdir, workdir)
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    train.pretrain(tiny_food101_config(num_train_steps=2), str(workdir))
+  return workdir
+
+
+def _copy(workdir, tmp_path):
+  copy = tmp_path / "work"
+  shutil.copytree(workdir, copy)
+  return copy
+
+
+def _restore(workdir, config=None, step=None):
+  """(step, TrainState) restored by the code that pretraining uses to resume."""
+  config = config or tiny_food101_config()
+  tx, _ = train.create_optimizer(config, 2, 3)
+  target = train.init_train_state(config, tx, train.create_mesh())
+  with checkpoints.create_manager(checkpoints.checkpoint_dir(workdir)) as manager:
+    restored = checkpoints.restore(manager, target.checkpoint_items(), config, step,
+                                   check_fields=train.RESUME_FIELDS)
+  return restored[0], train.TrainState.from_checkpoint_items(restored[1])
+
+
+def _truncate_files(folder):
+  for root, _, files in os.walk(folder):
+    for name in files:
+      path = os.path.join(root, name)
+      os.truncate(path, os.path.getsize(path) // 2)
+
+
+def _delete_array_files(folder):
+  for root, dirs, _ in os.walk(folder):
+    for name in dirs:
+      if name.startswith("ocdbt.process_"):
+        shutil.rmtree(os.path.join(root, name))
+
+
+def _unfinished_save(folder):
+  """What a kill during the save of step 2 leaves: its temporary folder, half written."""
+  unfinished = folder.parent / f"2{checkpoints.UNFINISHED_MARKER}-1796000000"
+  folder.rename(unfinished)
+  _truncate_files(unfinished / "model")
+
+
+@pytest.mark.parametrize("damage", [_truncate_files, _delete_array_files, _unfinished_save])
+def test_damaged_latest_checkpoint_warns_and_falls_back(two_step_workdir, tmp_path, caplog,
+                                                         damage):
+  workdir = _copy(two_step_workdir, tmp_path)
+  _, intact = _restore(workdir, step=1)
+  damage(workdir / "checkpoints" / "2")
+  with caplog.at_level(logging.WARNING):
+    step, state = _restore(workdir)
+  assert step == 1 and int(state.step) == 1
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(intact)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  warnings = " ".join(r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
+  assert str(workdir / "checkpoints" / "2") in warnings
+  assert ("unreadable" in warnings) or ("unfinished save" in warnings)
+
+
+def test_pretraining_resumes_from_the_newest_readable_checkpoint(two_step_workdir, tmp_path):
+  workdir = _copy(two_step_workdir, tmp_path)
+  _truncate_files(workdir / "checkpoints" / "2")
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    summary = train.pretrain(tiny_food101_config(num_train_steps=3), str(workdir))
+  assert summary["resumed_from_step"] == 1 and summary["step"] == 3
+  # The damaged step 2 was moved aside (kept), and saved anew by the resumed run.
+  assert [p.name.split("-")[0] for p in (workdir / "checkpoints_damaged").iterdir()] == ["2"]
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["1", "2", "3"]
+
+
+def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(two_step_workdir, tmp_path):
+  workdir = _copy(two_step_workdir, tmp_path)
+  for step in ("1", "2"):
+    _truncate_files(workdir / "checkpoints" / step)
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    with pytest.raises(checkpoints.CheckpointError,
+                       match=r"No readable checkpoint in .*step 2: .*step 1: "):
+      train.pretrain(tiny_food101_config(num_train_steps=3), str(workdir))
+
+
+def test_a_checkpoint_of_another_model_names_the_differing_fields(two_step_workdir):
+  config = tiny_food101_config()
+  config.model.depth = 34
+  config.model.head_widths = (64, 16)
+  with pytest.raises(checkpoints.CheckpointMismatchError) as error:
+    _restore(two_step_workdir, config)
+  message = str(error.value)
+  assert "model.depth: checkpoint 18, config 34" in message
+  assert "model.head_widths: checkpoint [32, 16], config [64, 16]" in message
+  assert "model.width_multiplier" not in message and "\n" not in message
+
+
+def test_resuming_with_another_optimiser_is_named(two_step_workdir):
+  config = tiny_food101_config()
+  config.optimizer.name = "sgd"
+  with pytest.raises(checkpoints.CheckpointMismatchError,
+                     match="optimizer.name: checkpoint 'lars', config 'sgd'"):
+    _restore(two_step_workdir, config)
