@@ -3,7 +3,7 @@
     python benchmarks/make_jpegs.py /tmp/bench_jpegs          # 400 photo-like JPEGs, <=512 px
     python benchmarks/input_pipeline.py --dir /tmp/bench_jpegs [--sizes 224,256] [--batch 64]
         [--batches 20] [--warmup 3] [--threads 0] [--decode-images 2000] [--no-decode-limit]
-        [--no-antialias] [--breakdown]
+        [--no-antialias] [--breakdown] [--deterministic | --nondeterministic]
 
 For each image size it builds the project's pretraining input exactly as training does
 (`input_pipeline.pretrain_dataset` with configs/food101_seed.py: the seed's augmentations,
@@ -12,7 +12,12 @@ data_threads --threads, 0 = every core this process may use), runs --warmup batc
 --batches batches as NumPy arrays (uint8 views) and prints one JSON line:
 
   {"what": "simclr_jax two-view pipeline", "variant", "size", "threads", "cores",
-   "images_per_s", "views_per_s", "fraction_of_decode_limit", ...}
+   "deterministic", "images_per_s", "views_per_s", "fraction_of_decode_limit", ...}
+
+--deterministic / --nondeterministic set `config.data_deterministic` (tf.data's
+`Options.deterministic`: elements in their exact order, as exact resumption needs, or in
+whatever order the parallel map finishes them); without either flag the config's own value
+is used. The JSON line's `deterministic` gives the value timed.
 
 --no-antialias adds the same with `augment.resize_antialias=False` (plain bilinear, as
 big_vision). --breakdown adds runs with parts of the augmentation switched off (no blur, no
@@ -72,8 +77,11 @@ VARIANTS = {
 }
 
 
-def seed_config(data_dir: str, size: int, batch: int, threads: int, augment_overrides=None):
+def seed_config(data_dir: str, size: int, batch: int, threads: int, augment_overrides=None,
+                deterministic: bool | None = None):
   config = food101_seed.get_config()
+  if deterministic is not None:
+    config.data_deterministic = deterministic
   config.augment.image_size = size
   config.augment.update(augment_overrides or {})
   config.dataset = "folder"  # Image files under data_dir (input_pipeline.create_source).
@@ -93,8 +101,9 @@ def _options(threads: int) -> tf.data.Options:
 
 
 def time_pipeline(data_dir: str, size: int, batch: int, batches: int, warmup: int,
-                  threads: int, variant: str = "seed config") -> dict:
-  config = seed_config(data_dir, size, batch, threads, VARIANTS[variant])
+                  threads: int, variant: str = "seed config",
+                  deterministic: bool | None = None) -> dict:
+  config = seed_config(data_dir, size, batch, threads, VARIANTS[variant], deterministic)
   source = input_pipeline.create_source(config)
   ds = input_pipeline.pretrain_dataset(config, source)
   iterator = ds.as_numpy_iterator()
@@ -108,7 +117,8 @@ def time_pipeline(data_dir: str, size: int, batch: int, batches: int, warmup: in
   images = batches * batch
   return {"what": "simclr_jax two-view pipeline", "variant": variant, "size": size,
           "threads": threads,
-          "cores": os.cpu_count(), "images_per_s": round(images / seconds, 2),
+          "cores": os.cpu_count(), "deterministic": bool(config.data_deterministic),
+          "images_per_s": round(images / seconds, 2),
           "views_per_s": round(2 * images / seconds, 2), "batch": batch, "batches": batches,
           "views_shape": views_shape, "files": source.num_examples("train"),
           "seconds": round(seconds, 2)}
@@ -197,6 +207,11 @@ def main():
                       help="Also time augment.resize_antialias=False.")
   parser.add_argument("--breakdown", action="store_true",
                       help="Also time the pipeline with parts of the augmentation off.")
+  order = parser.add_mutually_exclusive_group()
+  order.add_argument("--deterministic", dest="deterministic", action="store_true",
+                     default=None, help="config.data_deterministic=True (exact order).")
+  order.add_argument("--nondeterministic", dest="deterministic", action="store_false",
+                     help="config.data_deterministic=False (any order).")
   args = parser.parse_args()
 
   input_pipeline.configure_tensorflow()
@@ -214,7 +229,7 @@ def main():
   for size in sizes:
     for variant in variants:
       result = time_pipeline(args.dir, size, args.batch, args.batches, args.warmup, threads,
-                             variant)
+                             variant, args.deterministic)
       if limit:
         result["decode_limit_images_per_s"] = limit["images_per_s"]
         result["fraction_of_decode_limit"] = round(
