@@ -97,11 +97,14 @@ def test_train_step_on_8_devices_equals_1_device(separately):
   assert metrics_8["learning_rate"] > 0 and metrics_8["fault"] == 0
   np.testing.assert_allclose(metrics_8["loss"], metrics_1["loss"], rtol=1e-5)
   np.testing.assert_allclose(metrics_8["grad_norm"], metrics_1["grad_norm"], rtol=1e-4)
-  moved = [np.abs(a - b).max() for a, b in zip(jax.tree.leaves(state_8.params),
-                                                jax.tree.leaves(initial))]
-  assert min(moved) > 1e-6  # Every parameter moved: the comparison below means something.
+  for a8, a1, a0 in zip(jax.tree.leaves(state_8.params), jax.tree.leaves(state_1.params),
+                        jax.tree.leaves(initial)):
+    update = np.abs(a8 - a0).max()
+    assert update > 1e-6  # Every parameter moved: the comparison means something.
+    # Float32 sums in another order: the two runs differ by under 1% of what they moved.
+    assert np.abs(a8 - a1).max() <= 0.01 * update
   for a, b in zip(jax.tree.leaves(state_8), jax.tree.leaves(state_1)):
-    np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+    np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-4)
 
 
 def test_batch_size_must_divide_across_devices():
