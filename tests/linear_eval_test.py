@@ -166,3 +166,53 @@ def test_classifier_on_augmented_images_learns_and_leaves_the_encoder_frozen():
   assert linear_eval.top_k_accuracy(classifier, features, seen, 1) >= 0.9
   for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(jax.device_get(state))):
     np.testing.assert_array_equal(a, b)
+
+
+def test_an_sgd_pretrained_checkpoint_evaluates_under_the_lars_protocol(tmp_path):
+  """Evaluation restores the model alone: the pretraining optimiser (SGD, as the seed
+  config) does not have to match the evaluation config's (LARS, as food101_linear)."""
+  sgd = tiny_food101_config()
+  sgd.optimizer.update(name="sgd", base_learning_rate=0.03, lr_scaling="none",
+                       weight_decay=1e-4, exclude_bn_and_bias=False, warmup_epochs=0.0)
+  lars = tiny_food101_config()
+  assert lars.optimizer.name == "lars"
+  lars.linear_eval.tsne_points = 0
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    train.pretrain(sgd, str(tmp_path))
+    results = linear_eval.evaluate(lars, str(tmp_path))
+  assert results["checkpoint_step"] == 1 and results["num_eval_examples"] == MOCK_EXAMPLES
+
+
+def _classifier_run(config, state, mesh, source, checkpoint_dir):
+  encode = linear_eval.make_encoder(train.model_graphdef(config), config.augment.normalize)
+  return linear_eval.train_linear_classifier_on_images(config, encode, state, mesh, source, 32,
+                                                       checkpoint_dir)
+
+
+def test_classifier_training_stops_on_a_signal_and_resumes_exactly(tmp_path, monkeypatch):
+  """A stop agreed after step 3 of 8 saves step 3 and raises Preempted; the rerun resumes
+  there (the image stream too) and ends with the classifier of an uninterrupted run."""
+  from simclr_jax import preemption  # pylint: disable=g-import-not-at-top
+  config = tiny_food101_config()
+  config.linear_eval.epochs = 4  # 64 images, batch 16: 4 steps an epoch, 16 in all.
+  config.linear_eval.checkpoint_every_steps = 5
+  mesh = train.create_mesh()
+  tx, _ = train.create_optimizer(config, 1, 1)
+  state = train.init_train_state(config, tx, mesh)
+  rng = np.random.default_rng(0)
+  source = ArraySource(rng.integers(0, 255, (64, 20, 20, 3), dtype=np.uint8),
+                       np.arange(64, dtype=np.int32) % 2)
+  source.num_classes = 2
+
+  straight = _classifier_run(config, state, mesh, source, tmp_path / "straight")
+  calls = iter(range(1, 100))
+  monkeypatch.setattr(preemption, "reached", lambda: next(calls) == 7)
+  with pytest.raises(preemption.Preempted, match="after step 7"):
+    _classifier_run(config, state, mesh, source, tmp_path / "stopped")
+  assert sorted(p.name for p in (tmp_path / "stopped").iterdir()) == ["7"]  # max_to_keep 1.
+  monkeypatch.setattr(preemption, "reached", lambda: False)
+  resumed = _classifier_run(config, state, mesh, source, tmp_path / "stopped")
+  assert sorted(p.name for p in (tmp_path / "stopped").iterdir()) == ["16"]
+  for key in ("kernel", "bias"):
+    assert np.abs(straight[key]).max() > 0  # It learned: the comparison can fail.
+    np.testing.assert_array_equal(resumed[key], straight[key])
