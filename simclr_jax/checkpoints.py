@@ -9,8 +9,8 @@ A checkpoint is one Orbax step folder with named items, each restorable alone:
 Restoring walks back from the newest step: a damaged checkpoint (truncated or missing
 files, an unfinished save) is named in a warning and the next older one is tried; only
 when none is readable is it an error. A run that resumes moves the damaged ones aside (to
-`checkpoints_damaged/`, kept), so that it can save those steps again. A checkpoint made with another model is an error
-naming the differing config fields, never a silent fallback.
+`checkpoints_damaged/`, kept), so that it can save those steps again. A checkpoint made
+with another model is an error naming the differing config fields, never a fallback.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def restore(manager: ocp.CheckpointManager, targets: Mapping[str, Any], config,
     CheckpointMismatchError: the checkpoint's config differs in `check_fields`.
     CheckpointError: checkpoints exist but none of those tried is readable.
   """
-  _warn_about_unfinished_saves(manager.directory)
+  _warn_about_unfinished_saves(manager)
   steps = sorted(manager.all_steps(), reverse=True) if step is None else [step]
   if not steps:
     return None
@@ -169,13 +169,15 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
   return flat
 
 
-def _warn_about_unfinished_saves(directory) -> None:
-  """An interrupted save leaves a temporary step folder that Orbax never lists: say so."""
-  directory = epath.Path(directory)
+def _warn_about_unfinished_saves(manager: ocp.CheckpointManager) -> None:
+  """An interrupted save leaves a step folder that Orbax never lists (a temporary name on
+  local disks; no commit marker on gs://): name each one."""
+  directory = epath.Path(manager.directory)
   if not directory.exists():
     return
+  listed = {str(step) for step in manager.all_steps()}
   for child in directory.iterdir():
-    if UNFINISHED_MARKER in child.name:
+    if UNFINISHED_MARKER in child.name or (child.name.isdigit() and child.name not in listed):
       logging.warning("Ignoring %s: an unfinished save (interrupted before it committed).",
                       child)
 

@@ -65,6 +65,8 @@ def extract_features(config, encode, state, mesh, source,
     labels.append(label[mask])
     if index % 50 == 0:
       logging.info("Encoded %d examples of split '%s'.", sum(map(len, labels)), split)
+    if preemption.reached():
+      raise preemption.Preempted(f"Encoding split '{split}'", index, None)
   features, labels = np.concatenate(features), np.concatenate(labels)
   expected = source.num_examples(split)
   if len(labels) != expected:

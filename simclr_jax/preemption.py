@@ -30,8 +30,10 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 class Preempted(Exception):
   """Raised by a stage after it saved the step where a stop signal was agreed."""
 
-  def __init__(self, stage: str, step: int, checkpoint: str):
-    super().__init__(f"{stage} stopped by a signal after step {step}; saved {checkpoint}.")
+  def __init__(self, stage: str, step: int, checkpoint: str | None):
+    saved = (f"saved {checkpoint}" if checkpoint else
+             "nothing to save (it is recomputed when the run resumes)")
+    super().__init__(f"{stage} stopped by a signal after step {step}; {saved}.")
     self.stage, self.step, self.checkpoint = stage, step, checkpoint
 
 

@@ -237,10 +237,7 @@ def pretrain(config, workdir: str) -> dict[str, Any]:
   # also when the run ends with an error.
   with checkpoints.create_manager(checkpoints.checkpoint_dir(workdir),
                                   config.max_checkpoints_to_keep) as manager:
-    restored = checkpoints.restore(manager, state.checkpoint_items(), config,
-                                   check_fields=RESUME_FIELDS, move_damaged=True)
-    if restored is not None:
-      state = TrainState.from_checkpoint_items(restored[1])
+    state = resume(manager, state, config)
     start_step = int(state.step)
     counts = param_counts(state.params)
     if start_step >= num_train_steps:
@@ -262,13 +259,7 @@ def pretrain(config, workdir: str) -> dict[str, Any]:
                  jax.device_count(), counts["params_encoder"], counts["params_head"])
 
     step_fn = compile_train_step(config, graphdef, tx, schedule, mesh)
-    host_batches = input_pipeline.pretrain_dataset(config, source, start_step).as_numpy_iterator()
-    first = next(host_batches)
-    if start_step == 0:  # Show what the model is trained on.
-      writer.write_images(0, {"augmented_view_pairs": visualize.view_pairs_grid(
-          first["views"])[None]})
-    batches = input_pipeline.global_batches(itertools.chain([first], host_batches),
-                                            NamedSharding(mesh, P(DATA_AXIS)))
+    batches = _device_batches(config, source, mesh, start_step, writer)
     with jax.set_mesh(mesh):
       step, last, stopped = _train_loop(config, state, step_fn, batches, manager, writer,
                                         start_step, num_train_steps)
@@ -284,6 +275,26 @@ def pretrain(config, workdir: str) -> dict[str, Any]:
       raise preemption.Preempted("Pretraining", step,
                                  str(checkpoints.checkpoint_dir(workdir) / str(step)))
     return summary
+
+
+def resume(manager, state: TrainState, config) -> TrainState:
+  """The newest readable checkpoint's state (damaged newer ones moved aside), or `state`
+  when there is none."""
+  restored = checkpoints.restore(manager, state.checkpoint_items(), config,
+                                 check_fields=RESUME_FIELDS, move_damaged=True)
+  return state if restored is None else TrainState.from_checkpoint_items(restored[1])
+
+
+def _device_batches(config, source, mesh: Mesh, start_step: int, writer):
+  """Global batches from `start_step` on, sharded on 'data'; a fresh run shows its first
+  batch's view pairs in TensorBoard (what the model is trained on)."""
+  host_batches = input_pipeline.pretrain_dataset(config, source, start_step).as_numpy_iterator()
+  first = next(host_batches)
+  if start_step == 0:
+    writer.write_images(0, {"augmented_view_pairs": visualize.view_pairs_grid(
+        first["views"])[None]})
+  return input_pipeline.global_batches(itertools.chain([first], host_batches),
+                                       NamedSharding(mesh, P(DATA_AXIS)))
 
 
 def _train_loop(config, state: TrainState, step_fn, batches, manager, writer, start_step: int,
