@@ -9,6 +9,7 @@ logged. Elements carry the encoded bytes, so JPEGs are decoded fused with the ra
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import io
 
@@ -37,6 +38,7 @@ class FileList:
 # Bytes that end a complete file: JPEG's end-of-image marker, PNG's IEND chunk type.
 END_MARKERS = {b"\xff\xd8\xff": b"\xff\xd9", b"\x89PNG\r\n\x1a\n": b"IEND"}
 TAIL_BYTES = 4096  # Where the end marker must be: trailers longer than this are rare.
+CHECK_THREADS = 32  # Files checked at once when a source is listed.
 
 
 def looks_like_an_image(path) -> bool:
@@ -63,7 +65,10 @@ def looks_like_an_image(path) -> bool:
 
 def _keep_readable(paths: list[str], labels: list[int], where) -> FileList:
   """The readable ones of `paths`; DatasetNotFoundError when none is."""
-  keep = [looks_like_an_image(p) for p in paths]
+  # Threads: on gs:// each check is two requests, so 101,000 files in turn would take an
+  # hour; the checks wait on I/O, not on the interpreter.
+  with concurrent.futures.ThreadPoolExecutor(CHECK_THREADS) as pool:
+    keep = list(pool.map(looks_like_an_image, paths))
   skipped = [p for p, k in zip(paths, keep) if not k]
   if skipped:
     logging.warning("Skipped %d unreadable files (empty, truncated or not an image) in %s, "
