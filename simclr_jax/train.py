@@ -167,7 +167,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef: nnx.
                             opt_state=opt_state)
   fault = fault_code(total, grad_norm, (params, batch_stats))
   metrics["fault"] = fault
-  return keep_if_faulty(fault, new_state, state), metrics
+  return apply_unless_faulty(fault, new_state, state), metrics
 
 
 def fault_code(loss: jax.Array, grad_norm: jax.Array, new_params) -> jax.Array:
@@ -179,7 +179,7 @@ def fault_code(loss: jax.Array, grad_norm: jax.Array, new_params) -> jax.Array:
           + jnp.where(params_finite, 0, FAULT_PARAMETERS)).astype(jnp.int32)
 
 
-def keep_if_faulty(fault: jax.Array, new_state, old_state):
+def apply_unless_faulty(fault: jax.Array, new_state, old_state):
   """`new_state` if `fault` is 0, else `old_state`: a faulty step's update is not applied
   (and the step counter does not advance), decided on the device without a host sync."""
   return jax.tree.map(lambda new, old: jnp.where(fault == 0, new, old), new_state, old_state)
