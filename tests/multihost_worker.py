@@ -1,0 +1,191 @@
+"""One process of the runs in tests/multihost_test.py (not a test module itself).
+
+  python tests/multihost_worker.py MODE PORT PROCESS_ID DEVICES OUT [ARG]
+
+PORT 'none': a single process, no jax.distributed. Otherwise process PROCESS_ID of 2 on
+localhost:PORT (gloo collectives). DEVICES: simulated CPU devices in this process.
+
+Modes (OUT: a folder, the run's workdir or where this process writes its results):
+  pair       fixed-batch train steps (`steps_<process>.npz/.json`), then `train.pretrain`
+             of the tiny demo config in OUT/workdir (what it checkpoints copied to
+             `saved_<process>_<step>.npz`) and `linear_eval.evaluate` there.
+  reference  the same fixed-batch train steps in one process (`steps_0.*`), then restores
+             the newest checkpoint of the pair's workdir ARG (`restored.npz`, `.json`).
+  run        `runtime.run(config, OUT, 'pretrain')` of the tiny demo config with
+             num_train_steps = ARG, as main.py runs it; SIMCLR_NO_DISTRIBUTED=1 in the
+             environment, since the distributed set-up is done here.
+"""
+
+import json
+import os
+import sys
+import time
+
+START = time.perf_counter()
+
+MODE, PORT, PROCESS_ID, DEVICES, OUT = sys.argv[1:6]
+PROCESS_ID = int(PROCESS_ID)
+os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={DEVICES}"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+jax.config.update("jax_platforms", "cpu")
+if PORT != "none":
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(f"localhost:{PORT}", 2, PROCESS_ID)
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np
+from absl import logging
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from configs import demo
+from simclr_jax import checkpoints, input_pipeline, linear_eval, runtime, train
+
+# The fixed-batch steps: global batch, steps taken, steps the schedule spans, seed, and
+# learning rate (unscaled). At the demo's 0.075 * sqrt(32) = 0.42 these random images make
+# the steps chaotic: float32 reduction-order noise (2e-7 in the first step's gradient norm)
+# grows to 6e-2 in the parameters after 3 steps, even between 1 process x 4 devices and
+# 1 process x 2 devices. At 0.005 they, and the pair and 1 x 4, agree within 3.6e-7.
+GLOBAL_BATCH, NUM_STEPS, SCHEDULE_STEPS, DATA_SEED, LEARNING_RATE = 32, 3, 10, 1234, 0.005
+PRETRAIN_STEPS = 2  # Of the pair's `train.pretrain` run.
+NUM_CLASSES = 10  # The digits' (online probe).
+
+
+def tiny_config(num_train_steps: int):
+  config = demo.get_config()
+  config.batch_size = GLOBAL_BATCH
+  config.num_train_steps = num_train_steps
+  config.log_every_steps = 1
+  config.model.width_multiplier = 0.0625
+  config.linear_eval.epochs = 2
+  config.linear_eval.batch_size = 64
+  config.linear_eval.few_shot_per_class = 0
+  config.linear_eval.random_init_baseline = False
+  return config
+
+
+def flat_arrays(tree) -> dict[str, np.ndarray]:
+  """'params/encoder/...' -> this process's copy of each leaf of a replicated tree; every
+  local device's copy must be bitwise the same."""
+  flat = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    name = "/".join(str(getattr(key, "key", key)) for key in path)
+    if isinstance(leaf, jax.Array):
+      copies = [np.asarray(shard.data) for shard in leaf.addressable_shards]
+      for copy in copies[1:]:
+        assert np.array_equal(copy, copies[0]), f"{name}: local replicas differ"
+      flat[name] = copies[0]
+    else:
+      flat[name] = np.asarray(leaf)
+  return flat
+
+
+def fixed_batches():
+  """The same global batches in every process and run."""
+  rng = np.random.default_rng(DATA_SEED)
+  for _ in range(NUM_STEPS):
+    views = rng.integers(0, 256, (GLOBAL_BATCH, 2, 16, 16, 3), dtype=np.uint8)
+    labels = rng.integers(0, NUM_CLASSES, (GLOBAL_BATCH,), dtype=np.int32)
+    yield {"views": views, "label": labels}
+
+
+def fixed_batch_steps(out: str) -> None:
+  """NUM_STEPS train steps at a non-zero learning rate on `fixed_batches`; writes the
+  initial and final model and the per-step metrics."""
+  config = tiny_config(SCHEDULE_STEPS)
+  config.optimizer.warmup_epochs = 0.0
+  config.optimizer.base_learning_rate = LEARNING_RATE
+  config.optimizer.lr_scaling = "none"
+  mesh = train.create_mesh()
+  # Steps per epoch of the 1,347 training digits (only used by warm-up, here none).
+  tx, schedule = train.create_optimizer(config, 1347 // GLOBAL_BATCH, SCHEDULE_STEPS)
+  graphdef = train.model_graphdef(config, NUM_CLASSES)
+  state = train.init_train_state(config, tx, mesh, NUM_CLASSES)
+  initial = flat_arrays({"params": state.params, "batch_stats": state.batch_stats})
+  step_fn = train.compile_train_step(config, graphdef, tx, schedule, mesh)
+
+  sharding = NamedSharding(mesh, P(train.DATA_AXIS))
+  ranges = [index[0].indices(GLOBAL_BATCH)[:2] for index in
+            sharding.addressable_devices_indices_map((GLOBAL_BATCH,)).values()]
+  lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
+  assert hi - lo == GLOBAL_BATCH // jax.process_count(), ranges  # One contiguous block.
+  metrics = []
+  with jax.set_mesh(mesh):
+    for batch in fixed_batches():
+      local = {key: value[lo:hi] for key, value in batch.items()}
+      state, step_metrics = step_fn(state, jax.tree.map(
+          lambda x: jax.make_array_from_process_local_data(sharding, x), local))
+      metrics.append({k: float(v) for k, v in jax.device_get(step_metrics).items()})
+  final = flat_arrays({"params": state.params, "batch_stats": state.batch_stats})
+  np.savez(os.path.join(out, f"steps_{jax.process_index()}.npz"),
+           **{f"final/{k}": v for k, v in final.items()},
+           **{f"initial/{k}": v for k, v in initial.items()})
+  info = {"rows": [lo, hi], "step": int(jax.device_get(state.step)), "metrics": metrics,
+          "mesh_processes": [d.process_index for d in mesh.devices.flat],
+          "mesh_device_ids": [d.id for d in mesh.devices.flat],
+          "process_index": jax.process_index(), "process_count": jax.process_count(),
+          "device_count": jax.device_count()}
+  with open(os.path.join(out, f"steps_{jax.process_index()}.json"), "w") as f:
+    json.dump(info, f)
+
+
+def capture_saves(out: str) -> None:
+  """Every checkpoint's `model` item, as this process holds it, also to saved_*.npz."""
+  save = checkpoints.save
+
+  def save_and_copy(manager, step, items, config):
+    np.savez(os.path.join(out, f"saved_{jax.process_index()}_{step}.npz"),
+             **flat_arrays(items["model"]))
+    return save(manager, step, items, config)
+
+  checkpoints.save = save_and_copy
+
+
+def restore_pair_checkpoint(workdir: str, out: str) -> None:
+  config = tiny_config(PRETRAIN_STEPS)
+  mesh = train.create_mesh()
+  num_probe_classes = train.probe_classes(config, input_pipeline.create_source(config))
+  with checkpoints.create_manager(checkpoints.checkpoint_dir(workdir),
+                                  read_only=True) as manager:
+    step, items = checkpoints.restore(
+        manager, {"model": train.init_model(config, mesh, num_probe_classes)}, config)
+  np.savez(os.path.join(out, "restored.npz"), **flat_arrays(items["model"]))
+  with open(os.path.join(out, "restored.json"), "w") as f:
+    json.dump({"step": step, "device_count": jax.device_count(),
+               "process_count": jax.process_count()}, f)
+
+
+def phase(name: str) -> None:
+  print(f"worker {PROCESS_ID}: {name} at {time.perf_counter() - START:.1f} s", flush=True)
+
+
+def main():
+  phase("started")
+  logging.set_verbosity(logging.INFO)
+  input_pipeline.configure_tensorflow()
+  if MODE == "pair":
+    fixed_batch_steps(OUT)
+    phase("fixed-batch steps done")
+    workdir = os.path.join(OUT, "workdir")
+    config = tiny_config(PRETRAIN_STEPS)
+    capture_saves(OUT)
+    train.pretrain(config, workdir)
+    phase("pretrained")
+    linear_eval.evaluate(config, workdir)
+  elif MODE == "reference":
+    fixed_batch_steps(OUT)
+    phase("fixed-batch steps done")
+    restore_pair_checkpoint(sys.argv[6], OUT)
+  elif MODE == "run":
+    config = tiny_config(int(sys.argv[6]))
+    config.checkpoint_every_steps = 1000
+    runtime.run(config, OUT, "pretrain")
+  else:
+    raise ValueError(f"unknown mode {MODE!r}")
+  phase("done")
+
+
+if __name__ == "__main__":
+  main()
