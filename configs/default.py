@@ -44,6 +44,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.augment.resize_antialias = True
   config.augment.eval_crop_fraction = 0.875
 
+  # What convolutions and dense layers compute in: 'float32' or 'bfloat16' (mixed precision:
+  # parameters, optimiser state, BatchNorm statistics and the loss stay float32).
+  config.compute_dtype = "float32"
+
   # Model: ResNet trunk + projection head widths (hidden..., output).
   config.model = ml_collections.ConfigDict()
   config.model.depth = 50

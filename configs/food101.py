@@ -11,6 +11,7 @@ from configs import default
 def get_config():
   config = default.get_config()
   config.dataset = "food101"
+  config.compute_dtype = "bfloat16"  # Mixed precision on TPU and GPU.
   config.train_split = "train"  # 75,750 images.
   config.eval_split = "validation"  # 25,250 images.
   config.batch_size = 1024  # 128 images (256 views) per core on 8 TPU cores.

@@ -13,6 +13,7 @@ from configs import default
 def get_config():
   config = default.get_config()
   config.dataset = "food101"
+  config.compute_dtype = "bfloat16"  # Mixed precision on TPU and GPU.
   config.augment.image_size = 256
   config.augment.color_jitter_strength = 0.5  # ColorJitter(0.4, 0.4, 0.4, 0.1).
   config.augment.blur_probability = 1.0

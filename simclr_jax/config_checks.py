@@ -48,11 +48,18 @@ def check_pretrain_config(config) -> None:
            f"{config.optimizer.schedule_unit!r}.")
   _check_augment(config.augment)
   check_image_size(config)
+  check_compute_dtype(config)
   _require(config.num_epochs > 0 or config.num_train_steps > 0,
            "Set num_epochs > 0 or num_train_steps > 0.")
   for name in ("log_every_steps", "checkpoint_every_steps", "max_checkpoints_to_keep"):
     _require(isinstance(config[name], int) and config[name] > 0,
              f"{name} must be a positive integer, got {config[name]!r}.")
+
+
+def check_compute_dtype(config) -> None:
+  _require(config.compute_dtype in models.COMPUTE_DTYPES,
+           f"compute_dtype must be one of {sorted(models.COMPUTE_DTYPES)}, got "
+           f"{config.compute_dtype!r}.")
 
 
 def check_image_size(config) -> None:
@@ -84,6 +91,7 @@ def _check_augment(aug) -> None:
 def check_linear_eval_config(config) -> None:
   check_batch_size("linear_eval.batch_size", config.linear_eval.batch_size)
   check_image_size(config)
+  check_compute_dtype(config)
   _require(config.linear_eval.checkpoint_every_steps > 0,
            f"linear_eval.checkpoint_every_steps must be > 0, got "
            f"{config.linear_eval.checkpoint_every_steps}.")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from typing import Any
 
 import flax
@@ -27,7 +26,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from simclr_jax import (checkpoints, config_checks, input_pipeline, knn, models, preemption,
-                        storage, summaries, train, visualize)
+                        storage, summaries, train_state, visualize)
 
 # Config fields a resumed classifier training must share with its checkpoint.
 CLASSIFIER_FIELDS = (*checkpoints.MODEL_FIELDS, "linear_eval.batch_size", "linear_eval.epochs",
@@ -49,7 +48,7 @@ def extract_features(config, encode, state, mesh, source,
   Returns:
     features (num_examples, num_features) float32 and labels (num_examples,) int32.
   """
-  data = NamedSharding(mesh, P(train.DATA_AXIS))
+  data = NamedSharding(mesh, P(train_state.DATA_AXIS))
   replicated = NamedSharding(mesh, P())
   batch_size = config.linear_eval.batch_size
   ds = input_pipeline.eval_dataset(config, source, split, batch_size)
@@ -207,7 +206,7 @@ def train_linear_classifier_on_images(config, encode, state, mesh, source, num_f
     start = int(classifier["step"])
     batches = input_pipeline.global_batches(
         input_pipeline.linear_train_dataset(config, source, start).as_numpy_iterator(),
-        NamedSharding(mesh, P(train.DATA_AXIS)))
+        NamedSharding(mesh, P(train_state.DATA_AXIS)))
     for index, batch in zip(range(start + 1, num_steps + 1), batches):
       classifier = step(classifier, encoder_params, batch_stats, batch["image"], batch["label"])
       if index % 100 == 0 or index == num_steps:
@@ -292,7 +291,7 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
   """Runs the linear evaluation stage; returns and writes linear_eval.json."""
   config_checks.check_linear_eval_config(config)
   input_pipeline.configure_tensorflow()
-  mesh = train.create_mesh()
+  mesh = train_state.create_mesh()
   source = input_pipeline.create_source(config)
   encode, step, encoders = _load_encoders(config, workdir, mesh, source)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0,
@@ -313,7 +312,7 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
                          config.linear_eval, config.seed, prefix, classifier))
     if not prefix and config.linear_eval.tsne_points and jax.process_index() == 0:
       picture = visualize.tsne_map(
-          eval_x, eval_y, os.path.join(workdir, "tsne.png"),
+          eval_x, eval_y, storage.path(workdir) / "tsne.png",
           f"t-SNE of {config.dataset} '{config.eval_split}' encoder features, step {step}",
           config.linear_eval.tsne_points, config.seed)
       writer.write_images(step, {"tsne": picture[None]})
@@ -337,11 +336,11 @@ def _load_encoders(config, workdir: str, mesh, source):
   """
   pretrain_workdir = config.linear_eval.pretrain_workdir or workdir
   directory = checkpoints.checkpoint_dir(pretrain_workdir)
-  num_probe_classes = train.probe_classes(config, source)
-  encode = make_encoder(train.model_graphdef(config, num_probe_classes),
+  num_probe_classes = train_state.probe_classes(config, source)
+  encode = make_encoder(train_state.model_graphdef(config, num_probe_classes),
                         config.augment.normalize)
   # The random-init model is also the restore target (structure, dtypes, shardings).
-  random_init = train.init_model(config, mesh, num_probe_classes)
+  random_init = train_state.init_model(config, mesh, num_probe_classes)
   wanted = config.linear_eval.checkpoint_step
   restored = None
   if directory.exists():

@@ -40,29 +40,31 @@ def image_input(images: jax.Array, normalize: bool) -> jax.Array:
 conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def _batch_norm(features: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
+def _batch_norm(features: int, rngs: nnx.Rngs, dtype=jnp.float32) -> nnx.BatchNorm:
   # PyTorch's BatchNorm2d defaults: momentum 0.1 (0.9 in Flax's convention), eps 1e-5.
-  return nnx.BatchNorm(features, momentum=0.9, epsilon=1e-5, rngs=rngs)
+  # Statistics are reduced in float32 whatever `dtype` (Flax's BatchNorm does so).
+  return nnx.BatchNorm(features, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs)
 
 
 def _conv(in_features: int, out_features: int, kernel: int, strides: int,
-          rngs: nnx.Rngs) -> nnx.Conv:
+          rngs: nnx.Rngs, dtype=jnp.float32) -> nnx.Conv:
   return nnx.Conv(in_features, out_features, (kernel, kernel), strides=(strides, strides),
                   padding=[(kernel // 2, kernel // 2)] * 2, use_bias=False,
-                  kernel_init=conv_init, rngs=rngs)
+                  kernel_init=conv_init, dtype=dtype, rngs=rngs)
 
 
 class BasicBlock(nnx.Module):
   """Two 3x3 convolutions with a residual connection (ResNet-18/34)."""
   expansion = 1
 
-  def __init__(self, in_features: int, features: int, strides: int, *, rngs: nnx.Rngs):
+  def __init__(self, in_features: int, features: int, strides: int, *, rngs: nnx.Rngs,
+               dtype=jnp.float32):
     out = features * self.expansion
-    self.conv1 = _conv(in_features, features, 3, strides, rngs)
-    self.bn1 = _batch_norm(features, rngs)
-    self.conv2 = _conv(features, out, 3, 1, rngs)
-    self.bn2 = _batch_norm(out, rngs)
-    self.shortcut = _Projection(in_features, out, strides, rngs) if (
+    self.conv1 = _conv(in_features, features, 3, strides, rngs, dtype)
+    self.bn1 = _batch_norm(features, rngs, dtype)
+    self.conv2 = _conv(features, out, 3, 1, rngs, dtype)
+    self.bn2 = _batch_norm(out, rngs, dtype)
+    self.shortcut = _Projection(in_features, out, strides, rngs, dtype) if (
         strides != 1 or in_features != out) else None
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -76,15 +78,16 @@ class BottleneckBlock(nnx.Module):
   """1x1 reduce, 3x3 (strided, as in torchvision's ResNet v1.5), 1x1 expand."""
   expansion = 4
 
-  def __init__(self, in_features: int, features: int, strides: int, *, rngs: nnx.Rngs):
+  def __init__(self, in_features: int, features: int, strides: int, *, rngs: nnx.Rngs,
+               dtype=jnp.float32):
     out = features * self.expansion
-    self.conv1 = _conv(in_features, features, 1, 1, rngs)
-    self.bn1 = _batch_norm(features, rngs)
-    self.conv2 = _conv(features, features, 3, strides, rngs)
-    self.bn2 = _batch_norm(features, rngs)
-    self.conv3 = _conv(features, out, 1, 1, rngs)
-    self.bn3 = _batch_norm(out, rngs)
-    self.shortcut = _Projection(in_features, out, strides, rngs) if (
+    self.conv1 = _conv(in_features, features, 1, 1, rngs, dtype)
+    self.bn1 = _batch_norm(features, rngs, dtype)
+    self.conv2 = _conv(features, features, 3, strides, rngs, dtype)
+    self.bn2 = _batch_norm(features, rngs, dtype)
+    self.conv3 = _conv(features, out, 1, 1, rngs, dtype)
+    self.bn3 = _batch_norm(out, rngs, dtype)
+    self.shortcut = _Projection(in_features, out, strides, rngs, dtype) if (
         strides != 1 or in_features != out) else None
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -98,9 +101,10 @@ class BottleneckBlock(nnx.Module):
 class _Projection(nnx.Module):
   """1x1 strided convolution + BatchNorm on the shortcut when shapes change."""
 
-  def __init__(self, in_features: int, out_features: int, strides: int, rngs: nnx.Rngs):
-    self.conv = _conv(in_features, out_features, 1, strides, rngs)
-    self.bn = _batch_norm(out_features, rngs)
+  def __init__(self, in_features: int, out_features: int, strides: int, rngs: nnx.Rngs,
+               dtype=jnp.float32):
+    self.conv = _conv(in_features, out_features, 1, strides, rngs, dtype)
+    self.bn = _batch_norm(out_features, rngs, dtype)
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     return self.bn(self.conv(x), use_running_average=not train)
@@ -121,25 +125,27 @@ class ResNet(nnx.Module):
     width_multiplier: scales every stage's width (64 * m at the stem).
     small_image_stem: a 3x3 stride-1 stem without max-pooling (CIFAR-style), for images
       of 32 px or less; otherwise the ImageNet stem (7x7 stride 2 + 3x3 max-pool).
+    dtype: what convolutions and BatchNorm compute in (bfloat16 for mixed precision);
+      parameters and statistics stay float32, and the pooled features are float32.
   """
 
   def __init__(self, depth: int = 50, width_multiplier: float = 1.0,
-               small_image_stem: bool = False, *, rngs: nnx.Rngs):
+               small_image_stem: bool = False, *, rngs: nnx.Rngs, dtype=jnp.float32):
     if depth not in STAGE_SIZES:
       raise ValueError(f"ResNet depth must be one of {sorted(STAGE_SIZES)}, got {depth}.")
     block_cls = BottleneckBlock if depth in BOTTLENECK_DEPTHS else BasicBlock
     base = max(1, int(round(64 * width_multiplier)))
     self.small_image_stem = small_image_stem
     self.stem_conv = _conv(3, base, 3 if small_image_stem else 7,
-                           1 if small_image_stem else 2, rngs)
-    self.stem_bn = _batch_norm(base, rngs)
+                           1 if small_image_stem else 2, rngs, dtype)
+    self.stem_bn = _batch_norm(base, rngs, dtype)
     blocks = []
     in_features = base
     for stage, num_blocks in enumerate(STAGE_SIZES[depth]):
       features = base * 2**stage
       for index in range(num_blocks):
         strides = 2 if stage > 0 and index == 0 else 1
-        blocks.append(block_cls(in_features, features, strides, rngs=rngs))
+        blocks.append(block_cls(in_features, features, strides, rngs=rngs, dtype=dtype))
         in_features = features * block_cls.expansion
     self.blocks = nnx.List(blocks)
     self.num_features = in_features
@@ -150,7 +156,7 @@ class ResNet(nnx.Module):
       x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for block in self.blocks:
       x = block(x, train)
-    return jnp.mean(x, axis=(1, 2))
+    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
 
 class ProjectionHead(nnx.Module):
@@ -159,20 +165,23 @@ class ProjectionHead(nnx.Module):
   widths=(512, 128) on 2048-d input is the seed's 2048-512-128 head (with biases, no BN);
   widths=(2048, 2048, 128) with batch_norm=True is SimCLR v2's 3-layer head, where the
   linear layers drop their biases (BN's shift replaces them) and the last BN has no shift.
+  `dtype` as ResNet's; the embeddings are returned as float32 (the loss is float32).
   """
 
   def __init__(self, in_features: int, widths: Sequence[int], batch_norm: bool, *,
-               rngs: nnx.Rngs):
+               rngs: nnx.Rngs, dtype=jnp.float32):
     if not widths:
       raise ValueError("The projection head needs at least one layer width.")
     self.batch_norm = batch_norm
     dims = [in_features, *widths]
-    self.linears = nnx.List([nnx.Linear(d_in, d_out, use_bias=not batch_norm, rngs=rngs)
-                          for d_in, d_out in zip(dims[:-1], dims[1:])])
+    self.linears = nnx.List([nnx.Linear(d_in, d_out, use_bias=not batch_norm, dtype=dtype,
+                                        rngs=rngs)
+                             for d_in, d_out in zip(dims[:-1], dims[1:])])
     if batch_norm:
       last = len(widths) - 1
       self.norms = nnx.List([
-          nnx.BatchNorm(width, momentum=0.9, epsilon=1e-5, use_bias=i != last, rngs=rngs)
+          nnx.BatchNorm(width, momentum=0.9, epsilon=1e-5, use_bias=i != last, dtype=dtype,
+                        rngs=rngs)
           for i, width in enumerate(widths)])
 
   def __call__(self, h: jax.Array, train: bool = True) -> jax.Array:
@@ -183,7 +192,7 @@ class ProjectionHead(nnx.Module):
         h = self.norms[i](h, use_running_average=not train)
       if i < len(self.linears) - 1:
         h = nnx.relu(h)
-    return h
+    return h.astype(jnp.float32)
 
 
 class SimCLRModel(nnx.Module):
@@ -201,13 +210,19 @@ class SimCLRModel(nnx.Module):
     return features, self.head(features, train)
 
 
-def create_model(model_config, rngs: nnx.Rngs, probe_classes: int = 0) -> SimCLRModel:
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def create_model(model_config, rngs: nnx.Rngs, probe_classes: int = 0,
+                 compute_dtype: str = "float32") -> SimCLRModel:
   """Builds the SimCLR model from `config.model`, with an online probe over
-  `probe_classes` classes if that is > 0."""
+  `probe_classes` classes if that is > 0; encoder and head compute in `compute_dtype`
+  (config.compute_dtype), the probe in float32 on float32 features."""
+  dtype = COMPUTE_DTYPES[compute_dtype]
   encoder = ResNet(model_config.depth, model_config.width_multiplier,
-                   model_config.small_image_stem, rngs=rngs)
+                   model_config.small_image_stem, rngs=rngs, dtype=dtype)
   head = ProjectionHead(encoder.num_features, tuple(model_config.head_widths),
-                        model_config.head_batch_norm, rngs=rngs)
+                        model_config.head_batch_norm, rngs=rngs, dtype=dtype)
   probe = nnx.Linear(encoder.num_features, probe_classes, rngs=rngs) if probe_classes else None
   return SimCLRModel(encoder, head, probe)
 

@@ -8,6 +8,7 @@ from configs import food101
 def tiny_food101_config(**overrides):
   """The food101 config with everything that costs time shrunk."""
   config = food101.get_config()
+  config.compute_dtype = "float32"  # Tests compute in float32 unless they set it.
   config.augment.image_size = 16
   config.model.depth = 18
   config.model.width_multiplier = 0.0625
