@@ -200,3 +200,26 @@ def test_online_probe_learns_from_labels_but_the_encoder_does_not():
   assert not np.allclose(with_probe["probe"]["kernel"], probe_before["probe"]["kernel"])
   # A fresh probe on 101 classes starts near chance: cross entropy about log(101).
   assert abs(metrics["probe_loss"] - np.log(101)) < 1.0
+
+
+def test_the_step_compiles_once_per_run_across_saves_and_a_resume(tmp_path, monkeypatch):
+  """A Python side effect runs once per trace: one trace of the step over 4 steps with a
+  checkpoint every 2, and one in the run that resumes from them (the restored state has the
+  shardings the step was compiled for)."""
+  from simclr_jax import pretrain_step  # pylint: disable=g-import-not-at-top
+  traces = []
+  original = pretrain_step.train_step
+
+  def counted(*args, **kwargs):
+    traces.append(1)
+    return original(*args, **kwargs)
+
+  monkeypatch.setattr(pretrain_step, "train_step", counted)
+  workdir = tmp_path / "work"
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    train.pretrain(tiny_food101_config(num_train_steps=4, checkpoint_every_steps=2), str(workdir))
+    assert len(traces) == 1
+    summary = train.pretrain(tiny_food101_config(num_train_steps=6, checkpoint_every_steps=2),
+                             str(workdir))
+  assert summary["resumed_from_step"] == 4 and len(traces) == 2
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4", "6"]
