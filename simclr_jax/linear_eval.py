@@ -10,6 +10,7 @@ features; top-1 / top-5 on the evaluation split, beside weighted kNN on the same
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from typing import Any
@@ -192,17 +193,11 @@ def train_linear_classifier_on_images(config, encode, state, mesh, source, num_f
   classifier = jax.device_put({"params": params, "opt_state": tx.init(params),
                                "step": jnp.zeros((), jnp.int32)}, replicated)
   encoder_params, batch_stats = jax.device_put((state.params, state.batch_stats), replicated)
-  manager = (checkpoints.create_manager(checkpoint_dir, max_to_keep=1)
-             if checkpoint_dir is not None else None)
-  try:
-    if manager is not None:
-      restored = checkpoints.restore(manager, {"classifier": classifier}, config,
-                                     check_fields=CLASSIFIER_FIELDS,
-                                     move_damaged=True)
-      if restored is not None:
-        classifier = restored[1]["classifier"]
-        logging.info("Resuming the linear classifier from step %d of %d (%s).",
-                     restored[0], num_steps, checkpoint_dir)
+  with contextlib.ExitStack() as stack:
+    manager = None
+    if checkpoint_dir is not None:
+      manager = stack.enter_context(checkpoints.create_manager(checkpoint_dir, max_to_keep=1))
+      classifier = _resume_classifier(manager, classifier, config, num_steps)
     start = int(classifier["step"])
     batches = input_pipeline.global_batches(
         input_pipeline.linear_train_dataset(config, source, start).as_numpy_iterator(),
@@ -211,20 +206,33 @@ def train_linear_classifier_on_images(config, encode, state, mesh, source, num_f
       classifier = step(classifier, encoder_params, batch_stats, batch["image"], batch["label"])
       if index % 100 == 0 or index == num_steps:
         logging.info("Linear classifier on augmented images: step %d/%d.", index, num_steps)
-      if manager is None:
-        continue
-      stop = preemption.reached()
-      if stop or index % le_config.checkpoint_every_steps == 0 or index == num_steps:
-        checkpoints.save(manager, index, {"classifier": classifier}, config)
-      if stop:
-        manager.wait_until_finished()
-        raise preemption.Preempted("The linear classifier's training", index,
-                                   str(storage.path(checkpoint_dir) / str(index)))
-  finally:
-    if manager is not None:
-      manager.close()
+      if manager is not None:
+        _checkpoint_classifier(manager, index, classifier, config, index == num_steps)
   return {**jax.device_get(classifier["params"]), "mean": np.zeros(num_features, np.float32),
           "std": np.ones(num_features, np.float32)}
+
+
+def _resume_classifier(manager, classifier, config, num_steps: int):
+  """The newest readable classifier checkpoint, or `classifier` when there is none."""
+  restored = checkpoints.restore(manager, {"classifier": classifier}, config,
+                                 check_fields=CLASSIFIER_FIELDS, move_damaged=True)
+  if restored is None:
+    return classifier
+  logging.info("Resuming the linear classifier from step %d of %d (%s).", restored[0],
+               num_steps, manager.directory)
+  return restored[1]["classifier"]
+
+
+def _checkpoint_classifier(manager, step: int, classifier, config, last: bool) -> None:
+  """Saves every `checkpoint_every_steps`, at the end and on a stop signal; after the last
+  it waits for the save and raises `preemption.Preempted`."""
+  stop = preemption.reached()
+  if stop or last or step % config.linear_eval.checkpoint_every_steps == 0:
+    checkpoints.save(manager, step, {"classifier": classifier}, config)
+  if stop:
+    manager.wait_until_finished()
+    raise preemption.Preempted("The linear classifier's training", step,
+                               str(storage.path(manager.directory) / str(step)))
 
 
 def _feature_stats(features: np.ndarray, standardize: bool):
