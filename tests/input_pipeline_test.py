@@ -163,3 +163,27 @@ def test_configure_tensorflow_too_late_warns():
                     "print(tf.config.threading.get_intra_op_parallelism_threads())\n")
   assert out.stdout.split()[-1] == "0"
   assert "ran an op before input_pipeline.configure_tensorflow()" in out.stderr
+
+
+def test_global_batches_are_on_the_devices_two_steps_ahead():
+  """When the loop takes batch k, batches k+1 and k+2 have already been put on the devices
+  (the transfer overlaps the step), and every batch arrives whole and in order."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  from simclr_jax import train_state  # pylint: disable=g-import-not-at-top
+  pulled = []
+
+  def host_batches():
+    for index in range(5):
+      pulled.append(index)
+      yield {"x": np.full((8, 3), index, np.float32)}
+
+  sharding = NamedSharding(train_state.create_mesh(), P("data"))
+  batches = input_pipeline.global_batches(host_batches(), sharding, prefetch=2)
+  seen = []
+  for batch in batches:
+    taken = int(np.asarray(batch["x"])[0, 0])
+    assert pulled[-1] == min(taken + 2, 4)  # Two ahead, until the stream ends.
+    assert batch["x"].sharding == sharding and batch["x"].shape == (8, 3)
+    seen.append(taken)
+  assert seen == [0, 1, 2, 3, 4] and jax.device_count() == 8
