@@ -19,7 +19,10 @@ def test_demo_reaches_its_targets(tmp_path):
   assert results["num_eval_examples"] == 450
   assert (tmp_path / "tsne.png").exists()
   assert results["top1"] >= 0.97
-  assert results["top1_5shot"] >= 0.88
+  # 0.894 on the machine the README's table came from, 0.874 on another (same code and
+  # seed, bit-identical data: XLA's CPU code and so its rounding depend on the processor,
+  # and 600 steps amplify it), 0.875-0.892 over seeds 1-2: the floor sits below that spread.
+  assert results["top1_5shot"] >= 0.86
   assert results["top1_5shot"] >= results["random_init_top1_5shot"] + 0.08
   # The other label-efficient measure, kNN with 5 labels per class, is clearly above too.
   assert results["knn_top1_5shot"] >= results["random_init_knn_top1_5shot"] + 0.08
