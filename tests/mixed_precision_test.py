@@ -59,6 +59,7 @@ def test_checkpoints_move_between_float32_and_bfloat16(pretrained_workdir, tmp_p
   assert np.isfinite(bf16["loss"]) and np.isfinite(f32["loss"])
 
 
+@pytest.mark.slow
 def test_linear_and_knn_results_under_bfloat16_agree_with_float32():
   """The digits through one encoder, features in float32 and in bfloat16. bfloat16 keeps 8
   bits of mantissa (0.4% per rounding); through the 17 convolution + BatchNorm layers of a

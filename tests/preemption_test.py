@@ -95,8 +95,8 @@ def uninterrupted(tmp_path_factory):
   return params
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM,
-                                    pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_stop_signal_saves_the_step_reached_and_resumes_exactly(uninterrupted, tmp_path,
                                                                 signum):
   status, output = _run_and_signal(tmp_path, signum, after_step=30)
