@@ -23,6 +23,7 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
+from flax import traverse_util
 from jax.experimental import multihost_utils
 
 from simclr_jax import storage
@@ -147,7 +148,8 @@ def _move_aside(manager: ocp.CheckpointManager, damaged_steps: Sequence[int]) ->
 
 def _check_same_fields(saved: dict[str, Any], current: dict[str, Any],
                        prefixes: Sequence[str], path) -> None:
-  saved_flat, current_flat = _flatten(saved), _flatten(current)
+  saved_flat, current_flat = (traverse_util.flatten_dict(tree, sep=".")
+                                for tree in (saved, current))
   names = sorted(name for name in set(saved_flat) | set(current_flat)
                  if name.startswith(tuple(prefixes)))
   differing = [f"{name}: checkpoint {saved_flat.get(name)!r}, config {current_flat.get(name)!r}"
@@ -157,16 +159,6 @@ def _check_same_fields(saved: dict[str, Any], current: dict[str, Any],
         f"The checkpoint {path} was made with a different config: {'; '.join(differing)}. "
         f"Use the config it was made with (its copy: {path}/{CONFIG_ITEM}) or a fresh "
         f"--workdir.")
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = value
-  return flat
 
 
 def _warn_about_unfinished_saves(manager: ocp.CheckpointManager) -> None:
