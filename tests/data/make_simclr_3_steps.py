@@ -1,0 +1,39 @@
+"""Generates tests/data/simclr_3_steps.npz with the pre-carve-out code (commit 7ea9cb0)."""
+import os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+sys.path.insert(0, "/work/main")
+import jax, numpy as np
+jax.config.update("jax_platforms", "cpu")
+from flax import traverse_util
+from jax.sharding import NamedSharding, PartitionSpec as P
+from tests.helpers import tiny_food101_config
+from simclr_jax import train_state, pretrain_step
+
+out = {}
+for separately in (False, True):
+  config = tiny_food101_config()
+  config.model.forward_views_separately = separately
+  config.optimizer.warmup_epochs = 0.0
+  config.online_probe = True
+  rng = np.random.default_rng(0)
+  views = rng.integers(0, 256, size=(3, 16, 2, 16, 16, 3), dtype=np.uint8)
+  labels = rng.integers(0, 101, size=(3, 16), dtype=np.int32)
+  mesh = train_state.create_mesh()
+  tx, schedule = train_state.create_optimizer(config, 10, 100)
+  state = train_state.init_train_state(config, tx, mesh, 101)
+  step = pretrain_step.compile_train_step(config, train_state.model_graphdef(config, 101), tx, schedule, mesh)
+  tag = "separately" if separately else "together"
+  losses = []
+  for v, l in zip(views, labels):
+    state, metrics = step(state, {"views": jax.device_put(v, NamedSharding(mesh, P("data"))),
+                                  "label": jax.device_put(l, NamedSharding(mesh, P("data")))})
+    m = jax.device_get(metrics)
+    losses.append([m["loss"], m["probe_loss"], m["grad_norm"]])
+  out[f"{tag}/metrics"] = np.array(losses, np.float32)
+  model = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+  for k, v in traverse_util.flatten_dict(model).items():
+    k = "/".join(map(str, k))
+    out[f"{tag}/{k}"] = np.asarray(v)
+  print(tag, losses)
+np.savez_compressed("/work/main/tests/data/simclr_3_steps.npz", **out)
+print(len(out), sum(v.size for v in out.values()))
