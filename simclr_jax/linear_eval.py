@@ -26,10 +26,11 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from simclr_jax import (checkpoints, config_checks, input_pipeline, knn, models, preemption,
-                        storage, summaries, train_state, visualize)
+from simclr_jax import checkpoints, config_checks, knn, models, preemption, storage, summaries, train_state, visualize
 
 # Config fields a resumed classifier training must share with its checkpoint.
+
+from simclr_jax.data import input_pipeline
 CLASSIFIER_FIELDS = (*checkpoints.MODEL_FIELDS, "linear_eval.batch_size", "linear_eval.epochs",
                      "linear_eval.learning_rate", "linear_eval.momentum",
                      "linear_eval.weight_decay", "train_split", "augment.")

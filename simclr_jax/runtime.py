@@ -10,11 +10,12 @@ import sys
 import jax
 from absl import logging
 
-from simclr_jax import (checkpoints, config_checks, input_pipeline, linear_eval, preemption,
-                        storage, train)
+from simclr_jax import checkpoints, config_checks, linear_eval, preemption, storage, train
 
 # Errors a user can fix: one `Error: ...` line and exit status 1, no traceback.
-USER_ERRORS = (config_checks.ConfigError, input_pipeline.DatasetNotFoundError,
+
+from simclr_jax.data import input_pipeline, sources
+USER_ERRORS = (config_checks.ConfigError, sources.DatasetNotFoundError,
                checkpoints.CheckpointError, linear_eval.NoCheckpointError,
                storage.StorageError, train.TrainingDivergedError)
 

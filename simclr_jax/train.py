@@ -13,9 +13,10 @@ from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from simclr_jax import (checkpoints, config_checks, input_pipeline, preemption, summaries,
-                        visualize)
+from simclr_jax import checkpoints, config_checks, preemption, summaries, visualize
 # The step and the state live in TensorFlow-free modules; their names are also reachable
+
+from simclr_jax.data import input_pipeline
 # from here, where the loop uses them.
 from simclr_jax.pretrain_step import (FAULT_GRADIENTS, FAULT_LOSS, FAULT_PARAMETERS,
                                       compile_train_step)

@@ -15,7 +15,7 @@ import scipy.stats
 import tensorflow as tf
 
 from configs import food101, food101_seed
-from simclr_jax import augmentations as aug_lib
+from simclr_jax.data import augmentations as aug_lib
 
 GRAY = np.array([0.299, 0.587, 0.114])
 

@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from simclr_jax import augmentations, config_checks
+from simclr_jax import config_checks
+from simclr_jax.data import augmentations
 
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(
     os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "*.py")))

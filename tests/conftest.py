@@ -26,7 +26,7 @@ import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from tests import helpers  # pylint: disable=g-import-not-at-top,wrong-import-position
-from simclr_jax import input_pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
+from simclr_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 input_pipeline.configure_tensorflow()  # As every entry point does, before TensorFlow runs.
 

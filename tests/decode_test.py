@@ -4,7 +4,7 @@ and alpha images become RGB; one code path for decoded arrays and bytes."""
 import numpy as np
 import tensorflow as tf
 
-from simclr_jax import augmentations
+from simclr_jax.data import augmentations
 
 
 def _smooth_image(height, width):

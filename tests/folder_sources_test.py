@@ -7,7 +7,7 @@ import tensorflow as tf
 from etils import epath
 
 from configs import demo
-from simclr_jax import augmentations, folder_sources, input_pipeline
+from simclr_jax.data import augmentations, folder_sources, input_pipeline, sources
 from tests.ram_fs import ram_root  # pylint: disable=unused-import
 
 
@@ -98,23 +98,23 @@ def test_pretraining_skips_a_jpeg_corrupt_inside(tmp_path):
 def test_unknown_dataset_names_the_choices():
   config = demo.get_config()
   config.dataset = "food10l"
-  with pytest.raises(input_pipeline.DatasetNotFoundError, match="Unknown dataset 'food10l'"):
+  with pytest.raises(sources.DatasetNotFoundError, match="Unknown dataset 'food10l'"):
     input_pipeline.create_source(config)
 
 
 def test_missing_folder_is_a_clear_error(tmp_path):
-  with pytest.raises(input_pipeline.DatasetNotFoundError, match="does not exist"):
+  with pytest.raises(sources.DatasetNotFoundError, match="does not exist"):
     folder_sources.FolderSource(str(tmp_path / "nowhere"))
-  with pytest.raises(input_pipeline.DatasetNotFoundError, match="unpacked food-101"):
+  with pytest.raises(sources.DatasetNotFoundError, match="unpacked food-101"):
     folder_sources.Food101RawSource(str(tmp_path))
 
 
 @pytest.mark.parametrize("processes", [2, 3])
 def test_process_shares_are_disjoint_and_cover_the_split(tmp_path, monkeypatch, processes):
   _class_tree(str(tmp_path), per_class=4)  # 8 files, all different.
-  sources = {"folder": folder_sources.FolderSource(str(tmp_path)),
-             "digits": input_pipeline.DigitsSource()}
-  for name, source in sources.items():
+  by_name = {"folder": folder_sources.FolderSource(str(tmp_path)),
+             "digits": sources.DigitsSource()}
+  for name, source in by_name.items():
     shares = []
     for index in range(processes):
       monkeypatch.setattr(jax, "process_count", lambda: processes)
@@ -135,7 +135,7 @@ def test_class_folders_that_are_all_empty_are_a_clear_error(tmp_path):
   (tmp_path / "sushi" / "notes.txt").write_text("not an image file name")
   source = folder_sources.FolderSource(str(tmp_path))
   assert source.classes == ["apple_pie", "sushi"]
-  with pytest.raises(input_pipeline.DatasetNotFoundError,
+  with pytest.raises(sources.DatasetNotFoundError,
                      match="No images .* class folders .apple_pie, sushi. are all empty"):
     source.num_examples("train")
 
@@ -147,7 +147,7 @@ def test_a_folder_whose_files_are_all_unreadable_is_a_clear_error(tmp_path, layo
   (folder / "empty.jpg").write_bytes(b"")
   (folder / "notes.png").write_text("not an image")
   source = folder_sources.FolderSource(str(tmp_path))
-  with pytest.raises(input_pipeline.DatasetNotFoundError,
+  with pytest.raises(sources.DatasetNotFoundError,
                      match="None of the 2 image files in .* is readable"):
     source.num_examples("train")
 
@@ -157,14 +157,14 @@ def test_food101_whose_listed_images_are_all_missing_is_a_clear_error(tmp_path):
   (tmp_path / "meta" / "classes.txt").write_text("sushi\n")
   (tmp_path / "meta" / "train.txt").write_text("sushi/0\nsushi/1\n")
   source = folder_sources.Food101RawSource(str(tmp_path))
-  with pytest.raises(input_pipeline.DatasetNotFoundError, match="None of the 2 image files"):
+  with pytest.raises(sources.DatasetNotFoundError, match="None of the 2 image files"):
     source.num_examples("train")
 
 
 def test_split_folders_with_different_classes_name_what_each_lacks(tmp_path):
   _class_tree(tmp_path / "train", classes=("apple_pie", "sushi", "tacos"))
   _class_tree(tmp_path / "test", classes=("apple_pie", "ramen", "tacos"))
-  with pytest.raises(input_pipeline.DatasetNotFoundError) as raised:
+  with pytest.raises(sources.DatasetNotFoundError) as raised:
     folder_sources.FolderSource(str(tmp_path))  # At construction, before any training.
   message = str(raised.value)
   assert f"{tmp_path / 'test'} lacks sushi;" in message
@@ -175,7 +175,7 @@ def test_split_folders_with_different_classes_name_what_each_lacks(tmp_path):
 def test_a_flat_split_beside_a_class_split_is_a_mismatch(tmp_path):
   _class_tree(tmp_path / "train")
   _write_jpeg(tmp_path / "test" / "0.jpg", 10)
-  with pytest.raises(input_pipeline.DatasetNotFoundError,
+  with pytest.raises(sources.DatasetNotFoundError,
                      match="test lacks apple_pie, sushi; .*train lacks none"):
     folder_sources.FolderSource(str(tmp_path))
 
@@ -208,6 +208,6 @@ def test_sources_over_a_non_local_file_system(ram_root, tmp_path, monkeypatch):
   assert raw.classes == ["apple_pie", "sushi"] and _labels(raw, "train") == [0, 1]
   assert len([e for e in raw.local_dataset("test", False, 0)]) == 2
 
-  with pytest.raises(input_pipeline.DatasetNotFoundError, match="does not exist"):
+  with pytest.raises(sources.DatasetNotFoundError, match="does not exist"):
     folder_sources.FolderSource(f"{ram_root}/nowhere")
   assert not list(tmp_path.iterdir())

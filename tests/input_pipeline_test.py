@@ -8,7 +8,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from configs import demo, food101_seed
-from simclr_jax import augmentations, input_pipeline, models
+from simclr_jax import models
+from simclr_jax.data import augmentations, input_pipeline, sources
 from tests.helpers import ArraySource, tiny_food101_config
 
 
@@ -20,7 +21,7 @@ def _first_batches(config, source, count, start_step=0):
 def test_pretrain_batches_have_two_different_views_and_replay_from_the_seed():
   config = demo.get_config()
   config.batch_size = 32
-  source = input_pipeline.DigitsSource()
+  source = sources.DigitsSource()
   first, second = _first_batches(config, source, 2)
   assert first.shape == (32, 2, 16, 16, 3) and first.dtype == np.uint8
   # The two views of one image differ; the same config replays the same stream.
@@ -38,7 +39,7 @@ def test_seed_config_views_are_uint8_and_normalised_on_the_device():
   config.batch_size = 4
   config.shuffle_buffer = 8
   with tfds.testing.mock_data(num_examples=8):
-    views = _first_batches(config, input_pipeline.TfdsSource("food101"), 1)[0]
+    views = _first_batches(config, sources.TfdsSource("food101"), 1)[0]
   assert views.shape == (4, 2, 32, 32, 3) and views.dtype == np.uint8
   assert views.max() > 128  # Full-range pixels, not [0, 1] floats cast to uint8.
   model_input = np.asarray(models.image_input(views, config.augment.normalize))
@@ -63,7 +64,7 @@ def test_eval_dataset_pads_the_last_batch_and_masks_it():
 
 
 def test_digits_split_is_fixed_stratified_and_disjoint():
-  source = input_pipeline.DigitsSource()
+  source = sources.DigitsSource()
   train_x, train_y = source.arrays("train")
   test_x, test_y = source.arrays("test")
   assert len(train_y) + len(test_y) == 1797
@@ -72,7 +73,7 @@ def test_digits_split_is_fixed_stratified_and_disjoint():
   # Every class keeps ~25% of its examples for evaluation.
   fractions = np.bincount(test_y) / (np.bincount(test_y) + np.bincount(train_y))
   assert np.all(np.abs(fractions - 0.25) < 0.02)
-  np.testing.assert_array_equal(test_y, input_pipeline.DigitsSource().arrays("test")[1])
+  np.testing.assert_array_equal(test_y, sources.DigitsSource().arrays("test")[1])
 
 
 def test_blur_kernel_follows_the_seed_rule():
@@ -86,7 +87,7 @@ def test_blur_kernel_follows_the_seed_rule():
 def test_labels_reach_the_batches_only_for_the_online_probe():
   config = demo.get_config()
   config.batch_size = 8
-  source = input_pipeline.DigitsSource()
+  source = sources.DigitsSource()
   config.online_probe = True
   batch = next(input_pipeline.pretrain_dataset(config, source).as_numpy_iterator())
   assert batch["label"].shape == (8,) and set(batch["label"]) <= set(range(10))
@@ -99,7 +100,7 @@ def test_cached_and_uncached_streams_are_identical():
   """The cache changes nothing in the first epoch (2 batches of 16 of 1,347 digits)."""
   config = demo.get_config()
   config.batch_size = 16
-  source = input_pipeline.DigitsSource()
+  source = sources.DigitsSource()
   plain = _first_batches(config, source, 2)
   config.cache_encoded_images = True
   cached = _first_batches(config, source, 2)
@@ -144,7 +145,7 @@ def test_configure_tensorflow_keeps_ops_on_the_calling_thread():
   """In a fresh process: one intra-op thread and no GPU for TensorFlow; a second call, after
   TensorFlow has run ops, leaves the settings as they are instead of raising."""
   out = _run_python("import tensorflow as tf\n"
-                    "from simclr_jax import input_pipeline\n"
+                    "from simclr_jax.data import input_pipeline\n"
                     "input_pipeline.configure_tensorflow()\n"
                     "tf.constant(1.0) + 1.0\n"
                     "input_pipeline.configure_tensorflow()\n"
@@ -157,7 +158,7 @@ def test_configure_tensorflow_keeps_ops_on_the_calling_thread():
 def test_configure_tensorflow_too_late_warns():
   """Called after TensorFlow has run an op, it cannot change the threading: it says so."""
   out = _run_python("import tensorflow as tf\n"
-                    "from simclr_jax import input_pipeline\n"
+                    "from simclr_jax.data import input_pipeline\n"
                     "tf.constant(1.0) + 1.0\n"
                     "input_pipeline.configure_tensorflow()\n"
                     "print(tf.config.threading.get_intra_op_parallelism_threads())\n")

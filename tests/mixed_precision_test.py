@@ -13,7 +13,8 @@ import tensorflow_datasets as tfds
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import demo
-from simclr_jax import input_pipeline, linear_eval, train
+from simclr_jax import linear_eval, train
+from simclr_jax.data import input_pipeline
 from tests.conftest import MOCK_EXAMPLES
 from tests.helpers import tiny_food101_config
 

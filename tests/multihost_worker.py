@@ -41,9 +41,10 @@ from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import demo
-from simclr_jax import checkpoints, input_pipeline, linear_eval, runtime, train
+from simclr_jax import checkpoints, linear_eval, runtime, train
 
 # The fixed-batch steps: global batch, steps taken, steps the schedule spans, seed, and
+from simclr_jax.data import input_pipeline
 # learning rate (unscaled). At the demo's 0.075 * sqrt(32) = 0.42 these random images make
 # the steps chaotic: float32 reduction-order noise (2e-7 in the first step's gradient norm)
 # grows to 6e-2 in the parameters after 3 steps, even between 1 process x 4 devices and

@@ -12,7 +12,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from flax import nnx
 
-from simclr_jax import checkpoints, config_checks, input_pipeline, models, train
+from simclr_jax import checkpoints, config_checks, models, train
+from simclr_jax.data import input_pipeline, sources
 from tests.conftest import MOCK_EXAMPLES
 from tests.helpers import tiny_food101_config
 
@@ -122,7 +123,7 @@ def test_temperature_must_be_positive(temperature):
 
 def test_missing_dataset_is_reported_with_instructions(tmp_path):
   config = tiny_food101_config(data_dir=str(tmp_path))
-  with pytest.raises(input_pipeline.DatasetNotFoundError, match="tfds build food101"):
+  with pytest.raises(sources.DatasetNotFoundError, match="tfds build food101"):
     train.pretrain(config, str(tmp_path / "work"))
 
 

@@ -20,7 +20,7 @@ from absl import logging
 from etils import epath
 
 from simclr_jax import storage
-from simclr_jax.input_pipeline import DatasetNotFoundError
+from simclr_jax.data.sources import DatasetNotFoundError, process_share
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 # Leading bytes of the formats tf.io.decode_image reads.
@@ -112,8 +112,7 @@ class _FileSource:
   def local_dataset(self, split: str, shuffle: bool, seed: int) -> tf.data.Dataset:
     """This process's contiguous share of the split, {'image': bytes, 'label': int32}."""
     files = self._files(split)
-    share = np.array_split(np.arange(len(files.paths)), jax.process_count())[
-        jax.process_index()]
+    share = process_share(len(files.paths))
     paths = np.array(files.paths, dtype=object)[share].astype(str)
     labels = np.array(files.labels, np.int32)[share]
     ds = tf.data.Dataset.from_tensor_slices({"path": paths, "label": labels})

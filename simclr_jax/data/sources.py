@@ -1,0 +1,124 @@
+"""Data sources: where examples come from, before any augmentation.
+
+Every source yields elements {'image', 'label': int32} for this process's share of a split
+(disjoint across processes, covering the split); 'image' is a decoded (H, W, 3) uint8 image
+or its encoded bytes, which the augmentations decode. The folder sources
+(`folder_sources`) follow the same protocol.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+
+class DatasetNotFoundError(RuntimeError):
+  """The requested dataset is not prepared where we were told to look."""
+
+
+@dataclasses.dataclass
+class TfdsSource:
+  """A TFDS image-classification dataset, read with `tfds.split_for_jax_process`."""
+  name: str
+  data_dir: str | None = None
+
+  def __post_init__(self):
+    try:
+      self._builder = tfds.builder(self.name, data_dir=self.data_dir)
+    except tfds.core.registered.DatasetNotFoundError as e:
+      raise DatasetNotFoundError(
+          f"Unknown dataset {self.name!r}: config.dataset is a TFDS name (e.g. food101, "
+          f"cifar10) or one of {LOCAL_DATASETS}.\n{e}") from e
+
+  @property
+  def num_classes(self) -> int:
+    return self._builder.info.features["label"].num_classes
+
+  def num_examples(self, split: str) -> int:
+    """Examples in the whole `split` (all processes); raises if the data is missing."""
+    splits = self._builder.info.splits
+    if splits:
+      if split not in splits:
+        raise ValueError(f"Dataset '{self.name}' has no split {split!r}; it has "
+                         f"{sorted(splits)}. Set config.train_split / config.eval_split.")
+      return splits[split].num_examples
+    # No split metadata: not prepared (raises), or mocked data (tfds.testing.mock_data).
+    return int(self._as_dataset(split, shuffle=False, seed=0).reduce(0, lambda n, _: n + 1))
+
+  def local_dataset(self, split: str, shuffle: bool, seed: int) -> tf.data.Dataset:
+    ds = self._as_dataset(split, shuffle, seed, tfds.split_for_jax_process(split))
+    return ds.map(lambda example: {"image": example["image"],
+                                   "label": tf.cast(example["label"], tf.int32)})
+
+  def _as_dataset(self, split: str, shuffle: bool, seed: int,
+                  subsplit=None) -> tf.data.Dataset:
+    """Encoded examples of `subsplit` (default: all of `split`); images stay JPEG/PNG
+    bytes until the map decodes them."""
+    read_config = tfds.ReadConfig(shuffle_seed=seed, interleave_cycle_length=16)
+    try:
+      return self._builder.as_dataset(split=subsplit or split, shuffle_files=shuffle,
+                                      read_config=read_config,
+                                      decoders={"image": tfds.decode.SkipDecoding()})
+    except (AssertionError, FileNotFoundError, tfds.core.registered.DatasetNotFoundError) as e:
+      raise DatasetNotFoundError(self._not_prepared_message(split)) from e
+
+  def _not_prepared_message(self, split: str) -> str:
+    where = self.data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
+    return (
+        f"TFDS dataset '{self.name}' (split '{split}') is not prepared in data_dir={where!r}.\n"
+        f"Prepare it once, then point the run at it:\n"
+        f"  tfds build {self.name} --data_dir=DIR        # downloads and prepares it\n"
+        f"  python main.py ... --config.data_dir=DIR     # local path or gs://bucket/path\n"
+        f"On a machine without network access, build it where there is network and copy "
+        f"DIR over (or point data_dir at a bucket that holds it). Or set TFDS_DATA_DIR.")
+
+
+@dataclasses.dataclass
+class DigitsSource:
+  """scikit-learn's bundled handwritten digits (1,797 real 8x8 images, 10 classes).
+
+  Shipped inside scikit-learn, so it works offline. A fixed stratified split keeps
+  `test_fraction` of every class for evaluation. Images become 8x8x3 uint8.
+  """
+  test_fraction: float = 0.25
+  split_seed: int = 0
+  num_classes: int = 10
+
+  def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The whole split: images (n, 8, 8, 3) uint8 and labels (n,) int32."""
+    from sklearn import datasets, model_selection  # pylint: disable=g-import-not-at-top
+    digits = datasets.load_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    images = np.repeat(images[..., None], 3, axis=-1)
+    labels = digits.target.astype(np.int32)
+    train_x, test_x, train_y, test_y = model_selection.train_test_split(
+        images, labels, test_size=self.test_fraction, stratify=labels,
+        random_state=self.split_seed)
+    if split == "train":
+      return train_x, train_y
+    if split == "test":
+      return test_x, test_y
+    raise ValueError(f"The digits source has splits 'train' and 'test', not {split!r}.")
+
+  def num_examples(self, split: str) -> int:
+    return len(self.arrays(split)[1])
+
+  def local_dataset(self, split: str, shuffle: bool, seed: int) -> tf.data.Dataset:
+    del shuffle, seed  # In memory: shuffled by the pipeline's buffer.
+    images, labels = self.arrays(split)
+    shard = process_share(len(labels))
+    return tf.data.Dataset.from_tensor_slices({"image": images[shard], "label": labels[shard]})
+
+
+LOCAL_DATASETS = ("digits", "folder", "food101_raw")  # Any other name is a TFDS dataset.
+
+
+def process_share(num_examples: int) -> np.ndarray:
+  """Indices of this process's contiguous share of `num_examples` (disjoint across
+  processes, covering all of them)."""
+  return np.array_split(np.arange(num_examples), jax.process_count())[jax.process_index()]
