@@ -6,7 +6,9 @@ are fixed, so the tests are deterministic.
 """
 
 import colorsys
+import hashlib
 import math
+import os
 
 import numpy as np
 import pytest
@@ -14,8 +16,10 @@ import scipy.ndimage
 import scipy.stats
 import tensorflow as tf
 
-from configs import food101, food101_seed
+from configs import cifar10, demo, food101, food101_seed
 from simclr_jax.data import augmentations as aug_lib
+from simclr_jax.data import input_pipeline
+from tests.helpers import ArraySource
 
 GRAY = np.array([0.299, 0.587, 0.114])
 
@@ -548,3 +552,52 @@ def test_eval_view_resizes_shorter_side_and_centre_crops():
   out = aug_lib.eval_view(bright, aug).numpy()
   assert out[14:18, 14:18].min() > 0.9 * 255
   assert out[:3, :3].max() < 0.05 * 255 and out[-3:, -3:].max() < 0.05 * 255
+
+
+# ----------------------------------------------------------------------------------------
+# The default pipeline's output, pinned.
+
+PIN_FILE = os.path.join(os.path.dirname(__file__), "data", "augment_views_pin.npz")
+PIN_CONFIGS = {"food101": food101, "food101_seed": food101_seed, "demo": demo,
+               "cifar10": cifar10}
+
+
+def pin_views(jpegs):
+  """Each existing config's first pretraining batch (8 images, both views) from 4 images,
+  given as decoded uint8 arrays and as JPEG bytes (the fused crop-decode): name -> views.
+
+  Uses only what the augmentations had before per-view settings and solarize
+  (tests/data/make_augment_views_pin.py ran this with that code)."""
+  decoded = np.stack([tf.io.decode_jpeg(j, channels=3).numpy() for j in jpegs])
+  out = {}
+  for name, module in PIN_CONFIGS.items():
+    config = module.get_config()
+    config.batch_size, config.shuffle_buffer, config.online_probe = 8, 4, False
+    for kind, images in (("decoded", decoded), ("jpeg", np.array(jpegs, dtype=object))):
+      source = ArraySource(images, np.arange(len(jpegs), dtype=np.int32))
+      ds = input_pipeline.pretrain_dataset(config, source)
+      out[f"{name}/{kind}"] = next(ds.as_numpy_iterator())["views"]
+  return out
+
+
+def views_digest(views) -> str:
+  return hashlib.sha256(f"{views.shape}{views.dtype}".encode() + views.tobytes()).hexdigest()
+
+
+def test_default_pipeline_views_are_bit_identical_to_before_per_view_settings():
+  """Every existing (symmetric, solarize-free) config gives the views it gave before
+  per-view settings and solarize existed, bit for bit: same draws, seeds and ops.
+
+  The pin was made on this project's 2-core CPU machine; XLA's CPU code (so its float
+  rounding) depends on the processor (README), so elsewhere a few pixels could be off by 1.
+  """
+  pin = np.load(PIN_FILE)
+  jpegs = [pin[f"jpeg_{i}"].tobytes() for i in range(4)]
+  views = pin_views(jpegs)
+  assert sorted(views) == sorted(k[len("sha256/"):] for k in pin if k.startswith("sha256/"))
+  for name, value in views.items():
+    size = PIN_CONFIGS[name.split("/")[0]].get_config().augment.image_size
+    assert value.shape == (8, 2, size, size, 3) and value.dtype == np.uint8, name
+    if f"views/{name}" in pin:  # The small views are stored whole: a diff says where.
+      np.testing.assert_array_equal(value, pin[f"views/{name}"], err_msg=name)
+    assert views_digest(value) == str(pin[f"sha256/{name}"]), name
