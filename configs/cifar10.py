@@ -14,7 +14,7 @@ def get_config():
   config.augment.blur_probability = 0.0
   config.augment.eval_crop_fraction = 1.0
   config.model.small_image_stem = True
-  config.temperature = 0.5
+  config.simclr.temperature = 0.5
   config.batch_size = 1024
   config.num_epochs = 500
   config.optimizer.base_learning_rate = 1.0

@@ -5,6 +5,8 @@ Variant configs import `get_config` from here and override what differs.
 
 import ml_collections
 
+from configs import methods
+
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
@@ -48,23 +50,29 @@ def get_config() -> ml_collections.ConfigDict:
   # parameters, optimiser state, BatchNorm statistics and the loss stay float32).
   config.compute_dtype = "float32"
 
-  # Model: ResNet trunk + projection head widths (hidden..., output).
+  # The backbone (encoder): a family from the registry (simclr_jax/backbones) and its fields.
   config.model = ml_collections.ConfigDict()
+  config.model.name = "resnet"
   config.model.depth = 50
   config.model.width_multiplier = 1.0
   config.model.small_image_stem = False
-  config.model.head_widths = (2048, 2048, 128)
-  config.model.head_batch_norm = True
-  # False: one forward pass over both views (BatchNorm statistics over 2N images, as the
-  # paper's TF code). True: one pass per view (as the seed's model(x1), model(x2)).
-  config.model.forward_views_separately = False
+  # Zero-initialised last BatchNorm scale in each residual block (the official SimCLR
+  # code's); False: torchvision's initialisation, as the seed.
+  config.model.zero_init_residual = False
+
+  # The self-supervised method (simclr_jax/methods) and one config block per method, each
+  # with its heads and loss settings (configs/methods.py); only `config.<method>` is read.
+  config.method = "simclr"
+  config.simclr = methods.simclr()
+  config.byol = methods.byol()
+  config.mocov3 = methods.mocov3()
+  config.vicreg = methods.vicreg()
 
   # A linear probe on stop-gradient encoder features, trained with labels alongside the
-  # contrastive loss, its accuracy in TensorBoard while pretraining runs (labelled sources).
+  # method's loss, its accuracy in TensorBoard while pretraining runs (labelled sources).
   config.online_probe = False
 
-  # Loss and training.
-  config.temperature = 0.1
+  # Training.
   config.batch_size = 1024  # Global, across all devices and hosts.
   config.num_epochs = 100
   config.num_train_steps = -1  # > 0 overrides num_epochs.

@@ -27,12 +27,12 @@ def get_config():
   config.model.depth = 18
   config.model.width_multiplier = 0.125
   config.model.small_image_stem = True
-  config.model.head_widths = (128, 64)
-  config.model.head_batch_norm = True
+  config.simclr.head_widths = (128, 64)
+  config.simclr.head_batch_norm = True
 
   config.online_probe = True
 
-  config.temperature = 0.1
+  config.simclr.temperature = 0.1
   config.batch_size = 256
   config.num_train_steps = 600
   config.optimizer.name = "lars"

@@ -17,10 +17,10 @@ def get_config():
   config.augment.image_size = 256
   config.augment.color_jitter_strength = 0.5  # ColorJitter(0.4, 0.4, 0.4, 0.1).
   config.augment.blur_probability = 1.0
-  config.model.head_widths = (512, 128)
-  config.model.head_batch_norm = False
-  config.model.forward_views_separately = True
-  config.temperature = 0.5
+  config.simclr.head_widths = (512, 128)
+  config.simclr.head_batch_norm = False
+  config.simclr.forward_views_separately = True
+  config.simclr.temperature = 0.5
   config.batch_size = 64
   config.num_epochs = 100
   config.optimizer.name = "sgd"

@@ -28,8 +28,6 @@ from jax.experimental import multihost_utils
 
 from simclr_jax import storage
 
-# Config fields (prefixes of dotted names) that shape the `model` item.
-MODEL_FIELDS = ("model.", "online_probe")
 CONFIG_ITEM = "config"
 # Orbax writes a step to a folder with this in its name and renames it when committed.
 UNFINISHED_MARKER = ".orbax-checkpoint-tmp"
@@ -73,7 +71,7 @@ def save(manager: ocp.CheckpointManager, step: int, items: Mapping[str, Any], co
 
 def restore(manager: ocp.CheckpointManager, targets: Mapping[str, Any], config,
             step: int | None = None,
-            check_fields: Sequence[str] = MODEL_FIELDS,
+            check_fields: Sequence[str] = (),
             move_damaged: bool = False) -> tuple[int, dict[str, Any]] | None:
   """Restores the items named in `targets` into their structure, dtypes and shardings.
 

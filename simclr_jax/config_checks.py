@@ -1,17 +1,22 @@
-"""Checks a config before anything is built or compiled, with messages that say the fix."""
+"""Checks a config before anything is built or compiled, with messages that say the fix.
+
+The checks here are the stages' own; each method (`methods/`) and backbone family
+(`backbones/`) checks its own block, with `require`.
+"""
 
 from __future__ import annotations
 
 import jax
 
-from simclr_jax import models
+from simclr_jax import precision
 
 
 class ConfigError(ValueError):
   """A config value that cannot work."""
 
 
-def _require(condition: bool, message: str) -> None:
+def require(condition: bool, message: str) -> None:
+  """Raises ConfigError(message) unless `condition`."""
   if not condition:
     raise ConfigError(message)
 
@@ -19,89 +24,68 @@ def _require(condition: bool, message: str) -> None:
 def check_batch_size(name: str, batch_size: int) -> None:
   """The global batch must split evenly over processes and devices."""
   devices, processes = jax.device_count(), jax.process_count()
-  _require(batch_size > 0, f"{name} must be positive, got {batch_size}.")
-  _require(batch_size % devices == 0,
-           f"{name}={batch_size} does not divide across {devices} devices: use a multiple "
-           f"of {devices}, e.g. --config.{name}={max(devices, batch_size // devices * devices)}.")
-  _require(batch_size % processes == 0,
-           f"{name}={batch_size} does not divide across {processes} processes.")
+  require(batch_size > 0, f"{name} must be positive, got {batch_size}.")
+  require(batch_size % devices == 0,
+          f"{name}={batch_size} does not divide across {devices} devices: use a multiple "
+          f"of {devices}, e.g. --config.{name}={max(devices, batch_size // devices * devices)}.")
+  require(batch_size % processes == 0,
+          f"{name}={batch_size} does not divide across {processes} processes.")
 
 
 def check_pretrain_config(config) -> None:
   """Raises ConfigError for values that would fail later or silently do the wrong thing."""
   check_batch_size("batch_size", config.batch_size)
-  _require(config.temperature > 0,
-           f"temperature must be > 0 (the paper uses 0.1-1.0), got {config.temperature}.")
-  _require(config.model.depth in models.STAGE_SIZES,
-           f"model.depth must be one of {sorted(models.STAGE_SIZES)}, got {config.model.depth}.")
-  _require(config.model.width_multiplier > 0,
-           f"model.width_multiplier must be > 0, got {config.model.width_multiplier}.")
-  _require(len(config.model.head_widths) >= 1 and min(config.model.head_widths) > 0,
-           f"model.head_widths must be positive widths, got {config.model.head_widths}.")
-  _require(config.optimizer.name in ("lars", "sgd"),
-           f"optimizer.name must be 'lars' or 'sgd', got {config.optimizer.name!r}.")
-  _require(config.optimizer.lr_scaling in ("sqrt", "linear", "none"),
-           f"optimizer.lr_scaling must be 'sqrt', 'linear' or 'none', got "
-           f"{config.optimizer.lr_scaling!r}.")
-  _require(config.optimizer.schedule_unit in ("step", "epoch"),
-           f"optimizer.schedule_unit must be 'step' or 'epoch', got "
-           f"{config.optimizer.schedule_unit!r}.")
+  require(config.optimizer.name in ("lars", "sgd"),
+          f"optimizer.name must be 'lars' or 'sgd', got {config.optimizer.name!r}.")
+  require(config.optimizer.lr_scaling in ("sqrt", "linear", "none"),
+          f"optimizer.lr_scaling must be 'sqrt', 'linear' or 'none', got "
+          f"{config.optimizer.lr_scaling!r}.")
+  require(config.optimizer.schedule_unit in ("step", "epoch"),
+          f"optimizer.schedule_unit must be 'step' or 'epoch', got "
+          f"{config.optimizer.schedule_unit!r}.")
   _check_augment(config.augment)
-  check_image_size(config)
   check_compute_dtype(config)
-  _require(config.num_epochs > 0 or config.num_train_steps > 0,
-           "Set num_epochs > 0 or num_train_steps > 0.")
+  require(config.num_epochs > 0 or config.num_train_steps > 0,
+          "Set num_epochs > 0 or num_train_steps > 0.")
   for name in ("log_every_steps", "checkpoint_every_steps", "max_checkpoints_to_keep"):
-    _require(isinstance(config[name], int) and config[name] > 0,
-             f"{name} must be a positive integer, got {config[name]!r}.")
+    require(isinstance(config[name], int) and config[name] > 0,
+            f"{name} must be a positive integer, got {config[name]!r}.")
 
 
 def check_compute_dtype(config) -> None:
-  _require(config.compute_dtype in models.COMPUTE_DTYPES,
-           f"compute_dtype must be one of {sorted(models.COMPUTE_DTYPES)}, got "
-           f"{config.compute_dtype!r}.")
-
-
-def check_image_size(config) -> None:
-  """The views must be at least the model's downsampling factor."""
-  minimum = models.downsampling_factor(config.model.small_image_stem)
-  stem = "small-image" if config.model.small_image_stem else "ImageNet"
-  _require(config.augment.image_size >= minimum,
-           f"augment.image_size={config.augment.image_size} is too small for the ResNet with "
-           f"the {stem} stem, which downsamples by {minimum}: use at least {minimum}"
-           + ("" if config.model.small_image_stem else
-              " (or --config.model.small_image_stem=True for images down to 8 px)") + ".")
+  require(config.compute_dtype in precision.COMPUTE_DTYPES,
+          f"compute_dtype must be one of {sorted(precision.COMPUTE_DTYPES)}, got "
+          f"{config.compute_dtype!r}.")
 
 
 def _check_augment(aug) -> None:
   low, high = aug.crop_area_range
-  _require(0 < low <= high <= 1, f"augment.crop_area_range must satisfy 0 < low <= high <= 1, "
-           f"got {aug.crop_area_range}.")
-  _require(0 < aug.crop_ratio_range[0] <= aug.crop_ratio_range[1],
-           f"augment.crop_ratio_range must be increasing and positive, got "
-           f"{aug.crop_ratio_range}.")
-  _require(aug.image_size > 0, f"augment.image_size must be positive, got {aug.image_size}.")
-  _require(0 < aug.eval_crop_fraction <= 1,
-           f"augment.eval_crop_fraction must be in (0, 1], got {aug.eval_crop_fraction}.")
+  require(0 < low <= high <= 1, f"augment.crop_area_range must satisfy 0 < low <= high <= 1, "
+          f"got {aug.crop_area_range}.")
+  require(0 < aug.crop_ratio_range[0] <= aug.crop_ratio_range[1],
+          f"augment.crop_ratio_range must be increasing and positive, got "
+          f"{aug.crop_ratio_range}.")
+  require(aug.image_size > 0, f"augment.image_size must be positive, got {aug.image_size}.")
+  require(0 < aug.eval_crop_fraction <= 1,
+          f"augment.eval_crop_fraction must be in (0, 1], got {aug.eval_crop_fraction}.")
   for name in ("flip_probability", "color_jitter_probability", "grayscale_probability",
                "blur_probability"):
-    _require(0 <= aug[name] <= 1, f"augment.{name} must be in [0, 1], got {aug[name]}.")
+    require(0 <= aug[name] <= 1, f"augment.{name} must be in [0, 1], got {aug[name]}.")
 
 
 def check_linear_eval_config(config) -> None:
   check_batch_size("linear_eval.batch_size", config.linear_eval.batch_size)
-  check_image_size(config)
   check_compute_dtype(config)
-  _require(config.linear_eval.checkpoint_every_steps > 0,
-           f"linear_eval.checkpoint_every_steps must be > 0, got "
-           f"{config.linear_eval.checkpoint_every_steps}.")
-  _require(config.linear_eval.epochs > 0,
-           f"linear_eval.epochs must be > 0, got {config.linear_eval.epochs}.")
-  _require(config.linear_eval.few_shot_per_class >= 0,
-           "linear_eval.few_shot_per_class must be >= 0.")
-  _require(config.linear_eval.few_shot_trials >= 1, "linear_eval.few_shot_trials must be >= 1.")
-  _require(config.linear_eval.knn_k >= 1, "linear_eval.knn_k must be >= 1.")
-  _require(config.linear_eval.knn_temperature > 0, "linear_eval.knn_temperature must be > 0.")
+  require(config.linear_eval.checkpoint_every_steps > 0,
+          f"linear_eval.checkpoint_every_steps must be > 0, got "
+          f"{config.linear_eval.checkpoint_every_steps}.")
+  require(config.linear_eval.epochs > 0,
+          f"linear_eval.epochs must be > 0, got {config.linear_eval.epochs}.")
+  require(config.linear_eval.few_shot_per_class >= 0,
+          "linear_eval.few_shot_per_class must be >= 0.")
+  require(config.linear_eval.few_shot_trials >= 1, "linear_eval.few_shot_trials must be >= 1.")
+  require(config.linear_eval.knn_k >= 1, "linear_eval.knn_k must be >= 1.")
+  require(config.linear_eval.knn_temperature > 0, "linear_eval.knn_temperature must be > 0.")
   for name in ("weight_decay", "few_shot_weight_decay"):
-    _require(config.linear_eval[name] >= 0,
-             f"linear_eval.{name} must be >= 0, got {config.linear_eval[name]}.")
+    require(config.linear_eval[name] >= 0,
+            f"linear_eval.{name} must be >= 0, got {config.linear_eval[name]}.")

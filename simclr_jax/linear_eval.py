@@ -24,40 +24,35 @@ from absl import logging
 from clu import metric_writers
 from flax import nnx
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec as P
 
-from simclr_jax import checkpoints, config_checks, knn, models, preemption, storage, summaries, train_state, visualize
+from simclr_jax import (checkpoints, config_checks, knn, precision, preemption, state,
+                        storage, summaries, visualize)
+from simclr_jax.sharding import batch_sharded, replicated
 
-# Config fields a resumed classifier training must share with its checkpoint.
-
-from simclr_jax.data import input_pipeline
-CLASSIFIER_FIELDS = (*checkpoints.MODEL_FIELDS, "linear_eval.batch_size", "linear_eval.epochs",
-                     "linear_eval.learning_rate", "linear_eval.momentum",
-                     "linear_eval.weight_decay", "train_split", "augment.")
-
-
-class NoCheckpointError(FileNotFoundError):
-  """Linear evaluation needs a pretraining checkpoint."""
+def classifier_fields(config) -> tuple[str, ...]:
+  """Config fields a resumed classifier training must share with its checkpoint."""
+  return (*state.model_fields(config), "linear_eval.batch_size", "linear_eval.epochs",
+          "linear_eval.learning_rate", "linear_eval.momentum", "linear_eval.weight_decay",
+          "train_split", "augment.")
 
 
-def extract_features(config, encode, state, mesh, source,
+def extract_features(config, encode, encoder, mesh, source,
                      split: str) -> tuple[np.ndarray, np.ndarray]:
   """Frozen-encoder features of every example of `split`, on every process.
 
   `encode` comes from `make_encoder`; one serves every split and state of a model.
-  `state` has the encoder's `params` and `batch_stats` (an EncoderState or a TrainState).
+  `encoder` has the model's `params` and `batch_stats` (an EncoderState or a TrainState).
 
   Returns:
     features (num_examples, num_features) float32 and labels (num_examples,) int32.
   """
-  data = NamedSharding(mesh, P(train_state.DATA_AXIS))
-  replicated = NamedSharding(mesh, P())
+  data = batch_sharded(mesh)
   batch_size = config.linear_eval.batch_size
   ds = input_pipeline.eval_dataset(config, source, split, batch_size)
   host_batches = input_pipeline.padded_eval_batches(
       ds, input_pipeline.local_batch_size(batch_size))
-  params = jax.device_put(state.params, replicated)
-  batch_stats = jax.device_put(state.batch_stats, replicated)
+  params = jax.device_put(encoder.params, replicated(mesh))
+  batch_stats = jax.device_put(encoder.batch_stats, replicated(mesh))
   features, labels = [], []
   for index, batch in enumerate(input_pipeline.global_batches(host_batches, data), 1):
     encoded = encode(params, batch_stats, batch["image"])
@@ -83,7 +78,7 @@ def make_encoder(graphdef: nnx.GraphDef, normalize: bool):
 
   @jax.jit
   def encode(params, batch_stats, images):
-    images = models.image_input(images, normalize)
+    images = precision.to_model_input(images, normalize)
     return nnx.merge(graphdef, params, batch_stats).encoder(images, train=False)
 
   return encode
@@ -160,7 +155,7 @@ class EncoderState:
   batch_stats: Any
 
 
-def train_linear_classifier_on_images(config, encode, state, mesh, source, num_features: int,
+def train_linear_classifier_on_images(config, encode, encoder, mesh, source, num_features: int,
                                       checkpoint_dir=None) -> dict[str, Any]:
   """The SimCLR protocol: every step encodes a fresh batch of randomly cropped and flipped
   training images with the frozen encoder (BatchNorm in inference mode) and updates only
@@ -179,7 +174,6 @@ def train_linear_classifier_on_images(config, encode, state, mesh, source, num_f
   num_steps = le_config.epochs * steps_per_epoch
   tx = _classifier_optimizer(le_config.learning_rate, le_config.momentum,
                              le_config.weight_decay, num_steps)
-  replicated = NamedSharding(mesh, P())
 
   @functools.partial(jax.jit, donate_argnums=(0,))
   def step(classifier, encoder_params, batch_stats, images, labels):
@@ -192,8 +186,9 @@ def train_linear_classifier_on_images(config, encode, state, mesh, source, num_f
   params = {"kernel": jnp.zeros((num_features, source.num_classes)),
             "bias": jnp.zeros((source.num_classes,))}
   classifier = jax.device_put({"params": params, "opt_state": tx.init(params),
-                               "step": jnp.zeros((), jnp.int32)}, replicated)
-  encoder_params, batch_stats = jax.device_put((state.params, state.batch_stats), replicated)
+                               "step": jnp.zeros((), jnp.int32)}, replicated(mesh))
+  encoder_params, batch_stats = jax.device_put((encoder.params, encoder.batch_stats),
+                                               replicated(mesh))
   with contextlib.ExitStack() as stack:
     manager = None
     if checkpoint_dir is not None:
@@ -202,7 +197,7 @@ def train_linear_classifier_on_images(config, encode, state, mesh, source, num_f
     start = int(classifier["step"])
     batches = input_pipeline.global_batches(
         input_pipeline.linear_train_dataset(config, source, start).as_numpy_iterator(),
-        NamedSharding(mesh, P(train_state.DATA_AXIS)))
+        batch_sharded(mesh))
     for index, batch in zip(range(start + 1, num_steps + 1), batches):
       classifier = step(classifier, encoder_params, batch_stats, batch["image"], batch["label"])
       if index % 100 == 0 or index == num_steps:
@@ -216,7 +211,7 @@ def train_linear_classifier_on_images(config, encode, state, mesh, source, num_f
 def _resume_classifier(manager, classifier, config, num_steps: int):
   """The newest readable classifier checkpoint, or `classifier` when there is none."""
   restored = checkpoints.restore(manager, {"classifier": classifier}, config,
-                                 check_fields=CLASSIFIER_FIELDS, move_damaged=True)
+                                 check_fields=classifier_fields(config), move_damaged=True)
   if restored is None:
     return classifier
   logging.info("Resuming the linear classifier from step %d of %d (%s).", restored[0],
@@ -299,23 +294,25 @@ def probe(train_features, train_labels, eval_features, eval_labels, num_classes:
 def evaluate(config, workdir: str) -> dict[str, Any]:
   """Runs the linear evaluation stage; returns and writes linear_eval.json."""
   config_checks.check_linear_eval_config(config)
+  state.check_model_config(config)
   input_pipeline.configure_tensorflow()
-  mesh = train_state.create_mesh()
+  mesh = state.create_mesh()
   source = input_pipeline.create_source(config)
   encode, step, encoders = _load_encoders(config, workdir, mesh, source)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0,
                                                 collection="linear_eval")
-  results: dict[str, Any] = {"checkpoint_step": step}
-  for prefix, state in encoders.items():
-    train_x, train_y = extract_features(config, encode, state, mesh, source, config.train_split)
-    eval_x, eval_y = extract_features(config, encode, state, mesh, source, config.eval_split)
+  results: dict[str, Any] = {"method": config.method, "checkpoint_step": step}
+  for prefix, encoder in encoders.items():
+    train_x, train_y = extract_features(config, encode, encoder, mesh, source,
+                                        config.train_split)
+    eval_x, eval_y = extract_features(config, encode, encoder, mesh, source, config.eval_split)
     logging.info("%sfeatures: train %s, eval %s.", prefix or "pretrained ", train_x.shape,
                  eval_x.shape)
     classifier = None
     if not config.linear_eval.precompute_features:
       checkpoint_dir = (storage.path(workdir) / "linear_eval_checkpoints" /
                         (prefix.rstrip("_") or f"pretrained_step_{step}"))
-      classifier = train_linear_classifier_on_images(config, encode, state, mesh, source,
+      classifier = train_linear_classifier_on_images(config, encode, encoder, mesh, source,
                                                      train_x.shape[1], checkpoint_dir)
     results.update(probe(train_x, train_y, eval_x, eval_y, source.num_classes,
                          config.linear_eval, config.seed, prefix, classifier))
@@ -337,39 +334,17 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
 
 def _load_encoders(config, workdir: str, mesh, source):
   """(encode, checkpoint step, {result prefix: EncoderState}) for the pretrained encoder
-  chosen by config.linear_eval (and the random-init one when asked).
-
-  Only the checkpoint's model item is restored: the optimiser that pretrained it (and its
-  state) plays no part, so any pretraining config's checkpoint evaluates under any
-  evaluation protocol, as long as the model fields agree.
-  """
-  pretrain_workdir = config.linear_eval.pretrain_workdir or workdir
-  directory = checkpoints.checkpoint_dir(pretrain_workdir)
-  num_probe_classes = train_state.probe_classes(config, source)
-  encode = make_encoder(train_state.model_graphdef(config, num_probe_classes),
+  chosen by config.linear_eval (and the random-init one when asked). Only the model item
+  of the checkpoint is read (state.restore_model)."""
+  num_probe_classes = state.probe_classes(config, source)
+  encode = make_encoder(state.model_graphdef(config, num_probe_classes),
                         config.augment.normalize)
-  # The random-init model is also the restore target (structure, dtypes, shardings).
-  random_init = train_state.init_model(config, mesh, num_probe_classes)
-  wanted = config.linear_eval.checkpoint_step
-  restored = None
-  if directory.exists():
-    with checkpoints.create_manager(directory, read_only=True) as manager:
-      steps = list(manager.all_steps())
-      if wanted is None or wanted in steps:
-        restored = checkpoints.restore(manager, {"model": random_init}, config, wanted)
-  else:
-    steps = []
-  if restored is None:
-    raise NoCheckpointError(
-        f"No pretraining checkpoint{'' if wanted is None else f' at step {wanted}'} in "
-        f"{directory} (it has steps {steps}). Run `python main.py --config=... "
-        f"--workdir={pretrain_workdir}` (pretraining) first, or pick another "
-        f"--config.linear_eval.checkpoint_step.")
-  step, items = restored
+  step, model = state.restore_model(config, config.linear_eval.pretrain_workdir or workdir,
+                                    mesh, num_probe_classes, config.linear_eval.checkpoint_step)
   logging.info("Linear evaluation of the encoder at pretraining step %d.", step)
-  encoders = {"": EncoderState(**items["model"])}
+  encoders = {"": EncoderState(**model)}
   if config.linear_eval.random_init_baseline:
-    encoders["random_init_"] = EncoderState(**random_init)
+    encoders["random_init_"] = EncoderState(**state.init_model(config, mesh, num_probe_classes))
   return encode, step, encoders
 
 
@@ -379,7 +354,7 @@ def results_table(results: dict[str, Any], few_shot: int) -> str:
   if few_shot:
     columns += [(f"linear ({few_shot}/class)", f"top1_{few_shot}shot"),
                 (f"kNN ({few_shot}/class)", f"knn_top1_{few_shot}shot")]
-  rows = [("SimCLR encoder", "")]
+  rows = [(f"{results.get('method', 'pretrained')} encoder", "")]
   if "random_init_top1" in results:
     rows.append(("random-init encoder", "random_init_"))
   lines = [f"Linear probe on {results['num_eval_examples']} evaluation examples "

@@ -1,5 +1,5 @@
-"""SimCLR pretraining, the stage: data, checkpoints, logging and the loop around the
-jit-compiled update of `pretrain_step`."""
+"""Pretraining, the stage, for any method: data, checkpoints, logging and the loop around
+the jit-compiled update of `pretrain_step`."""
 
 from __future__ import annotations
 
@@ -11,36 +11,40 @@ import jax
 import numpy as np
 from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
 from simclr_jax import checkpoints, config_checks, preemption, summaries, visualize
-# The step and the state live in TensorFlow-free modules; their names are also reachable
-
 from simclr_jax.data import input_pipeline
-# from here, where the loop uses them.
+# The step and the state live in TensorFlow-free modules.
 from simclr_jax.pretrain_step import (FAULT_GRADIENTS, FAULT_LOSS, FAULT_PARAMETERS,
                                       compile_train_step)
-from simclr_jax.train_state import (  # pylint: disable=unused-import  (init_model)
-    DATA_AXIS, TrainState, create_mesh, create_optimizer, init_model, init_train_state,
-    model_graphdef, probe_classes, training_length)
+from simclr_jax.sharding import batch_sharded, create_mesh
+from simclr_jax.state import (TrainState, check_model_config, create_optimizer,
+                              init_train_state, model_fields, model_graphdef, probe_classes,
+                              training_length)
 
-# Config fields a resumed run must share with its checkpoint: the model's and the
-# optimiser's (its state's structure).
-RESUME_FIELDS = (*checkpoints.MODEL_FIELDS, "optimizer.name")
 
 
 class TrainingDivergedError(RuntimeError):
   """A step produced a non-finite loss, gradient or parameter."""
 
 
+def resume_fields(config) -> tuple[str, ...]:
+  """Config fields a resumed run must share with its checkpoint: the model's and the
+  optimiser's (its state's structure)."""
+  return (*model_fields(config), "optimizer.name")
+
+
 def param_counts(params) -> dict[str, int]:
-  count = lambda tree: int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
-  return {"params_encoder": count(params["encoder"]), "params_head": count(params["head"])}
+  """{'params_<module>': count} for each top-level module (encoder, heads, probe)."""
+  return {f"params_{name}": int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+          for name, tree in params.items()}
 
 
 def pretrain(config, workdir: str) -> dict[str, Any]:
   """Pretrains (or resumes) in `workdir`; returns and writes pretrain_summary.json."""
   config_checks.check_pretrain_config(config)
+  check_model_config(config)
   input_pipeline.configure_tensorflow()
   mesh = create_mesh()
   source = input_pipeline.create_source(config)
@@ -71,21 +75,20 @@ def pretrain(config, workdir: str) -> dict[str, Any]:
       writer.write_hparams(_flat_hparams(config))
     else:
       logging.info("Resuming from checkpoint step %d.", start_step)
-    logging.info("Pretraining on %d %s examples, %d steps (%d per epoch), global batch %d "
-                 "over %d devices; encoder %d params, head %d.", num_train_examples,
+    logging.info("Pretraining %s on %d %s examples, %d steps (%d per epoch), global batch %d "
+                 "over %d devices; parameters: %s.", config.method, num_train_examples,
                  config.train_split, num_train_steps, steps_per_epoch, config.batch_size,
-                 jax.device_count(), counts["params_encoder"], counts["params_head"])
+                 jax.device_count(), counts)
 
-    step_fn = compile_train_step(config, graphdef, tx, schedule, mesh)
+    step_fn = compile_train_step(config, graphdef, tx, schedule, mesh, num_train_steps)
     batches = _device_batches(config, source, mesh, start_step, writer)
     with jax.set_mesh(mesh):
       step, last, stopped = _train_loop(config, state, step_fn, batches, manager, writer,
                                         start_step, num_train_steps)
 
-    summary = {"step": step, "num_train_steps": num_train_steps,
+    summary = {"method": config.method, "step": step, "num_train_steps": num_train_steps,
                "resumed_from_step": start_step, **counts,
-               "loss": last.get("loss"), "contrastive_accuracy": last.get("contrastive_accuracy"),
-               "views_per_second": last.get("views_per_second"),
+               **last,  # The last logged means: loss, the method's metrics, views/s.
                "stopped_by_signal": stopped,
                "devices": jax.device_count(), "processes": jax.process_count()}
     summaries.write_json(workdir, "pretrain_summary.json", summary)
@@ -99,7 +102,7 @@ def resume(manager, state: TrainState, config) -> TrainState:
   """The newest readable checkpoint's state (damaged newer ones moved aside), or `state`
   when there is none."""
   restored = checkpoints.restore(manager, state.checkpoint_items(), config,
-                                 check_fields=RESUME_FIELDS, move_damaged=True)
+                                 check_fields=resume_fields(config), move_damaged=True)
   return state if restored is None else TrainState.from_checkpoint_items(restored[1])
 
 
@@ -112,7 +115,7 @@ def _device_batches(config, source, mesh: Mesh, start_step: int, writer):
     writer.write_images(0, {"augmented_view_pairs": visualize.view_pairs_grid(
         first["views"])[None]})
   return input_pipeline.global_batches(itertools.chain([first], host_batches),
-                                       NamedSharding(mesh, P(DATA_AXIS)))
+                                       batch_sharded(mesh))
 
 
 def _train_loop(config, state: TrainState, step_fn, batches, manager, writer, start_step: int,
@@ -176,8 +179,8 @@ def raise_on_fault(fetched: list[dict[str, np.ndarray]], step: int, manager) -> 
   raise TrainingDivergedError(
       f"Non-finite {' and '.join(what)} at step {step - len(fetched) + index + 1}: its update "
       f"was not applied and nothing after it was saved; {where}. Lower "
-      f"config.optimizer.base_learning_rate or raise config.temperature, and check the input "
-      f"data.")
+      f"config.optimizer.base_learning_rate (or raise the method's temperature), and check "
+      f"the input data.")
 
 
 def _mean_metrics(fetched: list[dict[str, np.ndarray]]) -> dict[str, float]:

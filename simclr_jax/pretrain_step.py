@@ -1,5 +1,8 @@
-"""The SimCLR update: one jit-compiled step over the device mesh, with its fault guard.
+"""The pretraining update: one jit-compiled step over the device mesh for any method,
+with its fault guard.
 
+views -> model input -> value_and_grad(method's loss + online probe) -> optimiser ->
+EMA of the target network -> metrics. It holds no method names (methods/ does).
 Imports no TensorFlow, TFDS or CLU (a test checks).
 """
 
@@ -11,73 +14,65 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
-from simclr_jax import losses, models
-from simclr_jax.train_state import DATA_AXIS, TrainState
+from simclr_jax import methods, precision
+from simclr_jax.methods import base
+from simclr_jax.sharding import batch_sharded, replicated
+from simclr_jax.state import TrainState
 
 # Bits of the per-step `fault` metric: which values were not finite.
 FAULT_LOSS, FAULT_GRADIENTS, FAULT_PARAMETERS = 1, 2, 4
 
 
-def embed_views(model: models.SimCLRModel, views: jax.Array,
-                separately: bool) -> tuple[jax.Array, jax.Array]:
-  """(N, 2, H, W, 3) views -> features h (N, 2, F) and embeddings z (N, 2, D), training mode.
-
-  One pass over the 2N images (BatchNorm statistics over both views) or one pass per view
-  (statistics per view, running averages updated twice, as the seed's two model calls).
-  The reshape keeps each image's two views on the device that holds the image.
-  """
-  n = views.shape[0]
-  if separately:
-    (h1, z1), (h2, z2) = model(views[:, 0], train=True), model(views[:, 1], train=True)
-    return jnp.stack([h1, h2], axis=1), jnp.stack([z1, z2], axis=1)
-  h, z = model(views.reshape((2 * n, *views.shape[2:])), train=True)
-  return h.reshape((n, 2, -1)), z.reshape((n, 2, -1))
+def _target_model(graphdef: nnx.GraphDef, state: TrainState, params, modules) -> nnx.Module:
+  """The model with the target network's weights in `modules`: what the method's loss
+  calls for its targets. Every weight of it is a constant of the step (stop_gradient on
+  the online ones too), so the target never receives a gradient."""
+  frozen_params = jax.lax.stop_gradient(params)
+  return nnx.merge(graphdef, {**frozen_params, **state.target["params"]},
+                   {**state.batch_stats, **state.target["batch_stats"]})
 
 
-def online_probe_loss(model: models.SimCLRModel, features: jax.Array,
-                      labels: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Cross entropy and accuracy of the online probe on (N, 2, F) features of both views.
-
-  stop_gradient: the probe learns from the encoder, the encoder never from the labels.
-  """
-  logits = model.probe(jax.lax.stop_gradient(features))                   # (N, 2, C)
-  labels = jnp.broadcast_to(labels[:, None], logits.shape[:2])
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-  return loss, jnp.mean(jnp.argmax(logits, axis=-1) == labels)
-
-
-def train_step(state: TrainState, batch: dict[str, jax.Array], *, graphdef: nnx.GraphDef,
-               tx: optax.GradientTransformation, schedule: optax.Schedule, temperature: float,
-               separately: bool, normalize: bool,
-               mesh: Mesh) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One SimCLR update on a global batch {'views': (N, 2, H, W, 3) uint8[, 'label': (N,)]}
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, method: base.Method,
+               method_config, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+               schedule: optax.Schedule, target_momentum: optax.Schedule | None,
+               normalize: bool, mesh: Mesh) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One update on a global batch {'views': (N, 2, H, W, 3) uint8[, 'label': (N,)]}
   sharded on 'data' (labels only for the online probe)."""
-  views = models.image_input(batch["views"], normalize)
+  views = precision.to_model_input(batch["views"], normalize)
+  modules = method.target_modules
 
   def loss_fn(params):
     model = nnx.merge(graphdef, params, state.batch_stats)
-    features, z = embed_views(model, views, separately)
-    loss, accuracy = losses.sharded_nt_xent(z[:, 0], z[:, 1], temperature, mesh, DATA_AXIS)
-    metrics = {"loss": loss, "contrastive_accuracy": accuracy}
+    target = _target_model(graphdef, state, params, modules) if modules else None
+    loss, features, metrics = method.loss(model, target, views, method_config, mesh)
     total = loss
     if model.probe is not None:
-      probe_loss, probe_accuracy = online_probe_loss(model, features, batch["label"])
+      probe_loss, probe_accuracy = base.online_probe_loss(model, features, batch["label"])
       metrics.update(probe_loss=probe_loss, probe_accuracy=probe_accuracy)
       total = loss + probe_loss
     batch_stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
-    return total, (metrics, batch_stats)
+    target_stats = (base.target_part(nnx.to_pure_dict(nnx.state(target, nnx.BatchStat)),
+                                     modules) if modules else None)
+    return total, (metrics, batch_stats, target_stats)
 
-  (total, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params)
+  (total, (metrics, batch_stats, target_stats)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   grad_norm = optax.global_norm(grads)
   metrics.update(learning_rate=schedule(state.step), grad_norm=grad_norm)
+  new_target = None
+  if modules:
+    momentum = target_momentum(state.step)
+    new_target = {"params": base.ema_update(state.target["params"],
+                                            base.target_part(params, modules), momentum),
+                  "batch_stats": target_stats}
+    metrics["target_momentum"] = momentum
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                            opt_state=opt_state)
-  fault = fault_code(total, grad_norm, (params, batch_stats))
+                            opt_state=opt_state, target=new_target)
+  fault = fault_code(total, grad_norm, (params, batch_stats, new_target))
   metrics["fault"] = fault
   return apply_unless_faulty(fault, new_state, state), metrics
 
@@ -97,12 +92,21 @@ def apply_unless_faulty(fault: jax.Array, new_state, old_state):
   return jax.tree.map(lambda new, old: jnp.where(fault == 0, new, old), new_state, old_state)
 
 
-def compile_train_step(config, graphdef, tx, schedule, mesh: Mesh):
-  """jit over the mesh: state replicated and donated, batch sharded on 'data'."""
-  step = functools.partial(train_step, graphdef=graphdef, tx=tx, schedule=schedule,
-                           temperature=config.temperature,
-                           separately=config.model.forward_views_separately,
+def compile_train_step(config, graphdef, tx, schedule, mesh: Mesh, num_train_steps: int):
+  """jit over the mesh: state replicated and donated, batch sharded on 'data'.
+
+  `num_train_steps` sets the target network's momentum schedule (methods with one).
+  """
+  method = methods.get(config)
+  method_config = config[method.name]
+  target_momentum = None
+  if method.target_modules:
+    target_momentum = base.target_momentum_schedule(
+        method_config.base_target_momentum, method_config.final_target_momentum,
+        num_train_steps)
+  step = functools.partial(train_step, method=method, method_config=method_config,
+                           graphdef=graphdef, tx=tx, schedule=schedule,
+                           target_momentum=target_momentum,
                            normalize=config.augment.normalize, mesh=mesh)
-  replicated = NamedSharding(mesh, P())
-  return jax.jit(step, in_shardings=(replicated, NamedSharding(mesh, P(DATA_AXIS))),
-                 out_shardings=(replicated, replicated), donate_argnums=0)
+  return jax.jit(step, in_shardings=(replicated(mesh), batch_sharded(mesh)),
+                 out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=0)

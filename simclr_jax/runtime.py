@@ -10,14 +10,14 @@ import sys
 import jax
 from absl import logging
 
-from simclr_jax import checkpoints, config_checks, linear_eval, preemption, storage, train
+from simclr_jax import (checkpoints, config_checks, linear_eval, preemption, pretrain, state,
+                        storage)
+from simclr_jax.data import input_pipeline, sources
 
 # Errors a user can fix: one `Error: ...` line and exit status 1, no traceback.
-
-from simclr_jax.data import input_pipeline, sources
 USER_ERRORS = (config_checks.ConfigError, sources.DatasetNotFoundError,
-               checkpoints.CheckpointError, linear_eval.NoCheckpointError,
-               storage.StorageError, train.TrainingDivergedError)
+               checkpoints.CheckpointError, state.NoCheckpointError,
+               storage.StorageError, pretrain.TrainingDivergedError)
 
 
 def initialize_distributed() -> None:
@@ -72,6 +72,6 @@ def _run_stages(config, workdir: str, mode: str) -> None:
   check_storage(config, workdir)
   with preemption.handle_stop_signals():
     if mode in ("pretrain", "pretrain_and_eval"):
-      train.pretrain(config, workdir)
+      pretrain.pretrain(config, workdir)
     if mode in ("linear_eval", "pretrain_and_eval"):
       linear_eval.evaluate(config, workdir)

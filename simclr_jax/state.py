@@ -1,8 +1,10 @@
-"""The training state and what builds it, shared by every stage: the device mesh, the model
-initialised from the config, the optimiser and the run's length.
+"""The training state and what builds and restores it, shared by every stage: the model
+of `config.method` initialised from the config, the optimiser, the run's length and the
+encoder restored from a pretraining checkpoint.
 
-Imports no TensorFlow, TFDS or CLU (a test checks): with `pretrain_step` it is all a
-benchmark or an accelerator machine without them needs.
+Stages import this module, never each other. It imports no TensorFlow, TFDS or CLU (a
+test checks): with `pretrain_step` it is all a benchmark or an accelerator machine
+without them needs.
 """
 
 from __future__ import annotations
@@ -14,30 +16,39 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
-from simclr_jax import config_checks, models, optim
+from simclr_jax import backbones, checkpoints, config_checks, methods, optim
+from simclr_jax.methods import base
+from simclr_jax.sharding import DATA_AXIS, create_mesh, replicated  # pylint: disable=unused-import
 
-DATA_AXIS = "data"
+
+class NoCheckpointError(FileNotFoundError):
+  """A stage needs a pretraining checkpoint and there is none."""
 
 
 @flax.struct.dataclass
 class TrainState:
   """Everything a resumed run needs. Params and statistics are plain nested dicts.
 
-  `rng` is saved for stochastic layers; augmentation randomness lives in the tf.data
-  stream (seeded by config.seed and the step), so it resumes with `step`.
+  `target` is the EMA target network, {'params', 'batch_stats'} of the method's
+  `target_modules`, or None for methods without one. `rng` is saved for stochastic layers;
+  augmentation randomness lives in the tf.data stream (seeded by config.seed and the step),
+  so it resumes with `step`.
   """
   step: jax.Array
   params: Any
   batch_stats: Any
   opt_state: Any
   rng: jax.Array
+  target: Any = None
 
   def checkpoint_items(self) -> dict[str, Any]:
     """The checkpoint's items: the model alone (what later stages restore), the rest."""
-    return {"model": {"params": self.params, "batch_stats": self.batch_stats},
-            "train": {"step": self.step, "opt_state": self.opt_state, "rng": self.rng}}
+    train = {"step": self.step, "opt_state": self.opt_state, "rng": self.rng}
+    if self.target is not None:
+      train["target"] = self.target
+    return {"model": {"params": self.params, "batch_stats": self.batch_stats}, "train": train}
 
   @classmethod
   def from_checkpoint_items(cls, items: dict[str, Any]) -> "TrainState":
@@ -45,14 +56,17 @@ class TrainState:
                **items["train"])
 
 
-def create_mesh() -> Mesh:
-  """A 1-D mesh over every device of every process, axis 'data'.
+def check_model_config(config) -> None:
+  """ConfigError for a backbone or method block that cannot work."""
+  config_checks.check_compute_dtype(config)
+  backbones.check_config(config)
+  methods.check_config(config)
 
-  Auto axes: the compiler propagates the batch sharding through the model (GSPMD), so
-  BatchNorm's batch means become global all-reduces without any annotation.
-  """
-  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+
+def model_fields(config) -> tuple[str, ...]:
+  """Config fields (dotted prefixes) that shape the model: a checkpoint restores only
+  into a config that agrees on them."""
+  return ("method", "model.", "online_probe", *methods.get(config).model_fields)
 
 
 def probe_classes(config, source) -> int:
@@ -60,17 +74,19 @@ def probe_classes(config, source) -> int:
   return source.num_classes if config.online_probe else 0
 
 
+def build_model(config, rngs: nnx.Rngs, num_probe_classes: int = 0) -> base.Model:
+  """The model of `config.method` (backbone, heads, online probe)."""
+  return methods.get(config).build(config, rngs, num_probe_classes)
+
+
 def model_graphdef(config, num_probe_classes: int = 0) -> nnx.GraphDef:
   """The model's static structure, built without allocating parameters."""
-  abstract = nnx.eval_shape(
-      lambda: models.create_model(config.model, nnx.Rngs(0), num_probe_classes,
-                                  config.compute_dtype))
+  abstract = nnx.eval_shape(lambda: build_model(config, nnx.Rngs(0), num_probe_classes))
   return nnx.split(abstract, nnx.Param, nnx.BatchStat)[0]
 
 
 def _init_variables(config, num_probe_classes: int) -> tuple[Any, Any]:
-  model = models.create_model(config.model, nnx.Rngs(config.seed), num_probe_classes,
-                              config.compute_dtype)
+  model = build_model(config, nnx.Rngs(config.seed), num_probe_classes)
   _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
   return nnx.to_pure_dict(params), nnx.to_pure_dict(batch_stats)
 
@@ -83,20 +99,27 @@ def init_model(config, mesh: Mesh, num_probe_classes: int = 0) -> dict[str, Any]
     params, batch_stats = _init_variables(config, num_probe_classes)
     return {"params": params, "batch_stats": batch_stats}
 
-  return jax.jit(init, out_shardings=NamedSharding(mesh, P()))()
+  return jax.jit(init, out_shardings=replicated(mesh))()
 
 
 def init_train_state(config, tx: optax.GradientTransformation, mesh: Mesh,
                      num_probe_classes: int = 0) -> TrainState:
   """Initialises the model from `config.seed`, replicated over the mesh (every process
-  computes the same values, so this also works across hosts)."""
+  computes the same values, so this also works across hosts). A target network starts as
+  a copy of the online modules it follows."""
+  modules = methods.get(config).target_modules
 
   def init():
     params, batch_stats = _init_variables(config, num_probe_classes)
+    target = None
+    if modules:
+      target = {"params": base.target_part(params, modules),
+                "batch_stats": base.target_part(batch_stats, modules)}
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                      opt_state=tx.init(params), rng=jax.random.PRNGKey(config.seed))
+                      opt_state=tx.init(params), rng=jax.random.PRNGKey(config.seed),
+                      target=target)
 
-  return jax.jit(init, out_shardings=NamedSharding(mesh, P()))()
+  return jax.jit(init, out_shardings=replicated(mesh))()
 
 
 def training_length(config, num_train_examples: int) -> tuple[int, int]:
@@ -116,3 +139,34 @@ def create_optimizer(config, steps_per_epoch: int, num_train_steps: int):
   schedule = optim.learning_rate_schedule(config.optimizer, config.batch_size, steps_per_epoch,
                                           num_train_steps)
   return optim.create_optimizer(config.optimizer, schedule), schedule
+
+
+def restore_model(config, pretrain_workdir: str, mesh: Mesh, num_probe_classes: int = 0,
+                  step: int | None = None) -> tuple[int, dict[str, Any]]:
+  """(step, {'params', 'batch_stats'}) of the pretrained model in `pretrain_workdir`'s
+  checkpoints (its newest readable step, or `step`), replicated over the mesh.
+
+  Only the checkpoint's `model` item is read: the optimiser that pretrained it, its state
+  and any target network play no part, so a checkpoint of any pretraining run evaluates
+  or fine-tunes under any protocol, as long as the model fields agree (`model_fields`).
+
+  Raises:
+    NoCheckpointError: there is none (at `step`).
+  """
+  directory = checkpoints.checkpoint_dir(pretrain_workdir)
+  # The random-init model is the restore target (structure, dtypes, shardings).
+  target = init_model(config, mesh, num_probe_classes)
+  restored, steps = None, []
+  if directory.exists():
+    with checkpoints.create_manager(directory, read_only=True) as manager:
+      steps = list(manager.all_steps())
+      if step is None or step in steps:
+        restored = checkpoints.restore(manager, {"model": target}, config, step,
+                                       check_fields=model_fields(config))
+  if restored is None:
+    raise NoCheckpointError(
+        f"No pretraining checkpoint{'' if step is None else f' at step {step}'} in "
+        f"{directory} (it has steps {steps}). Run `python main.py --config=... "
+        f"--workdir={pretrain_workdir}` (pretraining) first, or pick another "
+        f"--config.linear_eval.checkpoint_step.")
+  return restored[0], restored[1]["model"]

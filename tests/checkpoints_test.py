@@ -102,12 +102,12 @@ def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(two_step_workdir, 
 def test_a_checkpoint_of_another_model_names_the_differing_fields(two_step_workdir):
   config = tiny_food101_config()
   config.model.depth = 34
-  config.model.head_widths = (64, 16)
+  config.simclr.head_widths = (64, 16)
   with pytest.raises(checkpoints.CheckpointMismatchError) as error:
     _restore(two_step_workdir, config)
   message = str(error.value)
   assert "model.depth: checkpoint 18, config 34" in message
-  assert "model.head_widths: checkpoint [32, 16], config [64, 16]" in message
+  assert "simclr.head_widths: checkpoint [32, 16], config [64, 16]" in message
   assert "model.width_multiplier" not in message and "\n" not in message
 
 

@@ -23,14 +23,14 @@ def test_config_is_valid(name):
 def test_seed_config_matches_the_seed_document():
   from configs import food101_seed  # pylint: disable=g-import-not-at-top
   c = food101_seed.get_config()
-  assert (c.augment.image_size, c.batch_size, c.temperature, c.num_epochs) == (256, 64, 0.5, 100)
+  assert (c.augment.image_size, c.batch_size, c.simclr.temperature, c.num_epochs) == (256, 64, 0.5, 100)
   assert (c.optimizer.name, c.optimizer.base_learning_rate, c.optimizer.lr_scaling) == (
       "sgd", 0.03, "none")
   assert (c.optimizer.momentum, c.optimizer.weight_decay) == (0.9, 1e-4)
   assert not c.optimizer.exclude_bn_and_bias  # torch.optim.SGD decays every parameter.
   assert (c.optimizer.schedule_unit, c.optimizer.warmup_epochs) == ("epoch", 0.0)
-  assert tuple(c.model.head_widths) == (512, 128) and not c.model.head_batch_norm
-  assert c.model.depth == 50 and c.model.forward_views_separately
+  assert tuple(c.simclr.head_widths) == (512, 128) and not c.simclr.head_batch_norm
+  assert c.model.depth == 50 and c.simclr.forward_views_separately
   # ColorJitter(0.4, 0.4, 0.4, 0.1) with p = 0.8, grayscale p = 0.2, flip p = 0.5.
   s = c.augment.color_jitter_strength
   assert (0.8 * s, 0.2 * s) == (0.4, 0.1) and c.augment.color_jitter_probability == 0.8
@@ -46,7 +46,7 @@ def test_paper_config_uses_lars_sqrt_scaling_and_the_three_layer_head():
   c = food101.get_config()
   assert (c.optimizer.name, c.optimizer.lr_scaling) == ("lars", "sqrt")
   assert c.optimizer.exclude_bn_and_bias and c.augment.blur_probability == 0.5
-  assert len(c.model.head_widths) == 3 and c.model.head_batch_norm
+  assert len(c.simclr.head_widths) == 3 and c.simclr.head_batch_norm
 
 
 @pytest.mark.parametrize("field", ["weight_decay", "few_shot_weight_decay"])

@@ -13,7 +13,7 @@ def tiny_food101_config(**overrides):
   config.model.depth = 18
   config.model.width_multiplier = 0.0625
   config.model.small_image_stem = True
-  config.model.head_widths = (32, 16)
+  config.simclr.head_widths = (32, 16)
   config.batch_size = 16
   config.num_train_steps = 1
   config.shuffle_buffer = 64

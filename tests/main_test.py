@@ -24,7 +24,7 @@ def test_unknown_config_field_is_rejected(tmp_path):
 
 @pytest.mark.parametrize("override, message", [
     ("--config.batch_size=12", "batch_size=12 does not divide across 8 devices"),
-    ("--config.temperature=0", "temperature must be > 0"),
+    ("--config.simclr.temperature=0", "simclr.temperature must be > 0"),
 ])
 def test_bad_config_values_stop_with_a_message(override, message, tmp_path):
   result = run_main("--config=configs/food101.py", override, tmp_path=tmp_path)

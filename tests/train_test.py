@@ -76,7 +76,7 @@ def test_train_step_on_8_devices_equals_1_device(separately):
   """Global BatchNorm statistics and the gathered loss: sharding changes nothing. Two
   steps at a non-zero learning rate, so the parameters move and the check can fail."""
   config = tiny_food101_config()
-  config.model.forward_views_separately = separately
+  config.simclr.forward_views_separately = separately
   config.optimizer.warmup_epochs = 0.0  # A non-zero learning rate from the first step.
   rng = np.random.default_rng(0)
   views = rng.integers(0, 256, size=(2, 16, 2, 16, 16, 3), dtype=np.uint8)

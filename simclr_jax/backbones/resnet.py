@@ -1,4 +1,4 @@
-"""ResNet encoders and the SimCLR projection head, in Flax NNX.
+"""ResNet backbones (He et al., 2016) in Flax NNX: (B, H, W, 3) -> (B, num_features).
 
 Layouts are NHWC. Parameter counts match torchvision's ResNets (convolutions without
 bias, BatchNorm with scale and bias): ResNet-50's trunk has 23,508,032 parameters.
@@ -6,11 +6,11 @@ bias, BatchNorm with scale and bias): ResNet-50's trunk has 23,508,032 parameter
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from simclr_jax import config_checks
 
 # Blocks per stage for each depth (He et al., 2016, Table 1).
 STAGE_SIZES = {
@@ -22,28 +22,17 @@ STAGE_SIZES = {
 }
 BOTTLENECK_DEPTHS = (50, 101, 152)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def image_input(images: jax.Array, normalize: bool) -> jax.Array:
-  """uint8 (..., H, W, 3) images from the input pipeline -> float32 model input in [0, 1],
-  or normalised with the ImageNet mean and std (torchvision's ToTensor + Normalize). Runs
-  inside the jit-compiled steps, on the accelerator."""
-  images = images.astype(jnp.float32) / 255.0
-  if normalize:
-    images = (images - jnp.array(IMAGENET_MEAN)) / jnp.array(IMAGENET_STD)
-  return images
-
-
 # torchvision initialises convolutions with kaiming_normal_(mode='fan_out', relu).
 conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def _batch_norm(features: int, rngs: nnx.Rngs, dtype=jnp.float32) -> nnx.BatchNorm:
+def _batch_norm(features: int, rngs: nnx.Rngs, dtype=jnp.float32,
+                zero_scale: bool = False) -> nnx.BatchNorm:
   # PyTorch's BatchNorm2d defaults: momentum 0.1 (0.9 in Flax's convention), eps 1e-5.
   # Statistics are reduced in float32 whatever `dtype` (Flax's BatchNorm does so).
-  return nnx.BatchNorm(features, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs)
+  scale_init = nnx.initializers.zeros_init() if zero_scale else nnx.initializers.ones_init()
+  return nnx.BatchNorm(features, momentum=0.9, epsilon=1e-5, dtype=dtype,
+                       scale_init=scale_init, rngs=rngs)
 
 
 def _conv(in_features: int, out_features: int, kernel: int, strides: int,
@@ -58,12 +47,12 @@ class BasicBlock(nnx.Module):
   expansion = 1
 
   def __init__(self, in_features: int, features: int, strides: int, *, rngs: nnx.Rngs,
-               dtype=jnp.float32):
+               dtype=jnp.float32, zero_init_residual: bool = False):
     out = features * self.expansion
     self.conv1 = _conv(in_features, features, 3, strides, rngs, dtype)
     self.bn1 = _batch_norm(features, rngs, dtype)
     self.conv2 = _conv(features, out, 3, 1, rngs, dtype)
-    self.bn2 = _batch_norm(out, rngs, dtype)
+    self.bn2 = _batch_norm(out, rngs, dtype, zero_scale=zero_init_residual)
     self.shortcut = _Projection(in_features, out, strides, rngs, dtype) if (
         strides != 1 or in_features != out) else None
 
@@ -79,14 +68,14 @@ class BottleneckBlock(nnx.Module):
   expansion = 4
 
   def __init__(self, in_features: int, features: int, strides: int, *, rngs: nnx.Rngs,
-               dtype=jnp.float32):
+               dtype=jnp.float32, zero_init_residual: bool = False):
     out = features * self.expansion
     self.conv1 = _conv(in_features, features, 1, 1, rngs, dtype)
     self.bn1 = _batch_norm(features, rngs, dtype)
     self.conv2 = _conv(features, features, 3, strides, rngs, dtype)
     self.bn2 = _batch_norm(features, rngs, dtype)
     self.conv3 = _conv(features, out, 1, 1, rngs, dtype)
-    self.bn3 = _batch_norm(out, rngs, dtype)
+    self.bn3 = _batch_norm(out, rngs, dtype, zero_scale=zero_init_residual)
     self.shortcut = _Projection(in_features, out, strides, rngs, dtype) if (
         strides != 1 or in_features != out) else None
 
@@ -125,12 +114,16 @@ class ResNet(nnx.Module):
     width_multiplier: scales every stage's width (64 * m at the stem).
     small_image_stem: a 3x3 stride-1 stem without max-pooling (CIFAR-style), for images
       of 32 px or less; otherwise the ImageNet stem (7x7 stride 2 + 3x3 max-pool).
+    zero_init_residual: the last BatchNorm's scale in each residual block starts at zero,
+      so each block starts as the identity (Goyal et al., 2017; the official SimCLR code's
+      default). torchvision's default is False (scale 1).
     dtype: what convolutions and BatchNorm compute in (bfloat16 for mixed precision);
       parameters and statistics stay float32, and the pooled features are float32.
   """
 
   def __init__(self, depth: int = 50, width_multiplier: float = 1.0,
-               small_image_stem: bool = False, *, rngs: nnx.Rngs, dtype=jnp.float32):
+               small_image_stem: bool = False, zero_init_residual: bool = False, *,
+               rngs: nnx.Rngs, dtype=jnp.float32):
     if depth not in STAGE_SIZES:
       raise ValueError(f"ResNet depth must be one of {sorted(STAGE_SIZES)}, got {depth}.")
     block_cls = BottleneckBlock if depth in BOTTLENECK_DEPTHS else BasicBlock
@@ -145,7 +138,8 @@ class ResNet(nnx.Module):
       features = base * 2**stage
       for index in range(num_blocks):
         strides = 2 if stage > 0 and index == 0 else 1
-        blocks.append(block_cls(in_features, features, strides, rngs=rngs, dtype=dtype))
+        blocks.append(block_cls(in_features, features, strides, rngs=rngs, dtype=dtype,
+                                zero_init_residual=zero_init_residual))
         in_features = features * block_cls.expansion
     self.blocks = nnx.List(blocks)
     self.num_features = in_features
@@ -159,76 +153,26 @@ class ResNet(nnx.Module):
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
 
-class ProjectionHead(nnx.Module):
-  """MLP g(h): Linear(+BN)+ReLU for each hidden width, then a final Linear(+BN).
-
-  widths=(512, 128) on 2048-d input is the seed's 2048-512-128 head (with biases, no BN);
-  widths=(2048, 2048, 128) with batch_norm=True is SimCLR v2's 3-layer head, where the
-  linear layers drop their biases (BN's shift replaces them) and the last BN has no shift.
-  `dtype` as ResNet's; the embeddings are returned as float32 (the loss is float32).
-  """
-
-  def __init__(self, in_features: int, widths: Sequence[int], batch_norm: bool, *,
-               rngs: nnx.Rngs, dtype=jnp.float32):
-    if not widths:
-      raise ValueError("The projection head needs at least one layer width.")
-    self.batch_norm = batch_norm
-    dims = [in_features, *widths]
-    self.linears = nnx.List([nnx.Linear(d_in, d_out, use_bias=not batch_norm, dtype=dtype,
-                                        rngs=rngs)
-                             for d_in, d_out in zip(dims[:-1], dims[1:])])
-    if batch_norm:
-      last = len(widths) - 1
-      self.norms = nnx.List([
-          nnx.BatchNorm(width, momentum=0.9, epsilon=1e-5, use_bias=i != last, dtype=dtype,
-                        rngs=rngs)
-          for i, width in enumerate(widths)])
-
-  def __call__(self, h: jax.Array, train: bool = True) -> jax.Array:
-    """(B, in_features) -> (B, widths[-1])."""
-    for i, linear in enumerate(self.linears):
-      h = linear(h)
-      if self.batch_norm:
-        h = self.norms[i](h, use_running_average=not train)
-      if i < len(self.linears) - 1:
-        h = nnx.relu(h)
-    return h.astype(jnp.float32)
+def create(model_config, rngs: nnx.Rngs, dtype=jnp.float32) -> ResNet:
+  """The ResNet that `config.model` describes."""
+  return ResNet(model_config.depth, model_config.width_multiplier,
+                model_config.small_image_stem, model_config.zero_init_residual, rngs=rngs,
+                dtype=dtype)
 
 
-class SimCLRModel(nnx.Module):
-  """Encoder f (ResNet trunk) followed by projection head g; optionally an online linear
-  probe, trained on stop-gradient features during pretraining to watch label accuracy."""
-
-  def __init__(self, encoder: ResNet, head: ProjectionHead, probe: nnx.Linear | None = None):
-    self.encoder = encoder
-    self.head = head
-    self.probe = probe
-
-  def __call__(self, images: jax.Array, train: bool = True) -> tuple[jax.Array, jax.Array]:
-    """(B, H, W, 3) -> (features h: (B, num_features), embeddings z: (B, widths[-1]))."""
-    features = self.encoder(images, train)
-    return features, self.head(features, train)
-
-
-COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-def create_model(model_config, rngs: nnx.Rngs, probe_classes: int = 0,
-                 compute_dtype: str = "float32") -> SimCLRModel:
-  """Builds the SimCLR model from `config.model`, with an online probe over
-  `probe_classes` classes if that is > 0; encoder and head compute in `compute_dtype`
-  (config.compute_dtype), the probe in float32 on float32 features."""
-  dtype = COMPUTE_DTYPES[compute_dtype]
-  encoder = ResNet(model_config.depth, model_config.width_multiplier,
-                   model_config.small_image_stem, rngs=rngs, dtype=dtype)
-  head = ProjectionHead(encoder.num_features, tuple(model_config.head_widths),
-                        model_config.head_batch_norm, rngs=rngs, dtype=dtype)
-  probe = nnx.Linear(encoder.num_features, probe_classes, rngs=rngs) if probe_classes else None
-  return SimCLRModel(encoder, head, probe)
-
-
-def count_params(module: nnx.Module) -> int:
-  """Number of trainable (nnx.Param) scalars in `module`."""
-  return sum(x.size for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
-
-
+def check_config(config) -> None:
+  """Raises ConfigError for a `config.model` this family cannot build, or views it
+  would shrink to nothing."""
+  model = config.model
+  config_checks.require(model.depth in STAGE_SIZES,
+                        f"model.depth must be one of {sorted(STAGE_SIZES)}, got {model.depth}.")
+  config_checks.require(model.width_multiplier > 0,
+                        f"model.width_multiplier must be > 0, got {model.width_multiplier}.")
+  minimum = downsampling_factor(model.small_image_stem)
+  stem = "small-image" if model.small_image_stem else "ImageNet"
+  config_checks.require(
+      config.augment.image_size >= minimum,
+      f"augment.image_size={config.augment.image_size} is too small for the ResNet with "
+      f"the {stem} stem, which downsamples by {minimum}: use at least {minimum}"
+      + ("" if model.small_image_stem else
+         " (or --config.model.small_image_stem=True for images down to 8 px)") + ".")

@@ -1,0 +1,63 @@
+"""One config block per self-supervised method (`config.<method>`), with each recipe's
+source. Pure ml_collections: the package's method files (simclr_jax/methods/) read them.
+
+The optimiser and augmentations of a recipe live in the full configs
+(configs/food101_byol.py, ...), since they are shared fields.
+"""
+
+import ml_collections
+
+
+def simclr() -> ml_collections.ConfigDict:
+  """SimCLR (Chen et al., 2020): NT-Xent at temperature 0.1, SimCLR v2's 3-layer head."""
+  block = ml_collections.ConfigDict()
+  block.temperature = 0.1
+  # Projection head widths (hidden..., output); BatchNorm after every layer (v2) or none.
+  block.head_widths = (2048, 2048, 128)
+  block.head_batch_norm = True
+  # False: one forward pass over both views (BatchNorm statistics over 2N images, as the
+  # paper's TF code). True: one pass per view (as the seed's model(x1), model(x2)).
+  block.forward_views_separately = False
+  # True: the official code's loss scale, the sum of both views' mean anchor losses, twice
+  # the mean over all 2N anchors (the seed's); with LARS only the scale of the gradients'
+  # momentum changes, not the trust-ratio-normalised steps, but weight decay's share does.
+  block.sum_view_losses = False
+  return block
+
+
+def byol() -> ml_collections.ConfigDict:
+  """BYOL (Grill et al., 2020): projector 4096 -> 256 with BatchNorm, predictor 4096 ->
+  256, target = EMA of the online encoder and projector with tau from 0.99 to 1 by cosine,
+  symmetric loss (both views predict the other's target projection)."""
+  block = ml_collections.ConfigDict()
+  block.projector_widths = (4096, 256)
+  block.predictor_widths = (4096, 256)
+  block.base_target_momentum = 0.99
+  block.final_target_momentum = 1.0
+  return block
+
+
+def mocov3() -> ml_collections.ConfigDict:
+  """MoCo v3, ResNet recipe (Chen, Xie and He, 2021; facebookresearch/moco-v3): projector
+  3 layers 4096 -> 256 (last BatchNorm without affine), predictor 2 layers 4096 -> 256,
+  momentum encoder + projector with momentum 0.99 -> 1 by cosine, symmetric InfoNCE at
+  temperature 1.0 with keys from every device."""
+  block = ml_collections.ConfigDict()
+  block.projector_widths = (4096, 4096, 256)
+  block.predictor_widths = (4096, 256)
+  block.temperature = 1.0
+  block.base_target_momentum = 0.99
+  block.final_target_momentum = 1.0
+  return block
+
+
+def vicreg() -> ml_collections.ConfigDict:
+  """VICReg (Bardes, Ponce and LeCun, 2022; facebookresearch/vicreg): expander
+  8192-8192-8192; invariance 25, variance 25, covariance 1, variance and covariance over
+  the global batch."""
+  block = ml_collections.ConfigDict()
+  block.expander_widths = (8192, 8192, 8192)
+  block.invariance_weight = 25.0
+  block.variance_weight = 25.0
+  block.covariance_weight = 1.0
+  return block

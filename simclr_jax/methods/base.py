@@ -1,0 +1,121 @@
+"""What a self-supervised method is to the shared trainer, and the parts methods share:
+the model container, the two-view forward pass, the online probe and the EMA target.
+
+A method is a `Method` record (not a class hierarchy): how to build its model, its loss
+over the views, which of its modules have an EMA target network, its config checks and
+the config fields that shape its model. `pretrain_step` holds no method names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+LossFn = Callable[..., tuple[jax.Array, jax.Array, dict[str, jax.Array]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """A self-supervised method.
+
+  Attributes:
+    name: its registry name, also the name of its config block (`config.<name>`).
+    build: (config, rngs, num_probe_classes) -> `Model` (backbone + heads + probe).
+    loss: (model, target, views, method_config, mesh) -> (loss, features, metrics).
+      `views` are (N, 2, H, W, 3) model input sharded on 'data'; `target` is the model
+      with the target network's weights in `target_modules` (None without a target);
+      `features` are the online encoder's (N, 2, F) (for the online probe); `metrics`
+      are scalars for TensorBoard.
+    check_config: (config) -> None; raises ConfigError for a bad method block.
+    model_fields: dotted config names (prefixes) that shape the model: a checkpoint
+      restores only into a config that agrees on them.
+    target_modules: the model's attributes whose exponential moving average is the target
+      network (BYOL's encoder and projector); () for none.
+  """
+  name: str
+  build: Callable[..., "Model"]
+  loss: LossFn
+  check_config: Callable[[Any], None]
+  model_fields: tuple[str, ...]
+  target_modules: tuple[str, ...] = ()
+
+
+class Model(nnx.Module):
+  """The backbone (`encoder`), the method's heads by name, and an optional online probe.
+
+  Every method's model has `encoder` (what later stages restore) and `probe` (None
+  without one); heads are attributes named by the method (SimCLR's `head`, BYOL's
+  `projector` and `predictor`).
+  """
+
+  def __init__(self, encoder: nnx.Module, probe: nnx.Linear | None = None,
+               **heads: nnx.Module):
+    self.encoder = encoder
+    for name, head in heads.items():
+      setattr(self, name, head)
+    self.probe = probe
+
+
+def create_probe(encoder: nnx.Module, num_classes: int, rngs: nnx.Rngs) -> nnx.Linear | None:
+  """A float32 linear probe on the encoder's features, or None when num_classes is 0."""
+  return nnx.Linear(encoder.num_features, num_classes, rngs=rngs) if num_classes else None
+
+
+def forward_views(fn: Callable[[jax.Array], tuple[jax.Array, ...]], views: jax.Array,
+                  separately: bool) -> tuple[jax.Array, ...]:
+  """Applies `fn` ((B, H, W, 3) -> arrays with batch B first) to (N, 2, H, W, 3) views;
+  each output comes back as (N, 2, ...).
+
+  One pass over the 2N images (BatchNorm statistics over both views) or one pass per view
+  (statistics per view, running averages updated twice, as the seed's two model calls).
+  The reshape keeps each image's two views on the device that holds the image.
+  """
+  n = views.shape[0]
+  if separately:
+    first, second = fn(views[:, 0]), fn(views[:, 1])
+    return tuple(jnp.stack([a, b], axis=1) for a, b in zip(first, second))
+  outputs = fn(views.reshape((2 * n, *views.shape[2:])))
+  return tuple(out.reshape((n, 2, *out.shape[1:])) for out in outputs)
+
+
+def online_probe_loss(model: Model, features: jax.Array,
+                      labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Cross entropy and accuracy of the online probe on (N, 2, F) features of both views.
+
+  stop_gradient: the probe learns from the encoder, the encoder never from the labels.
+  """
+  logits = model.probe(jax.lax.stop_gradient(features))                   # (N, 2, C)
+  labels = jnp.broadcast_to(labels[:, None], logits.shape[:2])
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+  return loss, jnp.mean(jnp.argmax(logits, axis=-1) == labels)
+
+
+# ------------------------------------------------------------------ the EMA target
+
+
+def target_momentum_schedule(base: float, final: float, num_train_steps: int) -> optax.Schedule:
+  """BYOL's cosine schedule: tau_k = final - (final - base) * (cos(pi k / K) + 1) / 2,
+  from `base` at step 0 to `final` at step K = num_train_steps (MoCo v3 uses it too)."""
+  total = max(num_train_steps, 1)
+
+  def schedule(step):
+    progress = jnp.minimum(step, total) / total
+    return final - (final - base) * (jnp.cos(math.pi * progress) + 1) / 2
+
+  return schedule
+
+
+def ema_update(target, online, momentum: jax.Array):
+  """target <- momentum * target + (1 - momentum) * online, leaf by leaf."""
+  return jax.tree.map(lambda t, o: momentum * t + (1 - momentum) * o, target, online)
+
+
+def target_part(tree: dict[str, Any], modules: tuple[str, ...]) -> dict[str, Any]:
+  """The sub-dicts of `tree` (params or batch statistics by module) that `modules` name."""
+  return {name: tree[name] for name in modules if name in tree}
