@@ -35,7 +35,7 @@ from absl import app, flags  # pylint: disable=g-import-not-at-top,wrong-import-
 from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from simclr_jax import pretrain_step, train_state  # pylint: disable=g-import-not-at-top,wrong-import-position
+from simclr_jax import pretrain_step, state as state_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/food101_seed.py", "A config file.",
@@ -50,17 +50,17 @@ flags.DEFINE_list("compute_dtypes", [], "Cases to run; empty: the config's compu
 def measure(config, batch_per_device: int, image_size: int, steps: int,
             warmup: int) -> dict:
   """One case: the config's step at this batch, size and dtype; the JSON line's fields."""
-  mesh = train_state.create_mesh()
+  mesh = state_lib.create_mesh()
   global_batch = batch_per_device * jax.device_count()
   config.batch_size = global_batch
-  tx, schedule = train_state.create_optimizer(config, steps_per_epoch=1000,
+  tx, schedule = state_lib.create_optimizer(config, steps_per_epoch=1000,
                                               num_train_steps=100_000)
-  state = train_state.init_train_state(config, tx, mesh)
-  step = pretrain_step.compile_train_step(config, train_state.model_graphdef(config), tx,
+  state = state_lib.init_train_state(config, tx, mesh)
+  step = pretrain_step.compile_train_step(config, state_lib.model_graphdef(config), tx,
                                           schedule, mesh)
   views = np.random.default_rng(0).integers(
       0, 256, (global_batch, 2, image_size, image_size, 3), dtype=np.uint8)
-  batch = {"views": jax.device_put(views, NamedSharding(mesh, P(train_state.DATA_AXIS)))}
+  batch = {"views": jax.device_put(views, NamedSharding(mesh, P(state_lib.DATA_AXIS)))}
 
   start = time.perf_counter()
   compiled = step.lower(state, batch).compile()

@@ -92,7 +92,8 @@ def apply_unless_faulty(fault: jax.Array, new_state, old_state):
   return jax.tree.map(lambda new, old: jnp.where(fault == 0, new, old), new_state, old_state)
 
 
-def compile_train_step(config, graphdef, tx, schedule, mesh: Mesh, num_train_steps: int):
+def compile_train_step(config, graphdef, tx, schedule, mesh: Mesh,
+                       num_train_steps: int | None = None):
   """jit over the mesh: state replicated and donated, batch sharded on 'data'.
 
   `num_train_steps` sets the target network's momentum schedule (methods with one).
@@ -101,6 +102,9 @@ def compile_train_step(config, graphdef, tx, schedule, mesh: Mesh, num_train_ste
   method_config = config[method.name]
   target_momentum = None
   if method.target_modules:
+    if num_train_steps is None:
+      raise ValueError(f"{method.name} has a target network: pass num_train_steps, which "
+                       f"sets its momentum schedule.")
     target_momentum = base.target_momentum_schedule(
         method_config.base_target_momentum, method_config.final_target_momentum,
         num_train_steps)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from simclr_jax import checkpoints, train
+from simclr_jax import checkpoints, pretrain, state as state_lib
 from tests.conftest import MOCK_EXAMPLES
 from tests.helpers import tiny_food101_config
 
@@ -20,7 +20,7 @@ def two_step_workdir(pretrained_workdir, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("two_steps") / "work"
   shutil.copytree(pretrained_workdir, workdir)
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-    train.pretrain(tiny_food101_config(num_train_steps=2), str(workdir))
+    pretrain.pretrain(tiny_food101_config(num_train_steps=2), str(workdir))
   return workdir
 
 
@@ -33,12 +33,12 @@ def _copy(workdir, tmp_path):
 def _restore(workdir, config=None, step=None):
   """(step, TrainState) restored by the code that pretraining uses to resume."""
   config = config or tiny_food101_config()
-  tx, _ = train.create_optimizer(config, 2, 3)
-  target = train.init_train_state(config, tx, train.create_mesh())
+  tx, _ = state_lib.create_optimizer(config, 2, 3)
+  target = state_lib.init_train_state(config, tx, state_lib.create_mesh())
   with checkpoints.create_manager(checkpoints.checkpoint_dir(workdir)) as manager:
     restored = checkpoints.restore(manager, target.checkpoint_items(), config, step,
-                                   check_fields=train.RESUME_FIELDS)
-  return restored[0], train.TrainState.from_checkpoint_items(restored[1])
+                                   check_fields=pretrain.resume_fields(config))
+  return restored[0], state_lib.TrainState.from_checkpoint_items(restored[1])
 
 
 def _truncate_files(folder):
@@ -82,7 +82,7 @@ def test_pretraining_resumes_from_the_newest_readable_checkpoint(two_step_workdi
   workdir = _copy(two_step_workdir, tmp_path)
   _truncate_files(workdir / "checkpoints" / "2")
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-    summary = train.pretrain(tiny_food101_config(num_train_steps=3), str(workdir))
+    summary = pretrain.pretrain(tiny_food101_config(num_train_steps=3), str(workdir))
   assert summary["resumed_from_step"] == 1 and summary["step"] == 3
   # The damaged step 2 was moved aside (kept), and saved anew by the resumed run.
   assert [p.name.split("-")[0] for p in (workdir / "checkpoints_damaged").iterdir()] == ["2"]
@@ -96,7 +96,7 @@ def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(two_step_workdir, 
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
     with pytest.raises(checkpoints.CheckpointError,
                        match=r"No readable checkpoint in .*step 2: .*step 1: "):
-      train.pretrain(tiny_food101_config(num_train_steps=3), str(workdir))
+      pretrain.pretrain(tiny_food101_config(num_train_steps=3), str(workdir))
 
 
 def test_a_checkpoint_of_another_model_names_the_differing_fields(two_step_workdir):

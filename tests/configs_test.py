@@ -6,11 +6,18 @@ import os
 
 import pytest
 
-from simclr_jax import config_checks
+from simclr_jax import config_checks, state
 from simclr_jax.data import augmentations
 
-CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(
-    os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "*.py")))
+# Every file of configs/ with a get_config (the others hold blocks and presets they use).
+CONFIGS = sorted(
+    name for name in (os.path.basename(p)[:-3] for p in glob.glob(
+        os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "*.py")))
+    if hasattr(importlib.import_module(f"configs.{name}"), "get_config"))
+
+
+def test_the_full_configs_are_found():
+  assert {"default", "demo", "food101", "food101_seed"} <= set(CONFIGS)
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -18,6 +25,7 @@ def test_config_is_valid(name):
   config = importlib.import_module(f"configs.{name}").get_config()
   config_checks.check_pretrain_config(config)
   config_checks.check_linear_eval_config(config)
+  state.check_model_config(config)
 
 
 def test_seed_config_matches_the_seed_document():

@@ -36,8 +36,8 @@ MOCK_EXAMPLES = 21  # Divides neither the batch (16) nor the 8 devices.
 @pytest.fixture(scope="session")
 def pretrained_workdir(tmp_path_factory):
   """A workdir holding one pretraining step of the tiny food101 config on mock data."""
-  from simclr_jax import train  # pylint: disable=g-import-not-at-top
+  from simclr_jax import pretrain  # pylint: disable=g-import-not-at-top
   workdir = tmp_path_factory.mktemp("pretrained")
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-    train.pretrain(helpers.tiny_food101_config(), str(workdir))
+    pretrain.pretrain(helpers.tiny_food101_config(), str(workdir))
   return workdir

@@ -1,6 +1,8 @@
 """Shared test helpers."""
 
+import jax
 import tensorflow as tf
+from flax import nnx
 
 from configs import food101
 
@@ -23,6 +25,11 @@ def tiny_food101_config(**overrides):
   config.linear_eval.epochs = 2
   config.update(overrides)
   return config
+
+
+def count_params(module: nnx.Module) -> int:
+  """Number of trainable (nnx.Param) scalars in `module` (works on abstract modules)."""
+  return sum(x.size for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
 
 
 class ArraySource:

@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from configs import demo, food101_seed
-from simclr_jax import models
+from simclr_jax import precision
 from simclr_jax.data import augmentations, input_pipeline, sources
 from tests.helpers import ArraySource, tiny_food101_config
 
@@ -42,11 +42,11 @@ def test_seed_config_views_are_uint8_and_normalised_on_the_device():
     views = _first_batches(config, sources.TfdsSource("food101"), 1)[0]
   assert views.shape == (4, 2, 32, 32, 3) and views.dtype == np.uint8
   assert views.max() > 128  # Full-range pixels, not [0, 1] floats cast to uint8.
-  model_input = np.asarray(models.image_input(views, config.augment.normalize))
-  expected = (views / 255.0 - np.array(models.IMAGENET_MEAN)) / np.array(models.IMAGENET_STD)
+  model_input = np.asarray(precision.to_model_input(views, config.augment.normalize))
+  expected = (views / 255.0 - np.array(precision.IMAGENET_MEAN)) / np.array(precision.IMAGENET_STD)
   assert model_input.dtype == np.float32
   np.testing.assert_allclose(model_input, expected, atol=1e-5)
-  np.testing.assert_allclose(np.asarray(models.image_input(views, False)), views / 255.0,
+  np.testing.assert_allclose(np.asarray(precision.to_model_input(views, False)), views / 255.0,
                              atol=1e-7)
 
 
@@ -171,7 +171,7 @@ def test_global_batches_are_on_the_devices_two_steps_ahead():
   (the transfer overlaps the step), and every batch arrives whole and in order."""
   import jax  # pylint: disable=g-import-not-at-top
   from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
-  from simclr_jax import train_state  # pylint: disable=g-import-not-at-top
+  from simclr_jax import state as state_lib  # pylint: disable=g-import-not-at-top
   pulled = []
 
   def host_batches():
@@ -179,7 +179,7 @@ def test_global_batches_are_on_the_devices_two_steps_ahead():
       pulled.append(index)
       yield {"x": np.full((8, 3), index, np.float32)}
 
-  sharding = NamedSharding(train_state.create_mesh(), P("data"))
+  sharding = NamedSharding(state_lib.create_mesh(), P("data"))
   batches = input_pipeline.global_batches(host_batches(), sharding, prefetch=2)
   seen = []
   for batch in batches:

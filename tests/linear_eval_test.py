@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from simclr_jax import linear_eval, train
+from simclr_jax import linear_eval, pretrain, state as state_lib
 from tests.conftest import MOCK_EXAMPLES
 from tests.helpers import ArraySource, tiny_food101_config
 
@@ -47,15 +47,15 @@ def test_linear_eval_without_checkpoint_says_what_to_do(tmp_path):
 def test_features_count_every_example_once_and_leave_encoder_untouched():
   """37 digits-like examples over 8 devices with batch 16: 3 batches, the last padded."""
   config = tiny_food101_config()
-  mesh = train.create_mesh()
-  tx, _ = train.create_optimizer(config, 1, 1)
-  state = train.init_train_state(config, tx, mesh)
+  mesh = state_lib.create_mesh()
+  tx, _ = state_lib.create_optimizer(config, 1, 1)
+  state = state_lib.init_train_state(config, tx, mesh)
   before = jax.device_get(state)
   images = np.random.default_rng(0).integers(0, 255, (37, 20, 24, 3), dtype=np.uint8)
   labels = np.arange(37, dtype=np.int32) % 101
   source = ArraySource(images, labels)
 
-  encode = linear_eval.make_encoder(train.model_graphdef(config), config.augment.normalize)
+  encode = linear_eval.make_encoder(state_lib.model_graphdef(config), config.augment.normalize)
   features, seen_labels = linear_eval.extract_features(config, encode, state, mesh, source, "x")
 
   assert features.shape == (37, 32)
@@ -72,14 +72,14 @@ def test_features_count_every_example_once_and_leave_encoder_untouched():
 
 def test_lost_examples_are_an_error_not_a_smaller_denominator():
   config = tiny_food101_config()
-  mesh = train.create_mesh()
-  tx, _ = train.create_optimizer(config, 1, 1)
-  state = train.init_train_state(config, tx, mesh)
+  mesh = state_lib.create_mesh()
+  tx, _ = state_lib.create_optimizer(config, 1, 1)
+  state = state_lib.init_train_state(config, tx, mesh)
   images = np.zeros((5, 8, 8, 3), np.uint8)
   source = ArraySource(images, np.arange(5, dtype=np.int32))
   source.num_examples = lambda split: 6  # The split claims one more than the pipeline yields.
   with pytest.raises(RuntimeError, match="Encoded 5 examples of split 'x' but it has 6"):
-    encode = linear_eval.make_encoder(train.model_graphdef(config), config.augment.normalize)
+    encode = linear_eval.make_encoder(state_lib.model_graphdef(config), config.augment.normalize)
     linear_eval.extract_features(config, encode, state, mesh, source, "x")
 
 
@@ -149,16 +149,16 @@ def test_classifier_on_augmented_images_learns_and_leaves_the_encoder_frozen():
   config.augment.normalize = False
   config.linear_eval.epochs = 8
   config.linear_eval.learning_rate = 0.5
-  mesh = train.create_mesh()
-  tx, _ = train.create_optimizer(config, 1, 1)
-  state = train.init_train_state(config, tx, mesh)
+  mesh = state_lib.create_mesh()
+  tx, _ = state_lib.create_optimizer(config, 1, 1)
+  state = state_lib.init_train_state(config, tx, mesh)
   before = jax.device_get(state)
   rng = np.random.default_rng(0)
   labels = np.arange(64, dtype=np.int32) % 2
   images = (rng.integers(0, 60, (64, 20, 20, 3)) + 190 * labels[:, None, None, None])
   source = ArraySource(images.astype(np.uint8), labels)
   source.num_classes = 2
-  encode = linear_eval.make_encoder(train.model_graphdef(config), config.augment.normalize)
+  encode = linear_eval.make_encoder(state_lib.model_graphdef(config), config.augment.normalize)
 
   classifier = linear_eval.train_linear_classifier_on_images(config, encode, state, mesh,
                                                              source, 32)
@@ -178,13 +178,13 @@ def test_an_sgd_pretrained_checkpoint_evaluates_under_the_lars_protocol(tmp_path
   assert lars.optimizer.name == "lars"
   lars.linear_eval.tsne_points = 0
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-    train.pretrain(sgd, str(tmp_path))
+    pretrain.pretrain(sgd, str(tmp_path))
     results = linear_eval.evaluate(lars, str(tmp_path))
   assert results["checkpoint_step"] == 1 and results["num_eval_examples"] == MOCK_EXAMPLES
 
 
 def _classifier_run(config, state, mesh, source, checkpoint_dir):
-  encode = linear_eval.make_encoder(train.model_graphdef(config), config.augment.normalize)
+  encode = linear_eval.make_encoder(state_lib.model_graphdef(config), config.augment.normalize)
   return linear_eval.train_linear_classifier_on_images(config, encode, state, mesh, source, 32,
                                                        checkpoint_dir)
 
@@ -196,9 +196,9 @@ def test_classifier_training_stops_on_a_signal_and_resumes_exactly(tmp_path, mon
   config = tiny_food101_config()
   config.linear_eval.epochs = 4  # 64 images, batch 16: 4 steps an epoch, 16 in all.
   config.linear_eval.checkpoint_every_steps = 5
-  mesh = train.create_mesh()
-  tx, _ = train.create_optimizer(config, 1, 1)
-  state = train.init_train_state(config, tx, mesh)
+  mesh = state_lib.create_mesh()
+  tx, _ = state_lib.create_optimizer(config, 1, 1)
+  state = state_lib.init_train_state(config, tx, mesh)
   rng = np.random.default_rng(0)
   source = ArraySource(rng.integers(0, 255, (64, 20, 20, 3), dtype=np.uint8),
                        np.arange(64, dtype=np.int32) % 2)

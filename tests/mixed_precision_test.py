@@ -13,17 +13,17 @@ import tensorflow_datasets as tfds
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import demo
-from simclr_jax import linear_eval, train
+from simclr_jax import linear_eval, pretrain, pretrain_step, state as state_lib
 from simclr_jax.data import input_pipeline
 from tests.conftest import MOCK_EXAMPLES
 from tests.helpers import tiny_food101_config
 
 
 def _step_and_state(config):
-  mesh = train.create_mesh()
-  tx, schedule = train.create_optimizer(config, 10, 100)
-  state = train.init_train_state(config, tx, mesh)
-  step = train.compile_train_step(config, train.model_graphdef(config), tx, schedule, mesh)
+  mesh = state_lib.create_mesh()
+  tx, schedule = state_lib.create_optimizer(config, 10, 100)
+  state = state_lib.init_train_state(config, tx, mesh)
+  step = pretrain_step.compile_train_step(config, state_lib.model_graphdef(config), tx, schedule, mesh)
   views = np.random.default_rng(0).integers(0, 256, (16, 2, 16, 16, 3), dtype=np.uint8)
   return step, state, {"views": jax.device_put(views, NamedSharding(mesh, P("data")))}
 
@@ -52,9 +52,9 @@ def test_checkpoints_move_between_float32_and_bfloat16(pretrained_workdir, tmp_p
   workdir = tmp_path / "work"
   shutil.copytree(pretrained_workdir, workdir)
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-    bf16 = train.pretrain(tiny_food101_config(num_train_steps=2, compute_dtype="bfloat16"),
+    bf16 = pretrain.pretrain(tiny_food101_config(num_train_steps=2, compute_dtype="bfloat16"),
                           str(workdir))
-    f32 = train.pretrain(tiny_food101_config(num_train_steps=3), str(workdir))
+    f32 = pretrain.pretrain(tiny_food101_config(num_train_steps=3), str(workdir))
   assert (bf16["resumed_from_step"], bf16["step"]) == (1, 2)
   assert (f32["resumed_from_step"], f32["step"]) == (2, 3)
   assert np.isfinite(bf16["loss"]) and np.isfinite(f32["loss"])
@@ -75,10 +75,10 @@ def test_linear_and_knn_results_under_bfloat16_agree_with_float32():
     config.model.width_multiplier = 0.0625
     config.linear_eval.epochs = 20
     config.linear_eval.few_shot_per_class = 0
-    mesh = train.create_mesh()
+    mesh = state_lib.create_mesh()
     source = input_pipeline.create_source(config)
-    state = linear_eval.EncoderState(**train.init_model(config, mesh, num_probe_classes=10))
-    encode = linear_eval.make_encoder(train.model_graphdef(config, 10), config.augment.normalize)
+    state = linear_eval.EncoderState(**state_lib.init_model(config, mesh, num_probe_classes=10))
+    encode = linear_eval.make_encoder(state_lib.model_graphdef(config, 10), config.augment.normalize)
     train_x, train_y = linear_eval.extract_features(config, encode, state, mesh, source, "train")
     test_x, test_y = linear_eval.extract_features(config, encode, state, mesh, source, "test")
     assert train_x.dtype == np.float32
@@ -110,12 +110,12 @@ def test_bfloat16_tracks_the_float32_loss_on_the_demo_over_100_steps():
     config = demo.get_config()
     config.compute_dtype = dtype
     config.num_train_steps = 100
-    mesh = train.create_mesh()
+    mesh = state_lib.create_mesh()
     source = input_pipeline.create_source(config)
-    steps_per_epoch, num_steps = train.training_length(config, source.num_examples("train"))
-    tx, schedule = train.create_optimizer(config, steps_per_epoch, num_steps)
-    state = train.init_train_state(config, tx, mesh, num_probe_classes=10)
-    step = train.compile_train_step(config, train.model_graphdef(config, 10), tx, schedule,
+    steps_per_epoch, num_steps = state_lib.training_length(config, source.num_examples("train"))
+    tx, schedule = state_lib.create_optimizer(config, steps_per_epoch, num_steps)
+    state = state_lib.init_train_state(config, tx, mesh, num_probe_classes=10)
+    step = pretrain_step.compile_train_step(config, state_lib.model_graphdef(config, 10), tx, schedule,
                                     mesh)
     batches = input_pipeline.global_batches(
         input_pipeline.pretrain_dataset(config, source).as_numpy_iterator(),

@@ -6,7 +6,7 @@ PORT 'none': a single process, no jax.distributed. Otherwise process PROCESS_ID 
 localhost:PORT (gloo collectives). DEVICES: simulated CPU devices in this process.
 
 Modes (OUT: a folder, the run's workdir or where this process writes its results):
-  pair       fixed-batch train steps (`steps_<process>.npz/.json`), then `train.pretrain`
+  pair       fixed-batch train steps (`steps_<process>.npz/.json`), then `pretrain.pretrain`
              of the tiny demo config in OUT/workdir (what it checkpoints copied to
              `saved_<process>_<step>.npz`) and `linear_eval.evaluate` there.
   reference  the same fixed-batch train steps in one process (`steps_0.*`), then restores
@@ -41,7 +41,7 @@ from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import demo
-from simclr_jax import checkpoints, linear_eval, runtime, train
+from simclr_jax import checkpoints, linear_eval, runtime, pretrain, pretrain_step, state as state_lib
 
 # The fixed-batch steps: global batch, steps taken, steps the schedule spans, seed, and
 from simclr_jax.data import input_pipeline
@@ -50,7 +50,7 @@ from simclr_jax.data import input_pipeline
 # grows to 6e-2 in the parameters after 3 steps, even between 1 process x 4 devices and
 # 1 process x 2 devices. At 0.005 they, and the pair and 1 x 4, agree within 3.6e-7.
 GLOBAL_BATCH, NUM_STEPS, SCHEDULE_STEPS, DATA_SEED, LEARNING_RATE = 32, 3, 10, 1234, 0.005
-PRETRAIN_STEPS = 2  # Of the pair's `train.pretrain` run.
+PRETRAIN_STEPS = 2  # Of the pair's `pretrain.pretrain` run.
 NUM_CLASSES = 10  # The digits' (online probe).
 
 
@@ -99,15 +99,15 @@ def fixed_batch_steps(out: str) -> None:
   config.optimizer.warmup_epochs = 0.0
   config.optimizer.base_learning_rate = LEARNING_RATE
   config.optimizer.lr_scaling = "none"
-  mesh = train.create_mesh()
+  mesh = state_lib.create_mesh()
   # Steps per epoch of the 1,347 training digits (only used by warm-up, here none).
-  tx, schedule = train.create_optimizer(config, 1347 // GLOBAL_BATCH, SCHEDULE_STEPS)
-  graphdef = train.model_graphdef(config, NUM_CLASSES)
-  state = train.init_train_state(config, tx, mesh, NUM_CLASSES)
+  tx, schedule = state_lib.create_optimizer(config, 1347 // GLOBAL_BATCH, SCHEDULE_STEPS)
+  graphdef = state_lib.model_graphdef(config, NUM_CLASSES)
+  state = state_lib.init_train_state(config, tx, mesh, NUM_CLASSES)
   initial = flat_arrays({"params": state.params, "batch_stats": state.batch_stats})
-  step_fn = train.compile_train_step(config, graphdef, tx, schedule, mesh)
+  step_fn = pretrain_step.compile_train_step(config, graphdef, tx, schedule, mesh)
 
-  sharding = NamedSharding(mesh, P(train.DATA_AXIS))
+  sharding = NamedSharding(mesh, P(state_lib.DATA_AXIS))
   ranges = [index[0].indices(GLOBAL_BATCH)[:2] for index in
             sharding.addressable_devices_indices_map((GLOBAL_BATCH,)).values()]
   lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
@@ -146,12 +146,12 @@ def capture_saves(out: str) -> None:
 
 def restore_pair_checkpoint(workdir: str, out: str) -> None:
   config = tiny_config(PRETRAIN_STEPS)
-  mesh = train.create_mesh()
-  num_probe_classes = train.probe_classes(config, input_pipeline.create_source(config))
+  mesh = state_lib.create_mesh()
+  num_probe_classes = state_lib.probe_classes(config, input_pipeline.create_source(config))
   with checkpoints.create_manager(checkpoints.checkpoint_dir(workdir),
                                   read_only=True) as manager:
     step, items = checkpoints.restore(
-        manager, {"model": train.init_model(config, mesh, num_probe_classes)}, config)
+        manager, {"model": state_lib.init_model(config, mesh, num_probe_classes)}, config)
   np.savez(os.path.join(out, "restored.npz"), **flat_arrays(items["model"]))
   with open(os.path.join(out, "restored.json"), "w") as f:
     json.dump({"step": step, "device_count": jax.device_count(),
@@ -172,7 +172,7 @@ def main():
     workdir = os.path.join(OUT, "workdir")
     config = tiny_config(PRETRAIN_STEPS)
     capture_saves(OUT)
-    train.pretrain(config, workdir)
+    pretrain.pretrain(config, workdir)
     phase("pretrained")
     linear_eval.evaluate(config, workdir)
   elif MODE == "reference":

@@ -4,30 +4,29 @@ import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
 
 from configs import default as default_config
 from configs import food101_seed
-from simclr_jax import models, optim
+from simclr_jax import optim, state as state_lib
 
 
 def _tiny_model_config(head_batch_norm):
-  config = ml_collections.ConfigDict()
-  config.depth = 18
-  config.width_multiplier = 0.125
-  config.small_image_stem = True
-  config.head_widths = (16, 8)
-  config.head_batch_norm = head_batch_norm
+  config = default_config.get_config()
+  config.model.depth = 18
+  config.model.width_multiplier = 0.125
+  config.model.small_image_stem = True
+  config.simclr.head_widths = (16, 8)
+  config.simclr.head_batch_norm = head_batch_norm
   return config
 
 
 def _abstract_model(head_batch_norm):
   # Structure and shapes only: the optimiser tests fill in their own numbers.
   return nnx.eval_shape(
-      lambda: models.create_model(_tiny_model_config(head_batch_norm), nnx.Rngs(0)))
+      lambda: state_lib.build_model(_tiny_model_config(head_batch_norm), nnx.Rngs(0)))
 
 
 def _expected_mask(model):

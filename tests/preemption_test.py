@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from configs import demo
-from simclr_jax import checkpoints, train
+from simclr_jax import checkpoints, state as state_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 120
@@ -72,8 +72,8 @@ def _run_and_signal(workdir, signum, after_step: int):
 
 def _final_params(workdir):
   config = _config()
-  mesh = train.create_mesh()
-  target = train.init_model(config, mesh, num_probe_classes=10)  # demo: online probe.
+  mesh = state_lib.create_mesh()
+  target = state_lib.init_model(config, mesh, num_probe_classes=10)  # demo: online probe.
   with checkpoints.create_manager(checkpoints.checkpoint_dir(workdir), read_only=True) as m:
     step, items = checkpoints.restore(m, {"model": target}, config)
   return step, jax.device_get(items["model"])

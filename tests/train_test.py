@@ -12,10 +12,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from flax import nnx
 
-from simclr_jax import checkpoints, config_checks, models, train
+from simclr_jax import checkpoints, config_checks, pretrain, pretrain_step, state as state_lib
+from simclr_jax.backbones import resnet
 from simclr_jax.data import input_pipeline, sources
 from tests.conftest import MOCK_EXAMPLES
-from tests.helpers import tiny_food101_config
+from tests.helpers import count_params, tiny_food101_config
 
 
 def test_pretrain_one_step_on_mock_food101(pretrained_workdir):
@@ -24,29 +25,29 @@ def test_pretrain_one_step_on_mock_food101(pretrained_workdir):
   assert jax.device_count() == 8
   assert summary["step"] == 1 and summary["devices"] == 8
   # Logits lie in [-1/tau, 1/tau], so the cross entropy over 2N - 1 candidates is bounded.
-  assert 0 < summary["loss"] <= 2 / config.temperature + np.log(2 * config.batch_size - 1)
+  assert 0 < summary["loss"] <= 2 / config.simclr.temperature + np.log(2 * config.batch_size - 1)
   # Head 32-32-16 with BatchNorm: bias-free linears, BN scale+bias, last BN scale only.
   assert summary["params_head"] == 32 * 32 + 32 * 16 + 2 * 32 + 16
-  assert summary["params_encoder"] == models.count_params(
-      models.ResNet(18, 0.0625, small_image_stem=True, rngs=nnx.Rngs(0)))
+  assert summary["params_encoder"] == count_params(
+      resnet.ResNet(18, 0.0625, small_image_stem=True, rngs=nnx.Rngs(0)))
   assert (pretrained_workdir / "checkpoints" / "1").is_dir()
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(pretrained_workdir))
 
 
 def _restore(config, workdir):
   """(the latest checkpoint's TrainState, the freshly initialised one)."""
-  tx, _ = train.create_optimizer(config, 2, 3)
-  target = train.init_train_state(config, tx, train.create_mesh())
+  tx, _ = state_lib.create_optimizer(config, 2, 3)
+  target = state_lib.init_train_state(config, tx, state_lib.create_mesh())
   with checkpoints.create_manager(checkpoints.checkpoint_dir(workdir)) as manager:
     _, items = checkpoints.restore(manager, target.checkpoint_items(), config)
-  return train.TrainState.from_checkpoint_items(items), target
+  return state_lib.TrainState.from_checkpoint_items(items), target
 
 
 def test_rerun_resumes_from_the_latest_checkpoint(pretrained_workdir, tmp_path):
   workdir = tmp_path / "work"
   shutil.copytree(pretrained_workdir, workdir)
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-    summary = train.pretrain(tiny_food101_config(num_train_steps=2), str(workdir))
+    summary = pretrain.pretrain(tiny_food101_config(num_train_steps=2), str(workdir))
   assert summary["resumed_from_step"] == 1 and summary["step"] == 2
   assert sorted(os.listdir(workdir / "checkpoints")) == ["1", "2"]
   second, initial = _restore(tiny_food101_config(), workdir)
@@ -62,8 +63,8 @@ def test_resumed_run_equals_an_uninterrupted_one(pretrained_workdir, tmp_path):
   resumed, straight = tmp_path / "resumed", tmp_path / "straight"
   shutil.copytree(pretrained_workdir, resumed)
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-    train.pretrain(tiny_food101_config(num_train_steps=3), str(resumed))
-    train.pretrain(tiny_food101_config(num_train_steps=3), str(straight))
+    pretrain.pretrain(tiny_food101_config(num_train_steps=3), str(resumed))
+    pretrain.pretrain(tiny_food101_config(num_train_steps=3), str(straight))
   a, _ = _restore(tiny_food101_config(), resumed)
   b, _ = _restore(tiny_food101_config(), straight)
   assert int(a.step) == int(b.step) == 3
@@ -82,16 +83,16 @@ def test_train_step_on_8_devices_equals_1_device(separately):
   views = rng.integers(0, 256, size=(2, 16, 2, 16, 16, 3), dtype=np.uint8)
 
   def two_steps(mesh):
-    tx, schedule = train.create_optimizer(config, 10, 100)
-    state = train.init_train_state(config, tx, mesh)
+    tx, schedule = state_lib.create_optimizer(config, 10, 100)
+    state = state_lib.init_train_state(config, tx, mesh)
     initial = jax.device_get(state.params)
-    step = train.compile_train_step(config, train.model_graphdef(config), tx, schedule, mesh)
+    step = pretrain_step.compile_train_step(config, state_lib.model_graphdef(config), tx, schedule, mesh)
     for batch in views:
       state, metrics = step(state, {"views": jax.device_put(batch,
                                                             NamedSharding(mesh, P("data")))})
     return initial, jax.device_get(state), jax.device_get(metrics)
 
-  initial, state_8, metrics_8 = two_steps(train.create_mesh())
+  initial, state_8, metrics_8 = two_steps(state_lib.create_mesh())
   mesh_1 = Mesh(np.array(jax.devices()[:1]), ("data",),
                 axis_types=(jax.sharding.AxisType.Auto,))
   _, state_1, metrics_1 = two_steps(mesh_1)
@@ -116,15 +117,16 @@ def test_batch_size_must_divide_across_devices():
 
 @pytest.mark.parametrize("temperature", [0.0, -0.5])
 def test_temperature_must_be_positive(temperature):
-  config = tiny_food101_config(temperature=temperature)
-  with pytest.raises(config_checks.ConfigError, match="temperature must be > 0"):
-    config_checks.check_pretrain_config(config)
+  config = tiny_food101_config()
+  config.simclr.temperature = temperature
+  with pytest.raises(config_checks.ConfigError, match="simclr.temperature must be > 0"):
+    state_lib.check_model_config(config)
 
 
 def test_missing_dataset_is_reported_with_instructions(tmp_path):
   config = tiny_food101_config(data_dir=str(tmp_path))
   with pytest.raises(sources.DatasetNotFoundError, match="tfds build food101"):
-    train.pretrain(config, str(tmp_path / "work"))
+    pretrain.pretrain(config, str(tmp_path / "work"))
 
 
 def test_blow_up_stops_at_its_step_without_applying_or_saving_it(pretrained_workdir,
@@ -139,10 +141,10 @@ def test_blow_up_stops_at_its_step_without_applying_or_saving_it(pretrained_work
   # LARS as the checkpoint was made with (a resume keeps the optimiser).
   config.optimizer.update(base_learning_rate=1e30, lr_scaling="none", warmup_epochs=0.0)
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-    with pytest.raises(train.TrainingDivergedError,
+    with pytest.raises(pretrain.TrainingDivergedError,
                        match=r"Non-finite .* at step [2-7]: its update was not applied.*"
                              r"last good checkpoint is step 1 in .*checkpoints") as error:
-      train.pretrain(config, str(workdir))
+      pretrain.pretrain(config, str(workdir))
   assert "\n" not in str(error.value)
   assert sorted(os.listdir(workdir / "checkpoints")) == ["1"]
   restored, _ = _restore(tiny_food101_config(), workdir)
@@ -154,10 +156,10 @@ def test_a_faulty_step_leaves_the_state_as_it_was():
   config = tiny_food101_config()
   config.optimizer.update(name="sgd", base_learning_rate=1e30, lr_scaling="none",
                           warmup_epochs=0.0)
-  mesh = train.create_mesh()
-  tx, schedule = train.create_optimizer(config, 10, 100)
-  state = train.init_train_state(config, tx, mesh)
-  step = train.compile_train_step(config, train.model_graphdef(config), tx, schedule, mesh)
+  mesh = state_lib.create_mesh()
+  tx, schedule = state_lib.create_optimizer(config, 10, 100)
+  state = state_lib.init_train_state(config, tx, mesh)
+  step = pretrain_step.compile_train_step(config, state_lib.model_graphdef(config), tx, schedule, mesh)
   views = np.random.default_rng(0).integers(0, 256, (16, 2, 16, 16, 3), dtype=np.uint8)
   batch = {"views": jax.device_put(views, NamedSharding(mesh, P("data")))}
   for _ in range(5):
@@ -179,12 +181,12 @@ def test_online_probe_learns_from_labels_but_the_encoder_does_not():
   rng = np.random.default_rng(0)
   batch = {"views": rng.integers(0, 256, size=(16, 2, 16, 16, 3), dtype=np.uint8),
            "label": rng.integers(0, 101, 16).astype(np.int32)}
-  mesh = train.create_mesh()
+  mesh = state_lib.create_mesh()
 
   def one_step(num_probe_classes):
-    tx, schedule = train.create_optimizer(config, 10, 100)
-    state = train.init_train_state(config, tx, mesh, num_probe_classes)
-    step = train.compile_train_step(config, train.model_graphdef(config, num_probe_classes),
+    tx, schedule = state_lib.create_optimizer(config, 10, 100)
+    state = state_lib.init_train_state(config, tx, mesh, num_probe_classes)
+    step = pretrain_step.compile_train_step(config, state_lib.model_graphdef(config, num_probe_classes),
                                     tx, schedule, mesh)
     before = jax.device_get(state.params)
     sharded = jax.device_put(batch, NamedSharding(mesh, P("data")))
@@ -218,9 +220,9 @@ def test_the_step_compiles_once_per_run_across_saves_and_a_resume(tmp_path, monk
   monkeypatch.setattr(pretrain_step, "train_step", counted)
   workdir = tmp_path / "work"
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-    train.pretrain(tiny_food101_config(num_train_steps=4, checkpoint_every_steps=2), str(workdir))
+    pretrain.pretrain(tiny_food101_config(num_train_steps=4, checkpoint_every_steps=2), str(workdir))
     assert len(traces) == 1
-    summary = train.pretrain(tiny_food101_config(num_train_steps=6, checkpoint_every_steps=2),
+    summary = pretrain.pretrain(tiny_food101_config(num_train_steps=6, checkpoint_every_steps=2),
                              str(workdir))
   assert summary["resumed_from_step"] == 4 and len(traces) == 2
   assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4", "6"]

@@ -1,15 +1,17 @@
-"""ResNet trunk and projection head: parameter counts, shapes and BatchNorm behaviour."""
+"""The ResNet backbones and the MLP heads: parameter counts, shapes and BatchNorm behaviour."""
 
 import functools
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
 
-from simclr_jax import models
+from configs import default as default_config
+from simclr_jax import heads, state as state_lib
+from simclr_jax.backbones import resnet
+from tests.helpers import count_params
 
 
 def _abstract(fn):
@@ -18,7 +20,7 @@ def _abstract(fn):
 
 @functools.lru_cache(maxsize=None)
 def _abstract_trunk(depth, width=1.0):
-  return _abstract(lambda: models.ResNet(depth, width, rngs=nnx.Rngs(0)))
+  return _abstract(lambda: resnet.ResNet(depth, width, rngs=nnx.Rngs(0)))
 
 
 # ---------------------------------------------------------------------------------------
@@ -29,40 +31,37 @@ def _abstract_trunk(depth, width=1.0):
 
 
 def test_count_params_works_on_abstract_state():
-  abstract = _abstract(lambda: models.ProjectionHead(8, (4, 2), batch_norm=False,
-                                                     rngs=nnx.Rngs(0)))
-  concrete = models.ProjectionHead(8, (4, 2), batch_norm=False, rngs=nnx.Rngs(0))
-  assert models.count_params(abstract) == models.count_params(concrete) == 8 * 4 + 4 + 4 * 2 + 2
+  abstract = _abstract(lambda: heads.MLP(8, (4, 2), batch_norm=False, rngs=nnx.Rngs(0)))
+  concrete = heads.MLP(8, (4, 2), batch_norm=False, rngs=nnx.Rngs(0))
+  assert count_params(abstract) == count_params(concrete) == 8 * 4 + 4 + 4 * 2 + 2
 
 
 def test_resnet50_trunk_param_count():
   trunk = _abstract_trunk(50)
-  assert models.count_params(trunk) == 23_508_032
+  assert count_params(trunk) == 23_508_032
   assert trunk.num_features == 2048
 
 
 def test_resnet18_trunk_param_count():
   trunk = _abstract_trunk(18)
-  assert models.count_params(trunk) == 11_176_512
+  assert count_params(trunk) == 11_176_512
   assert trunk.num_features == 512
 
 
 def test_seed_head_param_count():
-  head = _abstract(lambda: models.ProjectionHead(2048, (512, 128), batch_norm=False,
-                                                 rngs=nnx.Rngs(0)))
-  assert models.count_params(head) == 1_114_752
-  assert models.count_params(head) == 2048 * 512 + 512 + 512 * 128 + 128
+  head = _abstract(lambda: heads.MLP(2048, (512, 128), batch_norm=False, rngs=nnx.Rngs(0)))
+  assert count_params(head) == 1_114_752
+  assert count_params(head) == 2048 * 512 + 512 + 512 * 128 + 128
 
 
 def test_simclr_v2_head_param_count():
   widths = (2048, 2048, 128)
-  head = _abstract(lambda: models.ProjectionHead(2048, widths, batch_norm=True,
-                                                 rngs=nnx.Rngs(0)))
+  head = _abstract(lambda: heads.MLP(2048, widths, batch_norm=True, rngs=nnx.Rngs(0)))
   dims = (2048, *widths)
   kernels = sum(a * b for a, b in zip(dims[:-1], dims[1:]))    # No linear biases.
   bn_scales = sum(widths)
   bn_biases = sum(widths[:-1])                                 # Last BN has no shift.
-  assert models.count_params(head) == kernels + bn_scales + bn_biases
+  assert count_params(head) == kernels + bn_scales + bn_biases
   state = nnx.state(head, nnx.Param)
   pure = nnx.to_pure_dict(state)
   assert all(set(layer) == {"kernel"} for layer in pure["linears"].values())
@@ -70,11 +69,10 @@ def test_simclr_v2_head_param_count():
 
 
 def test_batch_stats_are_not_counted():
-  head = _abstract(lambda: models.ProjectionHead(16, (8, 4), batch_norm=True,
-                                                 rngs=nnx.Rngs(0)))
+  head = _abstract(lambda: heads.MLP(16, (8, 4), batch_norm=True, rngs=nnx.Rngs(0)))
   stats = sum(x.size for x in jax.tree.leaves(nnx.state(head, nnx.BatchStat)))
   assert stats == 2 * (8 + 4)
-  assert models.count_params(head) == 16 * 8 + 8 * 4 + (8 + 8) + 4
+  assert count_params(head) == 16 * 8 + 8 * 4 + (8 + 8) + 4
 
 
 @pytest.mark.parametrize("depth,width,features", [(50, 2.0, 4096), (50, 0.5, 1024),
@@ -84,19 +82,19 @@ def test_width_multiplier_scales_num_features(depth, width, features):
   assert trunk.num_features == features
   # A wider trunk has about width**2 times as many parameters.
   base = _abstract_trunk(depth)
-  ratio = models.count_params(trunk) / models.count_params(base)
+  ratio = count_params(trunk) / count_params(base)
   assert 0.8 * width**2 < ratio < 1.2 * width**2
 
 
 @pytest.mark.parametrize("depth", (0, 20, 49, 200))
 def test_invalid_depth_raises(depth):
   with pytest.raises(ValueError):
-    models.ResNet(depth, rngs=nnx.Rngs(0))
+    resnet.ResNet(depth, rngs=nnx.Rngs(0))
 
 
 def test_empty_head_widths_raises():
   with pytest.raises(ValueError):
-    models.ProjectionHead(8, (), batch_norm=False, rngs=nnx.Rngs(0))
+    heads.MLP(8, (), batch_norm=False, rngs=nnx.Rngs(0))
 
 
 # ---------------------------------------------------------------------------------------
@@ -105,12 +103,13 @@ def test_empty_head_widths_raises():
 
 
 def _tiny_config(small_image_stem, head_widths=(32, 16), head_batch_norm=True):
-  config = ml_collections.ConfigDict()
-  config.depth = 18
-  config.width_multiplier = 0.125
-  config.small_image_stem = small_image_stem
-  config.head_widths = head_widths
-  config.head_batch_norm = head_batch_norm
+  config = default_config.get_config()
+  config.compute_dtype = "float32"
+  config.model.depth = 18
+  config.model.width_multiplier = 0.125
+  config.model.small_image_stem = small_image_stem
+  config.simclr.head_widths = head_widths
+  config.simclr.head_batch_norm = head_batch_norm
   return config
 
 
@@ -128,13 +127,15 @@ BATCH = 4
 def tiny_models():
   built = {}
   for name, (small, _, widths, bn) in TINY.items():
-    built[name] = models.create_model(_tiny_config(small, widths, bn), nnx.Rngs(0))
+    built[name] = state_lib.build_model(_tiny_config(small, widths, bn), nnx.Rngs(0))
   return built
 
 
 @functools.partial(nnx.jit, static_argnames="train")
 def _forward(model, images, train):
-  return model(images, train=train)
+  """SimCLR's model: (features, embeddings)."""
+  features = model.encoder(images, train=train)
+  return features, model.head(features, train=train)
 
 
 def _images(batch, size, seed=0):
@@ -226,3 +227,51 @@ def test_train_mode_updates_running_stats_with_momentum_0_9(tiny_models):
   for path, value in jax.tree_util.tree_leaves_with_path(_batch_stats(model)):
     init = 0.0 if path[-1].key == "mean" else 1.0
     assert not np.allclose(value, init), path
+
+
+# ---------------------------------------------------------------------------------------
+# The other methods' heads and the zero-initialised residual option.
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("last_norm,last_keys,last_bias", [
+    ("scale", {"scale"}, False),            # SimCLR v2.
+    ("standardize", None, False),           # MoCo v3: BatchNorm1d(affine=False).
+    ("none", None, True),                   # BYOL, VICReg: a plain last linear layer.
+])
+def test_mlp_last_layer_variants(last_norm, last_keys, last_bias):
+  head = heads.MLP(6, (5, 3), batch_norm=True, rngs=nnx.Rngs(0), last_norm=last_norm)
+  pure = nnx.to_pure_dict(nnx.state(head, nnx.Param))
+  assert set(pure["linears"][1]) == ({"kernel", "bias"} if last_bias else {"kernel"})
+  assert set(pure["linears"][0]) == {"kernel"}  # BatchNorm follows: no bias.
+  norms = pure.get("norms", {})
+  assert set(norms[0]) == {"scale", "bias"}
+  if last_keys is None:
+    assert 1 not in norms
+  else:
+    assert set(norms[1]) == last_keys
+  x = jax.random.normal(jax.random.key(0), (64, 6))
+  y = np.asarray(head(x, train=True), np.float64)
+  if last_norm == "standardize":  # Zero mean and unit variance per feature over the batch.
+    np.testing.assert_allclose(y.mean(0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(y.std(0), 1.0, atol=1e-3)
+  has_last_stats = 1 in nnx.to_pure_dict(nnx.state(head, nnx.BatchStat))["norms"]
+  assert has_last_stats == (last_norm != "none")
+
+
+@pytest.mark.parametrize("depth,last", [(18, "bn2"), (50, "bn3")])
+def test_zero_init_residual_zeroes_each_blocks_last_batchnorm_scale(depth, last):
+  model = resnet.ResNet(depth, 0.0625, small_image_stem=True, zero_init_residual=True,
+                        rngs=nnx.Rngs(0))
+  default = resnet.ResNet(depth, 0.0625, small_image_stem=True, rngs=nnx.Rngs(0))
+  for block, plain in zip(model.blocks, default.blocks):
+    np.testing.assert_array_equal(np.asarray(getattr(block, last).scale.value), 0.0)
+    np.testing.assert_array_equal(np.asarray(getattr(plain, last).scale.value), 1.0)
+    np.testing.assert_array_equal(np.asarray(block.bn1.scale.value), 1.0)
+  # Each residual branch then adds nothing: a block is relu(x + shortcut(x)).
+  x = jax.random.uniform(jax.random.key(1), (2, 8, 8, 3))
+  h = nnx.relu(model.stem_bn(model.stem_conv(x), use_running_average=True))
+  block = model.blocks[0]
+  residual = h if block.shortcut is None else block.shortcut(h, False)
+  np.testing.assert_allclose(np.asarray(block(h, False)), np.asarray(nnx.relu(residual)),
+                             atol=1e-6)
