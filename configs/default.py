@@ -35,10 +35,26 @@ def get_config() -> ml_collections.ConfigDict:
   config.augment.crop_ratio_range = (3 / 4, 4 / 3)
   config.augment.flip_probability = 0.5
   config.augment.color_jitter_strength = 1.0
+  # Explicit ColorJitter (brightness, contrast, saturation, hue); set, it replaces the
+  # strength's (BYOL's: (0.4, 0.4, 0.2, 0.1)).
+  config.augment.color_jitter = ml_collections.config_dict.placeholder(tuple)
   config.augment.color_jitter_probability = 0.8
   config.augment.grayscale_probability = 0.2
   config.augment.blur_probability = 0.5
   config.augment.blur_sigma_range = (0.1, 2.0)
+  config.augment.solarize_probability = 0.0  # BYOL's solarize (threshold 0.5), after blur.
+  # Per-view settings (BYOL's asymmetric views: configs/augment_presets.py): a field set in
+  # view1 or view2 overrides the shared field above for that view; None: the shared value.
+  for view in ("view1", "view2"):
+    config.augment[view] = ml_collections.ConfigDict({
+        "flip_probability": ml_collections.config_dict.placeholder(float),
+        "color_jitter_strength": ml_collections.config_dict.placeholder(float),
+        "color_jitter": ml_collections.config_dict.placeholder(tuple),
+        "color_jitter_probability": ml_collections.config_dict.placeholder(float),
+        "grayscale_probability": ml_collections.config_dict.placeholder(float),
+        "blur_probability": ml_collections.config_dict.placeholder(float),
+        "blur_sigma_range": ml_collections.config_dict.placeholder(tuple),
+        "solarize_probability": ml_collections.config_dict.placeholder(float)})
   config.augment.normalize = True  # ImageNet mean/std, on the device (models.image_input).
   # Antialiased bilinear resize, as PIL and so torchvision's RandomResizedCrop do. False:
   # plain bilinear, as big_vision and TF SimCLR do (no antialiasing); about 1.1-1.2x the

@@ -9,14 +9,16 @@ import colorsys
 import hashlib
 import math
 import os
+import re
 
+import ml_collections
 import numpy as np
 import pytest
 import scipy.ndimage
 import scipy.stats
 import tensorflow as tf
 
-from configs import cifar10, demo, food101, food101_seed
+from configs import augment_presets, cifar10, default, demo, food101, food101_seed
 from simclr_jax.data import augmentations as aug_lib
 from simclr_jax.data import input_pipeline
 from tests.helpers import ArraySource
@@ -225,13 +227,27 @@ DRAW_SPECS = {"flip": tf.TensorSpec([], tf.bool), "jitter": tf.TensorSpec([], tf
               "jitter_factors": tf.TensorSpec([4], tf.float32),
               "jitter_order": tf.TensorSpec([4], tf.int32),
               "grayscale": tf.TensorSpec([], tf.bool), "blur": tf.TensorSpec([], tf.bool),
-              "blur_sigma": tf.TensorSpec([], tf.float32)}
+              "blur_sigma": tf.TensorSpec([], tf.float32),
+              "solarize": tf.TensorSpec([], tf.bool)}
+
+
+def _view1(aug):
+  return aug_lib.view_settings(aug)[0]
 
 
 def _draws(n, aug, salt=0):
-  """photometric_draws for n fixed seeds, as NumPy arrays keyed as DRAW_SPECS."""
-  return _over_seeds(lambda s: aug_lib.photometric_draws(aug_lib.split_seed(s, 5), aug), n,
-                     DRAW_SPECS, salt)
+  """photometric_draws (view 1's settings) for n fixed seeds, as NumPy arrays keyed as
+  DRAW_SPECS."""
+  return _over_seeds(lambda s: aug_lib.photometric_draws(aug_lib.split_seed(s, 6),
+                                                         _view1(aug)),
+                     n, DRAW_SPECS, salt)
+
+
+def _pair_draws(n, aug, salt=0):
+  """simclr_draws of both views for n fixed seed pairs (split as the pipeline splits an
+  element's seed): [view 1's, view 2's] NumPy arrays keyed as DRAW_SPECS."""
+  return _over_seeds(lambda s: aug_lib.simclr_draws(aug_lib.split_seed(s, 2), aug), n,
+                     [DRAW_SPECS, DRAW_SPECS], salt)
 
 
 def _rate_ok(flags, probability):
@@ -251,6 +267,189 @@ def test_draws_apply_each_op_at_its_rate_independently():
   # A probability of 0 or 1 is never or always.
   fixed = _draws(200, _seed_aug(flip_probability=0.0, blur_probability=1.0), salt=1)
   assert not fixed["flip"].any() and fixed["blur"].all()
+  assert not draws["solarize"].any()  # Off unless set (SimCLR's configs).
+
+
+def test_solarize_is_drawn_at_its_rate_independently():
+  n = 4000
+  draws = _draws(n, _seed_aug(solarize_probability=0.2), salt=2)
+  assert _rate_ok(draws["solarize"], 0.2)
+  # Its own seed: joint rates with the other ops are products.
+  assert _rate_ok(draws["solarize"] & draws["blur"], 0.2)  # The seed config blurs always.
+  assert _rate_ok(draws["solarize"] & draws["grayscale"], 0.04)
+  assert _rate_ok(draws["solarize"] & draws["jitter"], 0.16)
+  assert _rate_ok(draws["solarize"] & draws["flip"], 0.1)
+  # Setting it leaves the other draws as they were, seed for seed.
+  without = _draws(n, _seed_aug(), salt=2)
+  for name in DRAW_SPECS:
+    if name != "solarize":
+      np.testing.assert_array_equal(draws[name], without[name], err_msg=name)
+  fixed = _draws(200, _seed_aug(solarize_probability=1.0), salt=3)
+  assert fixed["solarize"].all()
+
+
+def test_solarize_matches_numpy_at_and_around_the_threshold():
+  """BYOL's solarize, where(x < 0.5, x, 1 - x) on [0, 1] values: 0.5 itself is inverted,
+  the float32 just below it is not."""
+  below = np.nextafter(np.float32(0.5), np.float32(0))
+  above = np.nextafter(np.float32(0.5), np.float32(1))
+  x = np.concatenate([[0.0, below, 0.5, above, 1.0],
+                      _rng_image((3 * 4 * 5 - 5,), seed=12)]).astype(np.float32)
+  x = x.reshape(3, 4, 5)  # Channels first, as the chain's.
+  expected = np.where(x < 0.5, x, 1 - x)
+  out = aug_lib.solarize(x).numpy()
+  np.testing.assert_array_equal(out, expected)
+  assert out.flat[1] == below and out.flat[2] == 0.5 and out.flat[3] == np.float32(1) - above
+  assert out.flat[0] == 0 and out.flat[4] == 0
+  # On uint8 values k / 255: k >= 128 becomes 255 - k (torchvision's RandomSolarize(128)).
+  k = np.arange(256)
+  levels = tf.constant((k / 255).astype(np.float32))
+  np.testing.assert_array_equal(aug_lib.to_uint8(aug_lib.solarize(levels)),
+                                np.where(k >= 128, 255 - k, k))
+
+
+# ----------------------------------------------------------------------------------------
+# Per-view settings (BYOL's asymmetric views).
+
+
+def _byol_aug(**overrides):
+  aug = augment_presets.use_byol_augmentations(_seed_aug())
+  aug.update(overrides)
+  return aug
+
+
+def test_view_settings_are_the_shared_fields_unless_a_view_sets_them():
+  for module in (default, food101, food101_seed, demo, cifar10):
+    aug = module.get_config().augment
+    first, second = aug_lib.view_settings(aug)
+    assert first == second, module.__name__
+    s = aug.color_jitter_strength
+    assert first.color_jitter == (0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)
+    assert first.solarize_probability == 0.0
+    assert (first.flip_probability, first.blur_probability) == (aug.flip_probability,
+                                                                aug.blur_probability)
+  aug = _seed_aug(color_jitter_strength=1.0, blur_probability=0.5)
+  aug.lock()  # As main.py's flags; ints and tuples go into the typed placeholders.
+  aug.view2.blur_probability = 1
+  aug.view2.color_jitter = (0.4, 0.4, 0.2, 0.1)
+  aug.view1.color_jitter_strength = 0.25
+  first, second = aug_lib.view_settings(aug)
+  assert first.blur_probability == 0.5 and second.blur_probability == 1.0
+  assert first.color_jitter == (0.2, 0.2, 0.2, 0.05)  # The view's strength.
+  assert second.color_jitter == (0.4, 0.4, 0.2, 0.1)  # The view's explicit jitter.
+  aug.color_jitter = (0.1, 0.2, 0.3, 0.4)  # Shared explicit jitter: over the shared s,
+  aug.view1.color_jitter_strength = None  # not over a view's own settings.
+  assert aug_lib.view_settings(aug)[0].color_jitter == (0.1, 0.2, 0.3, 0.4)
+  assert aug_lib.view_settings(aug)[1].color_jitter == (0.4, 0.4, 0.2, 0.1)
+  # A config from before per-view settings: both views shared, no solarize.
+  old = _seed_aug().to_dict()
+  for name in ("view1", "view2", "solarize_probability", "color_jitter"):
+    del old[name]
+  first, second = aug_lib.view_settings(ml_collections.ConfigDict(old))
+  assert first == second == aug_lib.view_settings(_seed_aug())[0]
+
+
+def test_byol_preset_sets_the_asymmetric_recipe():
+  first, second = aug_lib.view_settings(_byol_aug())
+  for view in (first, second):
+    assert view.flip_probability == 0.5
+    assert view.color_jitter == (0.4, 0.4, 0.2, 0.1)
+    assert view.color_jitter_probability == 0.8 and view.grayscale_probability == 0.2
+    assert view.blur_sigma_range == (0.1, 2.0)
+  assert (first.blur_probability, second.blur_probability) == (1.0, 0.1)
+  assert (first.solarize_probability, second.solarize_probability) == (0.0, 0.2)
+  aug_lib.check_augment_config(_byol_aug())
+
+
+def test_per_view_probabilities_are_drawn_at_each_views_rates():
+  """BYOL's views: blur p 1.0 / 0.1 and solarize p 0 / 0.2, the rest shared."""
+  n = 4000
+  first, second = _pair_draws(n, _byol_aug())
+  assert first["blur"].all() and not first["solarize"].any()  # View 1: always, never.
+  assert _rate_ok(second["blur"], 0.1) and _rate_ok(second["solarize"], 0.2)
+  for draws in (first, second):
+    for name, probability in [("flip", 0.5), ("jitter", 0.8), ("grayscale", 0.2)]:
+      assert _rate_ok(draws[name], probability), name
+    # ColorJitter(0.4, 0.4, 0.2, 0.1): saturation in [0.8, 1.2].
+    for index, (low, high) in enumerate([(0.6, 1.4), (0.6, 1.4), (0.8, 1.2), (-0.1, 0.1)]):
+      f = draws["jitter_factors"][:, index]
+      assert f.min() >= low - 1e-6 and f.max() <= high + 1e-6
+      assert scipy.stats.kstest(f, "uniform", args=(low, high - low)).statistic < 0.04
+  # The views draw independently: joint rates are products.
+  assert _rate_ok(second["solarize"] & first["grayscale"], 0.04)
+  assert _rate_ok(second["blur"] & second["solarize"], 0.02)
+  assert _rate_ok(first["flip"] & second["flip"], 0.25)
+
+
+def test_simclr_views_solarize_only_the_second_byol_view():
+  """End to end: on a constant image with jitter and grayscale off, a view is 200
+  everywhere, or 55 (= 255 - 200) when solarized: never view 1, view 2 at p 0.2."""
+  image = np.full((40, 40, 3), 200, np.uint8)
+  aug = _byol_aug(image_size=16, color_jitter_probability=0.0, grayscale_probability=0.0)
+  n = 1000
+  views = _over_seeds(lambda s: aug_lib.simclr_views(image, aug_lib.split_seed(s, 2), aug),
+                      n, tf.TensorSpec([2, 16, 16, 3], tf.uint8))
+  solarized = (views == 55).all(axis=(2, 3, 4))
+  assert (solarized | (views == 200).all(axis=(2, 3, 4))).all()
+  assert not solarized[:, 0].any()
+  assert _rate_ok(solarized[:, 1], 0.2)
+
+
+def test_explicit_color_jitter_equals_the_strengths_bit_for_bit():
+  """color_jitter = (0.4, 0.4, 0.4, 0.1) is strength 0.5 (the seed's), shared or per view:
+  the same draws and views, bit for bit."""
+  image = (_rng_image((48, 64, 3), seed=13) * 255).astype(np.uint8)
+  seeds = aug_lib.split_seed(tf.constant([4, 5], tf.int64), 16)
+  strength = _seed_aug(color_jitter_strength=0.5)
+  explicit = _seed_aug(color_jitter_strength=1.0, color_jitter=(0.4, 0.4, 0.4, 0.1))
+  per_view = _seed_aug(color_jitter_strength=1.0)
+  per_view.view1.color_jitter = (0.4, 0.4, 0.4, 0.1)
+  per_view.view2.color_jitter_strength = 0.5
+  reference = [aug_lib.simclr_views(image, pair, strength).numpy()
+               for pair in tf.split(seeds, 8)]
+  for aug in (explicit, per_view):
+    assert aug_lib.view_settings(aug) == aug_lib.view_settings(strength)
+    for pair, expected in zip(tf.split(seeds, 8), reference):
+      np.testing.assert_array_equal(aug_lib.simclr_views(image, pair, aug), expected)
+  jittered = [d["jitter"].numpy() for pair in tf.split(seeds, 8)
+              for d in aug_lib.simclr_draws(pair, strength)]
+  assert any(jittered)  # The jitter ran.
+  # The strength's jitter (s = 1: (0.8, 0.8, 0.8, 0.2)) is another.
+  assert aug_lib.view_settings(per_view)[0] != aug_lib.view_settings(_seed_aug(
+      color_jitter_strength=1.0))[0]
+
+
+def _set_field(aug, dotted, value):
+  *blocks, name = dotted.split(".")
+  for block in blocks:
+    aug = aug[block]
+  aug[name] = value
+
+
+@pytest.mark.parametrize("field,value", [
+    ("flip_probability", -0.1), ("grayscale_probability", 1.2),
+    ("solarize_probability", 1.5), ("color_jitter_strength", -0.5),
+    ("color_jitter", (0.4, 0.4, 0.2)), ("color_jitter", (0.4, -0.4, 0.2, 0.1)),
+    ("color_jitter", (0.4, 0.4, 0.2, 0.6)), ("blur_sigma_range", (2.0, 0.1)),
+    ("view2.blur_probability", 1.5), ("view1.solarize_probability", -0.2),
+    ("view1.color_jitter", (1.0, 2.0, 3.0)), ("view2.color_jitter_strength", -1.0),
+    ("view2.blur_sigma_range", (0.0, 2.0)), ("view1.color_jitter_probability", 2.0)])
+def test_check_augment_config_rejects_bad_values_naming_the_field(field, value):
+  aug = _byol_aug()
+  _set_field(aug, field, value)
+  with pytest.raises(ValueError, match=re.escape(f"augment.{field} must ")) as error:
+    aug_lib.check_augment_config(aug)
+  assert "\n" not in str(error.value)
+
+
+def test_check_augment_config_accepts_the_configs_and_rejects_unknown_view_fields():
+  for module in (default, food101, food101_seed, demo, cifar10):
+    aug_lib.check_augment_config(module.get_config().augment)
+  aug_lib.check_augment_config(_byol_aug())
+  aug = _seed_aug()
+  aug.view1.blur_prob = 0.5  # A typo would otherwise be ignored.
+  with pytest.raises(ValueError, match=re.escape("augment.view1.blur_prob is not a per-view")):
+    aug_lib.check_augment_config(aug)
 
 
 def test_flip_left_right_reverses_the_width_axis():
@@ -444,8 +643,8 @@ def test_materialize_leaves_the_compiled_photometric_ops_bit_identical(monkeypat
   compiled views are equal, bit for bit, to those compiled without them."""
   aug = _seed_aug(image_size=size)
   view_fn = aug_lib._photometric_view.python_function  # pylint: disable=protected-access
-  seeds = [aug_lib.split_seed(tf.constant([9, i], tf.int64), 5) for i in range(12)]
-  draws = [aug_lib.photometric_draws(s, aug) for s in seeds]
+  seeds = [aug_lib.split_seed(tf.constant([9, i], tf.int64), 6) for i in range(12)]
+  draws = [aug_lib.photometric_draws(s, _view1(aug)) for s in seeds]
   views = [tf.constant(_rng_image((size, size, 3), seed=i) * 255.0) for i in range(3)]
   kernel = aug_lib.blur_kernel_size(size)
 
@@ -515,10 +714,11 @@ def test_simclr_views_seed_config():
 def test_photometric_view_is_the_ops_in_order_then_rounded_to_uint8():
   """The compiled chain equals the ops composed one by one, with the same draws."""
   view = _rng_image((12, 14, 3), seed=11)
-  aug = _seed_aug()
+  aug = _seed_aug(solarize_probability=0.5)
+  solarized = []
   for salt in range(8):
-    draws = aug_lib.photometric_draws(aug_lib.split_seed(tf.constant([3, salt], tf.int64), 5),
-                                      aug)
+    draws = aug_lib.photometric_draws(aug_lib.split_seed(tf.constant([3, salt], tf.int64), 6),
+                                      _view1(aug))
     out = aug_lib._photometric_view(view * 255, draws, 5)  # pylint: disable=protected-access
     image = np.transpose(view, (2, 0, 1))
     if draws["flip"]:
@@ -529,9 +729,13 @@ def test_photometric_view_is_the_ops_in_order_then_rounded_to_uint8():
       image = aug_lib.grayscale(image)
     if draws["blur"]:
       image = aug_lib.gaussian_blur(image, draws["blur_sigma"], 5)
+    if draws["solarize"]:
+      image = np.where(np.asarray(image) < 0.5, image, 1 - np.asarray(image))
+    solarized.append(bool(draws["solarize"]))
     expected = np.transpose(np.asarray(image), (1, 2, 0)) * 255
     assert out.dtype == tf.uint8 and out.shape == (12, 14, 3)
     assert np.abs(out.numpy() - expected).max() <= 0.5 + 1e-3  # Rounded, not truncated.
+  assert any(solarized) and not all(solarized)  # Both branches ran.
 
 
 def test_eval_view_resizes_shorter_side_and_centre_crops():

@@ -1,4 +1,4 @@
-"""SimCLR augmentations as small, stateless tf.image functions.
+"""SimCLR (and BYOL) augmentations as small, stateless tf.image functions.
 
 Every random choice comes from an explicit `seed` tensor of shape (2,) (stateless ops), so
 an element's views depend only on (config.seed, its position in the stream): the stream is
@@ -7,8 +7,12 @@ reproducible and resumable. Semantics follow torchvision, which the seed used:
   RandomResizedCrop(size, scale, ratio) -> RandomHorizontalFlip(p)
   -> RandomApply([ColorJitter(b, c, s, h)], p)  (the four ops in random order)
   -> RandomGrayscale(p) -> GaussianBlur(kernel, sigma in [0.1, 2.0]) (applied with p)
+  -> RandomSolarize(threshold 0.5 of [0, 1], p)  (BYOL's; p = 0, off, for SimCLR)
   -> uint8 (as the seed's PIL images; ToTensor and Normalize run on the accelerator,
      `models.image_input`)
+
+The two views may differ in their photometric settings (BYOL's asymmetric views):
+`config.augment.view1` and `view2` override the shared fields (`view_settings`).
 
 The views of an image share one decode (`decode_for_crops`: for JPEGs, a crop-decode of
 the bounding window of their crops). The uint8 crop is resized to float32 pixel values in
@@ -19,6 +23,7 @@ quarter of float32's bytes to batch, prefetch and send to the devices.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Sequence
 
@@ -37,6 +42,117 @@ def blur_kernel_size(image_size: int) -> int:
 def split_seed(seed, num: int) -> tf.Tensor:
   """(2,) seed -> (num, 2) independent seeds."""
   return tf.random.experimental.stateless_split(seed, num)
+
+
+# ----------------------------------------------------------------------------------------
+# Settings: the shared `config.augment` fields, overridden per view.
+
+# The fields `config.augment.view1` and `view2` may set (None: the shared field's value).
+PER_VIEW_FIELDS = ("flip_probability", "color_jitter_strength", "color_jitter",
+                   "color_jitter_probability", "grayscale_probability", "blur_probability",
+                   "blur_sigma_range", "solarize_probability")
+PROBABILITY_FIELDS = ("flip_probability", "color_jitter_probability",
+                      "grayscale_probability", "blur_probability", "solarize_probability")
+
+
+@dataclasses.dataclass(frozen=True)
+class ViewAugment:
+  """The photometric settings of one view, resolved (`view_settings`).
+
+  color_jitter: ColorJitter's (brightness, contrast, saturation, hue).
+  """
+  flip_probability: float
+  color_jitter: tuple[float, float, float, float]
+  color_jitter_probability: float
+  grayscale_probability: float
+  blur_probability: float
+  blur_sigma_range: tuple[float, float]
+  solarize_probability: float
+
+
+def strength_jitter(strength: float) -> tuple[float, float, float, float]:
+  """SimCLR's colour strength s -> ColorJitter (0.8s, 0.8s, 0.8s, 0.2s)."""
+  return (0.8 * strength, 0.8 * strength, 0.8 * strength, 0.2 * strength)
+
+
+def _view_settings(aug, overrides) -> ViewAugment:
+  """`aug`'s shared fields with the non-None fields of `overrides` (a view block) in their
+  place. Colour jitter: the view's explicit color_jitter, else its color_jitter_strength,
+  else the shared color_jitter, else the shared strength (the most specific set wins)."""
+  overrides = overrides if overrides is not None else {}
+
+  def pick(name, default=None):
+    value = overrides.get(name)
+    return aug.get(name, default) if value is None else value
+
+  def jitter_of(block):
+    if block.get("color_jitter") is not None:
+      return tuple(float(x) for x in block["color_jitter"])
+    if block.get("color_jitter_strength") is not None:
+      return strength_jitter(block["color_jitter_strength"])
+    return None
+
+  return ViewAugment(
+      flip_probability=pick("flip_probability"),
+      color_jitter=jitter_of(overrides) or jitter_of(aug),
+      color_jitter_probability=pick("color_jitter_probability"),
+      grayscale_probability=pick("grayscale_probability"),
+      blur_probability=pick("blur_probability"),
+      blur_sigma_range=tuple(pick("blur_sigma_range")),
+      solarize_probability=pick("solarize_probability", 0.0))
+
+
+def view_settings(aug) -> tuple[ViewAugment, ViewAugment]:
+  """`config.augment` -> the settings of view 1 and view 2: the shared fields, overridden
+  by the set (non-None) fields of `aug.view1` and `aug.view2`. A config without these
+  blocks (or without solarize_probability or color_jitter) gives both views the shared
+  settings (solarize off)."""
+  return (_view_settings(aug, aug.get("view1")), _view_settings(aug, aug.get("view2")))
+
+
+def check_augment_config(aug) -> None:
+  """Raises ValueError (a one-line message naming the field) for an invalid setting of the
+  photometric fields of `config.augment`, shared or per view (`PER_VIEW_FIELDS`):
+  probabilities in [0, 1], colour strength >= 0, color_jitter four numbers >= 0 with the
+  hue <= 0.5 (torchvision's ColorJitter's limit), blur_sigma_range 0 < low <= high."""
+  def check(prefix, block, name):
+    value = block.get(name)
+    field = f"augment.{prefix}{name}"
+    if value is None:
+      if prefix or name == "color_jitter":  # Unset: the shared value (or the strength).
+        return
+      raise ValueError(f"{field} must be set, got None.")
+    if name in PROBABILITY_FIELDS:
+      if not 0 <= value <= 1:
+        raise ValueError(f"{field} must be in [0, 1], got {value}.")
+    elif name == "color_jitter_strength":
+      if not value >= 0:
+        raise ValueError(f"{field} must be >= 0, got {value}.")
+    elif name == "color_jitter":
+      if len(value) != 4 or not all(x >= 0 for x in value) or not value[3] <= 0.5:
+        raise ValueError(f"{field} must be (brightness, contrast, saturation, hue), each >= 0 "
+                         f"and hue <= 0.5, got {value}.")
+    elif name == "blur_sigma_range":
+      if len(value) != 2 or not 0 < value[0] <= value[1]:
+        raise ValueError(f"{field} must be (low, high) with 0 < low <= high, got {value}.")
+
+  for name in PER_VIEW_FIELDS:
+    if name != "solarize_probability" or name in aug:
+      check("", aug, name)
+  for view in ("view1", "view2"):
+    block = aug.get(view)
+    if block is None:
+      continue
+    unknown = sorted(set(block.keys()) - set(PER_VIEW_FIELDS))
+    if unknown:
+      raise ValueError(f"augment.{view}.{unknown[0]} is not a per-view setting; those are "
+                       f"{', '.join(PER_VIEW_FIELDS)}.")
+    for name in PER_VIEW_FIELDS:
+      check(f"{view}.", block, name)
+
+
+# ----------------------------------------------------------------------------------------
+# Random draws and the crop.
 
 
 def _uniform(seed, minval, maxval, shape=()):
@@ -408,27 +524,35 @@ def blur_draws(seed, probability: float, sigma_range=(0.1, 2.0)):
   return _coin(seeds[0], probability), _uniform(seeds[1], sigma_range[0], sigma_range[1])
 
 
+def solarize(image, threshold: float = 0.5):
+  """Inverts the pixel values >= `threshold` (x -> 1 - x) of an image in [0, 1]: BYOL's
+  `solarize`, where(x < 0.5, x, 1 - x). On values k / 255 of uint8 pixels it inverts
+  k >= 128 (k -> 255 - k), as torchvision's RandomSolarize(threshold=128) does."""
+  return tf.where(image < threshold, image, 1.0 - image)
+
+
 def to_uint8(image):
   """[0, 1] floats -> uint8, rounded (as torchvision's PIL images are between its ops)."""
   return tf.cast(tf.round(tf.clip_by_value(image, 0.0, 1.0) * 255.0), tf.uint8)
 
 
-def photometric_draws(seeds, aug) -> dict[str, tf.Tensor]:
-  """Every random choice of the photometric ops of one view, from `seeds` (5, 2): flip,
-  whether to jitter, the jitter's factors and order, grayscale, blur and its sigma.
+def photometric_draws(seeds, view: ViewAugment) -> dict[str, tf.Tensor]:
+  """Every random choice of the photometric ops of one view with settings `view` (one of
+  `view_settings`), from `seeds` (6, 2): flip, whether to jitter, the jitter's factors and
+  order, grayscale, blur and its sigma, solarize.
 
   Drawn outside `_photometric_view` because XLA's random number generators differ from
   TensorFlow's kernels: this way the compiled ops use the draws whose distributions
   tests/augmentations_test.py checks.
   """
-  s = aug.color_jitter_strength
-  factors, order = jitter_draws(seeds[2], 0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)
-  blur, sigma = blur_draws(seeds[4], aug.blur_probability, aug.blur_sigma_range)
-  return {"flip": _coin(seeds[0], aug.flip_probability),
-          "jitter": _coin(seeds[1], aug.color_jitter_probability),
+  factors, order = jitter_draws(seeds[2], *view.color_jitter)
+  blur, sigma = blur_draws(seeds[4], view.blur_probability, view.blur_sigma_range)
+  return {"flip": _coin(seeds[0], view.flip_probability),
+          "jitter": _coin(seeds[1], view.color_jitter_probability),
           "jitter_factors": factors, "jitter_order": order,
-          "grayscale": _coin(seeds[3], aug.grayscale_probability),
-          "blur": blur, "blur_sigma": sigma}
+          "grayscale": _coin(seeds[3], view.grayscale_probability),
+          "blur": blur, "blur_sigma": sigma,
+          "solarize": _coin(seeds[5], view.solarize_probability)}
 
 
 def _flip_only_draws(flip) -> dict[str, tf.Tensor]:
@@ -436,13 +560,13 @@ def _flip_only_draws(flip) -> dict[str, tf.Tensor]:
   false = tf.constant(False)
   return {"flip": flip, "jitter": false, "jitter_factors": tf.constant([1.0, 1.0, 1.0, 0.0]),
           "jitter_order": tf.range(4), "grayscale": false, "blur": false,
-          "blur_sigma": tf.constant(1.0)}
+          "blur_sigma": tf.constant(1.0), "solarize": false}
 
 
 @tf.function(jit_compile=True)
 def _photometric_view(view, draws: dict[str, tf.Tensor], blur_kernel: int):
-  """Flip, colour jitter, grayscale and blur of one (S, S, 3) view of float32 pixel values
-  in [0, 255], as `draws` (`photometric_draws`) says, -> (S, S, 3) uint8. One XLA
+  """Flip, colour jitter, grayscale, blur and solarize of one (S, S, 3) view of float32
+  pixel values in [0, 255], as `draws` (`photometric_draws`) says, -> (S, S, 3) uint8. One XLA
   computation: several times faster on the CPU than the same ops run one by one. One
   compile per view size and `blur_kernel`."""
   image = to_channels_first(view) * (1.0 / 255.0)
@@ -452,27 +576,45 @@ def _photometric_view(view, draws: dict[str, tf.Tensor], blur_kernel: int):
   image = tf.where(draws["grayscale"], grayscale(image), image)
   image = _apply_if(draws["blur"], lambda x: gaussian_blur(x, draws["blur_sigma"],
                                                            blur_kernel), image)
+  image = tf.where(draws["solarize"], solarize(image), image)
   return to_uint8(to_channels_last(image))
 
 
+def _view_seeds(seed) -> tf.Tensor:
+  """A view's (2,) seed -> (7, 2): its crop's, then `photometric_draws`' six. The first six
+  are those of split_seed(seed, 6), which SimCLR's views used before solarize existed
+  (stateless_split draws its seeds in order): the seventh leaves their views as they were
+  (tests/augmentations_test.py pins them)."""
+  return split_seed(seed, 7)
+
+
+def simclr_draws(seeds, aug) -> list[dict[str, tf.Tensor]]:
+  """The photometric draws of the views `simclr_views` makes with `seeds` (n, 2): view i
+  has the settings of view (i mod 2) + 1 (`view_settings`)."""
+  settings = view_settings(aug)
+  return [photometric_draws(_view_seeds(seed)[1:], settings[i % 2])
+          for i, seed in enumerate(tf.unstack(seeds))]
+
+
 def simclr_views(image, seeds, aug) -> tf.Tensor:
-  """SimCLR views of one image, one per seed, from one decode of it.
+  """SimCLR (or BYOL) views of one image, one per seed, from one decode of it.
 
   Args:
     image: (H, W, 3) uint8, or its encoded bytes (JPEG: decoded fused with the crops).
-    seeds: (n, 2) int seeds, one per view; a view depends only on its own seed.
+    seeds: (n, 2) int seeds, one per view; a view depends only on its own seed and its
+      settings: view i has those of `aug.view1` for even i, `aug.view2` for odd i (the shared
+      fields where these are unset; `view_settings`).
     aug: `config.augment` (see configs/default.py).
 
   Returns:
     (n, aug.image_size, aug.image_size, 3) uint8.
   """
-  view_seeds = [split_seed(seed, 6) for seed in tf.unstack(seeds)]
-  crops = random_resized_crops(image, tf.stack([s[0] for s in view_seeds]), aug.image_size,
-                               aug.crop_area_range, aug.crop_ratio_range,
-                               aug.resize_antialias)
+  crop_seeds = tf.stack([_view_seeds(seed)[0] for seed in tf.unstack(seeds)])
+  crops = random_resized_crops(image, crop_seeds, aug.image_size, aug.crop_area_range,
+                               aug.crop_ratio_range, aug.resize_antialias)
   blur_kernel = blur_kernel_size(aug.image_size)
-  return tf.stack([_photometric_view(crop, photometric_draws(s[1:], aug), blur_kernel)
-                   for crop, s in zip(crops, view_seeds)])
+  return tf.stack([_photometric_view(crop, draws, blur_kernel)
+                   for crop, draws in zip(crops, simclr_draws(seeds, aug))])
 
 
 def crop_flip_view(image, seed, aug) -> tf.Tensor:

@@ -94,6 +94,8 @@ def local_batch_size(global_batch_size: int) -> int:
 def pretrain_dataset(config, source, start_step: int = 0) -> tf.data.Dataset:
   """Endless batches {'views': (local_batch, 2, S, S, 3) uint8} of augmented images, plus
   {'label': (local_batch,)} when `config.online_probe` (labels reach only that probe).
+  views[:, 0] and views[:, 1] have the settings of config.augment.view1 and view2 (the
+  shared fields where unset; BYOL's differ: configs/augment_presets.py).
 
   The shuffle order is fixed by `config.seed`; each element's augmentation seed is its
   position in the stream, so restarting at `start_step` resumes the same sequence.
