@@ -27,6 +27,23 @@ def tiny_food101_config(**overrides):
   return config
 
 
+# Test-sized heads per method (the recipes' are thousands wide).
+TINY_HEADS = {
+    "simclr": {"head_widths": (32, 16)},
+    "byol": {"projector_widths": (32, 16), "predictor_widths": (32, 16)},
+    "mocov3": {"projector_widths": (32, 32, 16), "predictor_widths": (32, 16)},
+    "vicreg": {"expander_widths": (32, 32, 32)},
+}
+
+
+def tiny_method_config(method: str, **overrides):
+  """`tiny_food101_config` pretraining `method` with test-sized heads."""
+  config = tiny_food101_config(**overrides)
+  config.method = method
+  config[method].update(TINY_HEADS[method])
+  return config
+
+
 def count_params(module: nnx.Module) -> int:
   """Number of trainable (nnx.Param) scalars in `module` (works on abstract modules)."""
   return sum(x.size for x in jax.tree.leaves(nnx.state(module, nnx.Param)))

@@ -8,11 +8,14 @@ This is the only place that looks at `config.method`.
 from __future__ import annotations
 
 from simclr_jax import config_checks
-from simclr_jax.methods import simclr
+from simclr_jax.methods import byol, mocov3, simclr, vicreg
 from simclr_jax.methods.base import Method
 
 METHODS: dict[str, Method] = {
     "simclr": simclr.METHOD,
+    "byol": byol.METHOD,
+    "mocov3": mocov3.METHOD,
+    "vicreg": vicreg.METHOD,
 }
 
 

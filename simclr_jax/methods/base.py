@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from simclr_jax import config_checks
+
 LossFn = Callable[..., tuple[jax.Array, jax.Array, dict[str, jax.Array]]]
 
 
@@ -114,6 +116,15 @@ def target_momentum_schedule(base: float, final: float, num_train_steps: int) ->
 def ema_update(target, online, momentum: jax.Array):
   """target <- momentum * target + (1 - momentum) * online, leaf by leaf."""
   return jax.tree.map(lambda t, o: momentum * t + (1 - momentum) * o, target, online)
+
+
+def check_target_momentum(config, block_name: str) -> None:
+  """ConfigError unless 0 <= base_target_momentum <= final_target_momentum <= 1."""
+  block = config[block_name]
+  config_checks.require(
+      0 <= block.base_target_momentum <= block.final_target_momentum <= 1,
+      f"{block_name}.base_target_momentum and final_target_momentum must satisfy 0 <= base "
+      f"<= final <= 1, got {block.base_target_momentum} and {block.final_target_momentum}.")
 
 
 def target_part(tree: dict[str, Any], modules: tuple[str, ...]) -> dict[str, Any]:
