@@ -1,11 +1,12 @@
 """CIFAR-10 with the SimCLR paper's CIFAR recipe (Appendix B.9): small-image stem, no blur,
-colour strength s = 0.5, 32x32 views, temperature 0.5, batch 1024, LARS."""
+colour strength s = 0.5, 32x32 views, temperature 0.5, batch 1024, LARS, with the official
+code's details (configs/methods.py: use_simclr_paper_details)."""
 
-from configs import default
+from configs import default, methods
 
 
 def get_config():
-  config = default.get_config()
+  config = methods.use_simclr_paper_details(default.get_config())
   config.dataset = "cifar10"
   config.train_split = "train"
   config.eval_split = "test"

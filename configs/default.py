@@ -101,6 +101,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.weight_decay = 1e-6
   # Exclude BatchNorm parameters and biases from weight decay (and LARS's trust ratio).
   config.optimizer.exclude_bn_and_bias = True
+  # With it, also exclude the parameters whose path matches one of these regexes (e.g.
+  # '^probe/': the official SimCLR code keeps its supervised head out of both).
+  config.optimizer.exclude_patterns = ()
   config.optimizer.trust_coefficient = 0.001
   config.optimizer.warmup_epochs = 10.0
   # 'step': the cosine moves every step; 'epoch': held within an epoch, as PyTorch's

@@ -2,14 +2,17 @@
 
 LARS (weight decay 1e-6, trust coefficient 1e-3, BatchNorm and biases excluded), 10 warm-up
 epochs then cosine, lr = 0.075 * sqrt(batch) (the paper's square-root scaling), temperature
-0.1, 3-layer projection head with BatchNorm (SimCLR v2), blur with p = 0.5, colour s = 1.0.
+0.1, 3-layer projection head with BatchNorm (SimCLR v2), blur with p = 0.5, colour s = 1.0;
+and the official code's details (configs/methods.py: use_simclr_paper_details): zero-init
+residual BatchNorm, its loss scale (sum over both views), the online probe kept out of
+weight decay and LARS, raw [0, 1] input.
 """
 
-from configs import default
+from configs import default, methods
 
 
 def get_config():
-  config = default.get_config()
+  config = methods.use_simclr_paper_details(default.get_config())
   config.dataset = "food101"
   config.compute_dtype = "bfloat16"  # Mixed precision on TPU and GPU.
   config.train_split = "train"  # 75,750 images.

@@ -61,3 +61,22 @@ def vicreg() -> ml_collections.ConfigDict:
   block.variance_weight = 25.0
   block.covariance_weight = 1.0
   return block
+
+
+def use_simclr_paper_details(config) -> ml_collections.ConfigDict:
+  """The official SimCLR code's details (google-research/simclr) that the seed does not
+  have, set on a full config:
+
+  - zero-initialised last BatchNorm scale in each residual block (resnet.py's
+    `init_zero=True`): each block starts as the identity;
+  - its loss scale: loss_a + loss_b, each the mean over one view's anchors (twice the
+    seed's mean over all 2N);
+  - its supervised head (here the online probe) kept out of weight decay and LARS's trust
+    ratio (`exclude_from_weight_decay=[..., 'head_supervised']`);
+  - raw [0, 1] pixels as input (no mean/std normalisation).
+  """
+  config.model.zero_init_residual = True
+  config.simclr.sum_view_losses = True
+  config.optimizer.exclude_patterns = ("^probe/",)
+  config.augment.normalize = False
+  return config

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+from typing import Sequence
 
 import jax
 import optax
@@ -43,19 +45,28 @@ def _warmup_cosine(peak: float, warmup: int, total: int) -> optax.Schedule:
   return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(total, warmup + 1))
 
 
-def decay_mask(params):
-  """True for weights that take weight decay (and LARS's trust ratio): kernels only.
+def decay_mask(params, exclude_patterns: Sequence[str] = ()):
+  """True for weights that take weight decay (and LARS's trust ratio): kernels only, and
+  none whose '/'-joined path (e.g. 'probe/kernel') matches one of `exclude_patterns`.
 
-  BatchNorm scales and shifts and all biases are excluded, as in the SimCLR paper.
+  BatchNorm scales and shifts and all biases are excluded, as in the SimCLR paper; the
+  official SimCLR code also excludes its supervised head (here: '^probe/').
   """
-  def is_kernel(path, _):
-    return getattr(path[-1], "key", None) == "kernel"
-  return jax.tree_util.tree_map_with_path(is_kernel, params)
+  patterns = [re.compile(p) for p in exclude_patterns]
+
+  def takes_decay(path, _):
+    if getattr(path[-1], "key", None) != "kernel":
+      return False
+    name = "/".join(str(getattr(k, "key", k)) for k in path)
+    return not any(p.search(name) for p in patterns)
+
+  return jax.tree_util.tree_map_with_path(takes_decay, params)
 
 
 def create_optimizer(opt_config, schedule: optax.Schedule) -> optax.GradientTransformation:
   """LARS or SGD with momentum (coupled L2 weight decay, as torch.optim.SGD)."""
-  mask = decay_mask if opt_config.exclude_bn_and_bias else True
+  patterns = tuple(opt_config.exclude_patterns)
+  mask = (lambda params: decay_mask(params, patterns)) if opt_config.exclude_bn_and_bias else True
   if opt_config.name == "lars":
     return optax.lars(schedule, weight_decay=opt_config.weight_decay, weight_decay_mask=mask,
                       trust_coefficient=opt_config.trust_coefficient, trust_ratio_mask=mask,
@@ -64,6 +75,6 @@ def create_optimizer(opt_config, schedule: optax.Schedule) -> optax.GradientTran
     # torch.optim.SGD: g += wd * p; buf = momentum * buf + g; p -= lr * buf.
     return optax.chain(
         optax.add_decayed_weights(opt_config.weight_decay,
-                                  mask=decay_mask if opt_config.exclude_bn_and_bias else None),
+                                  mask=mask if opt_config.exclude_bn_and_bias else None),
         optax.sgd(schedule, momentum=opt_config.momentum or None))
   raise ValueError(f"config.optimizer.name must be 'lars' or 'sgd', got {opt_config.name!r}.")

@@ -14,7 +14,7 @@ from clu import metric_writers, parameter_overview, periodic_actions
 from jax.sharding import Mesh
 
 from simclr_jax import checkpoints, config_checks, preemption, summaries, visualize
-from simclr_jax.data import input_pipeline
+from simclr_jax.data import augmentations, input_pipeline
 # The step and the state live in TensorFlow-free modules.
 from simclr_jax.pretrain_step import (FAULT_GRADIENTS, FAULT_LOSS, FAULT_PARAMETERS,
                                       compile_train_step)
@@ -35,6 +35,14 @@ def resume_fields(config) -> tuple[str, ...]:
   return (*model_fields(config), "optimizer.name")
 
 
+def check_augmentations(config) -> None:
+  """ConfigError for per-view augmentation settings that cannot work."""
+  try:
+    augmentations.check_augment_config(config.augment)
+  except ValueError as e:
+    raise config_checks.ConfigError(str(e)) from e
+
+
 def param_counts(params) -> dict[str, int]:
   """{'params_<module>': count} for each top-level module (encoder, heads, probe)."""
   return {f"params_{name}": int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
@@ -45,6 +53,7 @@ def pretrain(config, workdir: str) -> dict[str, Any]:
   """Pretrains (or resumes) in `workdir`; returns and writes pretrain_summary.json."""
   config_checks.check_pretrain_config(config)
   check_model_config(config)
+  check_augmentations(config)
   input_pipeline.configure_tensorflow()
   mesh = create_mesh()
   source = input_pipeline.create_source(config)

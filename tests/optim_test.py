@@ -93,6 +93,34 @@ def test_decay_mask_ignores_values():
                                     "bn": {"scale": False}}
 
 
+def test_decay_mask_excludes_the_paths_matching_a_pattern():
+  tree = {"encoder": {"conv": {"kernel": np.ones(3)}}, "probe": {"kernel": np.ones(3),
+                                                                 "bias": np.ones(3)}}
+  assert optim.decay_mask(tree, ("^probe/",)) == {
+      "encoder": {"conv": {"kernel": True}}, "probe": {"kernel": False, "bias": False}}
+  assert optim.decay_mask(tree)["probe"]["kernel"] is True
+
+
+def test_lars_leaves_an_excluded_probe_undecayed_and_unscaled():
+  """With '^probe/' excluded, the probe's kernel takes plain momentum steps (no weight
+  decay, no trust ratio); the encoder's kernel still takes LARS's."""
+  opt_config = default_config.get_config().optimizer
+  opt_config.weight_decay = 0.5
+  opt_config.momentum = 0.0
+  params = {"encoder": {"kernel": np.full((4,), 2.0, np.float32)},
+            "probe": {"kernel": np.full((4,), 2.0, np.float32)}}
+  grads = {"encoder": {"kernel": np.full((4,), 0.1, np.float32)},
+           "probe": {"kernel": np.full((4,), 0.1, np.float32)}}
+  for patterns, probe_step in (((), None), (("^probe/",), 0.1)):
+    opt_config.exclude_patterns = patterns
+    tx = optim.create_optimizer(opt_config, lambda step: 1.0)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    lars = 0.001 * 4.0 / (0.1 * 2 + 0.5 * 4.0) * (0.1 + 0.5 * 2.0)  # trust * (g + wd p).
+    np.testing.assert_allclose(-updates["encoder"]["kernel"], lars, rtol=1e-5)
+    expected_probe = lars if probe_step is None else probe_step
+    np.testing.assert_allclose(-updates["probe"]["kernel"], expected_probe, rtol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------
 # LARS (the paper config).
 # ---------------------------------------------------------------------------------------

@@ -22,6 +22,11 @@ def _three_steps(separately: bool):
   config.simclr.forward_views_separately = separately
   config.optimizer.warmup_epochs = 0.0
   config.online_probe = True
+  # The pin predates the paper details (configs/methods.py): the settings it was made with.
+  config.model.zero_init_residual = False
+  config.simclr.sum_view_losses = False
+  config.optimizer.exclude_patterns = ()
+  config.augment.normalize = True
   rng = np.random.default_rng(0)
   views = rng.integers(0, 256, size=(3, 16, 2, 16, 16, 3), dtype=np.uint8)
   labels = rng.integers(0, 101, size=(3, 16), dtype=np.int32)

@@ -83,11 +83,16 @@ class DigitsSource:
   """scikit-learn's bundled handwritten digits (1,797 real 8x8 images, 10 classes).
 
   Shipped inside scikit-learn, so it works offline. A fixed stratified split keeps
-  `test_fraction` of every class for evaluation. Images become 8x8x3 uint8.
+  `test_fraction` of every class for evaluation ('test'). For choosing hyper-parameters
+  without the test split, 'train' splits again (stratified, fixed) into
+  'train_without_validation' and 'validation' (`validation_fraction` of it). Images
+  become 8x8x3 uint8.
   """
   test_fraction: float = 0.25
+  validation_fraction: float = 0.2
   split_seed: int = 0
   num_classes: int = 10
+  SPLITS = ("train", "test", "train_without_validation", "validation")
 
   def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
     """The whole split: images (n, 8, 8, 3) uint8 and labels (n,) int32."""
@@ -103,7 +108,12 @@ class DigitsSource:
       return train_x, train_y
     if split == "test":
       return test_x, test_y
-    raise ValueError(f"The digits source has splits 'train' and 'test', not {split!r}.")
+    if split in ("train_without_validation", "validation"):
+      fit_x, val_x, fit_y, val_y = model_selection.train_test_split(
+          train_x, train_y, test_size=self.validation_fraction, stratify=train_y,
+          random_state=self.split_seed)
+      return (val_x, val_y) if split == "validation" else (fit_x, fit_y)
+    raise ValueError(f"The digits source has splits {self.SPLITS}, not {split!r}.")
 
   def num_examples(self, split: str) -> int:
     return len(self.arrays(split)[1])
