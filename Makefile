@@ -1,7 +1,9 @@
-# Quick start: `make demo` (pretrain + linear eval on the offline digits), `make test`.
+# Quick start: `make demo` (pretrain + linear eval on the offline digits; `make demo
+# METHOD=byol` for another method), `make test`.
 PYTHON ?= python3
 VENV ?= .venv
-WORKDIR ?= /tmp/simclr_demo
+METHOD ?= simclr
+WORKDIR ?= /tmp/simclr_demo$(if $(filter-out simclr,$(METHOD)),_$(METHOD))
 PY := $(VENV)/bin/python
 
 .PHONY: demo test test-slow bench clean-demo
@@ -14,8 +16,8 @@ $(VENV)/.installed: requirements.txt
 	touch $@
 
 demo: $(VENV)/.installed
-	$(PY) main.py --config=configs/demo.py --workdir=$(WORKDIR) --mode=pretrain
-	$(PY) main.py --config=configs/demo.py --workdir=$(WORKDIR) --mode=linear_eval
+	$(PY) main.py --config=configs/demo.py:$(METHOD) --workdir=$(WORKDIR) --mode=pretrain
+	$(PY) main.py --config=configs/demo.py:$(METHOD) --workdir=$(WORKDIR) --mode=linear_eval
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

@@ -57,7 +57,7 @@ def measure(config, batch_per_device: int, image_size: int, steps: int,
                                               num_train_steps=100_000)
   state = state_lib.init_train_state(config, tx, mesh)
   step = pretrain_step.compile_train_step(config, state_lib.model_graphdef(config), tx,
-                                          schedule, mesh)
+                                          schedule, mesh, num_train_steps=100_000)
   views = np.random.default_rng(0).integers(
       0, 256, (global_batch, 2, image_size, image_size, 3), dtype=np.uint8)
   batch = {"views": jax.device_put(views, NamedSharding(mesh, P(state_lib.DATA_AXIS)))}
@@ -78,7 +78,8 @@ def measure(config, batch_per_device: int, image_size: int, steps: int,
   median = statistics.median(times)
   flops = _flops(compiled)
   views_per_step = 2 * global_batch
-  return {"what": "simclr_jax train step", "compute_dtype": config.compute_dtype,
+  return {"what": "simclr_jax train step", "method": config.method,
+          "compute_dtype": config.compute_dtype,
           "device_kind": jax.devices()[0].device_kind, "device_count": jax.device_count(),
           "global_batch": global_batch, "image_size": image_size,
           "views_per_s": views_per_step / median, "step_s_median": median,

@@ -63,3 +63,26 @@ def test_negative_probe_weight_decay_is_a_config_error(field):
   config.linear_eval[field] = -0.1
   with pytest.raises(config_checks.ConfigError, match=f"linear_eval.{field} must be >= 0"):
     config_checks.check_linear_eval_config(config)
+
+
+@pytest.mark.parametrize("method", ["simclr", "byol", "mocov3", "vicreg"])
+def test_demo_config_takes_the_method_and_the_validation_split(method):
+  from configs import demo  # pylint: disable=g-import-not-at-top
+  config = demo.get_config(method)
+  assert config.method == method and config.eval_split == "test"
+  state.check_model_config(config)
+  validation = demo.get_config(f"{method},validation")
+  assert (validation.train_split, validation.eval_split) == ("train_without_validation",
+                                                            "validation")
+  assert demo.get_config().method == "simclr"
+
+
+@pytest.mark.parametrize("name,method", [("food101_byol", "byol"), ("food101_mocov3", "mocov3"),
+                                         ("food101_vicreg", "vicreg")])
+def test_method_configs_use_their_recipe(name, method):
+  config = importlib.import_module(f"configs.{name}").get_config()
+  assert config.method == method and config.compute_dtype == "bfloat16"
+  assert config.optimizer.name == "lars" and config.optimizer.lr_scaling == "linear"
+  assert config.augment.view1.blur_probability == 1.0
+  assert config.augment.view2.solarize_probability == 0.2
+  assert tuple(config.augment.color_jitter) == (0.4, 0.4, 0.2, 0.1)

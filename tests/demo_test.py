@@ -1,4 +1,5 @@
-"""The offline demo end to end, against its targets (slow: about 4 minutes on 2 cores)."""
+"""The offline demo end to end for every method, against its targets (slow: about 4-6
+minutes each on 2 cores)."""
 
 import json
 import subprocess
@@ -9,13 +10,29 @@ import pytest
 ROOT = __file__.rsplit("/tests/", 1)[0]
 
 
+def _run_demo(workdir, method):
+  """`make demo METHOD=method`'s two commands; linear_eval.json's results."""
+  for mode in ("pretrain", "linear_eval"):
+    subprocess.run([sys.executable, "main.py", f"--config=configs/demo.py:{method}",
+                    f"--workdir={workdir}", f"--mode={mode}"], cwd=ROOT, check=True,
+                   env={"PATH": "/usr/bin:/bin", "SIMCLR_NO_DISTRIBUTED": "1"}, timeout=900)
+  return json.loads((workdir / "linear_eval.json").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["byol", "mocov3", "vicreg"])
+def test_each_methods_demo_reaches_the_targets(tmp_path, method):
+  """The issue's targets for every method: linear top-1 >= 0.95, and with 5 labels per
+  class at least 10 points above the random-init encoder (README: the numbers, seeds 0-2)."""
+  results = _run_demo(tmp_path, method)
+  assert results["method"] == method and results["num_eval_examples"] == 450
+  assert results["top1"] >= 0.95
+  assert results["top1_5shot"] >= results["random_init_top1_5shot"] + 0.10
+
+
 @pytest.mark.slow
 def test_demo_reaches_its_targets(tmp_path):
-  for mode in ("pretrain", "linear_eval"):
-    subprocess.run([sys.executable, "main.py", "--config=configs/demo.py",
-                    f"--workdir={tmp_path}", f"--mode={mode}"], cwd=ROOT, check=True,
-                   env={"PATH": "/usr/bin:/bin", "SIMCLR_NO_DISTRIBUTED": "1"}, timeout=900)
-  results = json.loads((tmp_path / "linear_eval.json").read_text())
+  results = _run_demo(tmp_path, "simclr")
   assert results["num_eval_examples"] == 450
   assert (tmp_path / "tsne.png").exists()
   assert results["top1"] >= 0.97
@@ -23,7 +40,7 @@ def test_demo_reaches_its_targets(tmp_path):
   # seed, bit-identical data: XLA's CPU code and so its rounding depend on the processor,
   # and 600 steps amplify it), 0.875-0.892 over seeds 1-2: the floor sits below that spread.
   assert results["top1_5shot"] >= 0.86
-  assert results["top1_5shot"] >= results["random_init_top1_5shot"] + 0.08
+  assert results["top1_5shot"] >= results["random_init_top1_5shot"] + 0.10
   # The other label-efficient measure, kNN with 5 labels per class, is clearly above too.
   assert results["knn_top1_5shot"] >= results["random_init_knn_top1_5shot"] + 0.08
   for key in ("top5", "knn_top1", "top5_5shot", "random_init_top1", "random_init_knn_top1"):

@@ -188,3 +188,20 @@ def test_global_batches_are_on_the_devices_two_steps_ahead():
     assert batch["x"].sharding == sharding and batch["x"].shape == (8, 3)
     seen.append(taken)
   assert seen == [0, 1, 2, 3, 4] and jax.device_count() == 8
+
+
+def test_digits_validation_split_is_a_stratified_part_of_train():
+  """'train_without_validation' and 'validation' partition 'train' (20%, every class),
+  so demo settings are chosen without the test split."""
+  source = sources.DigitsSource()
+  train_x, train_y = source.arrays("train")
+  fit_x, fit_y = source.arrays("train_without_validation")
+  val_x, val_y = source.arrays("validation")
+  assert len(fit_y) + len(val_y) == len(train_y) and len(val_y) == 270
+  key = lambda x, y: {img.tobytes() + bytes([label]) for img, label in zip(x, y)}
+  assert key(fit_x, fit_y) | key(val_x, val_y) == key(train_x, train_y)
+  assert not key(fit_x, fit_y) & key(val_x, val_y)
+  np.testing.assert_allclose(np.bincount(val_y) / len(val_y),
+                             np.bincount(train_y) / len(train_y), atol=0.01)
+  test_x, _ = source.arrays("test")
+  assert not key(val_x, val_y) & key(test_x, source.arrays("test")[1])
