@@ -11,23 +11,15 @@ warm-up epochs then cosine; BYOL's augmentations. 100 epochs, batch 1024 (the pa
 lr scales linearly).
 """
 
-from configs import augment_presets, default
+from configs import food101_byol
 
 
 def get_config():
-  config = default.get_config()
+  config = food101_byol.get_config()  # Food-101, bfloat16, LARS, BYOL's augmentations.
   config.method = "mocov3"
-  config.dataset = "food101"
-  config.compute_dtype = "bfloat16"
-  config.eval_split = "validation"
-  config.batch_size = 1024
   config.num_epochs = 100
   config.mocov3.temperature = 1.0
   config.mocov3.base_target_momentum = 0.99
-  config.optimizer.name = "lars"
   config.optimizer.base_learning_rate = 0.6
-  config.optimizer.lr_scaling = "linear"
   config.optimizer.weight_decay = 1e-6
-  config.optimizer.warmup_epochs = 10.0
-  augment_presets.use_byol_augmentations(config.augment)
   return config

@@ -9,21 +9,13 @@ covariance over the global batch; LARS (BatchNorm and biases excluded) lr 0.2 x 
 (the paper's is 1000), batch 1024 (the paper's 2048; lr scales linearly).
 """
 
-from configs import augment_presets, default
+from configs import food101_byol
 
 
 def get_config():
-  config = default.get_config()
+  config = food101_byol.get_config()  # Food-101, bfloat16, LARS, BYOL's augmentations.
   config.method = "vicreg"
-  config.dataset = "food101"
-  config.compute_dtype = "bfloat16"
-  config.eval_split = "validation"
-  config.batch_size = 1024
   config.num_epochs = 100
-  config.optimizer.name = "lars"
   config.optimizer.base_learning_rate = 0.2
-  config.optimizer.lr_scaling = "linear"
   config.optimizer.weight_decay = 1e-6
-  config.optimizer.warmup_epochs = 10.0
-  augment_presets.use_byol_augmentations(config.augment)
   return config

@@ -27,7 +27,9 @@ from jax.experimental import multihost_utils
 
 from simclr_jax import (checkpoints, config_checks, knn, precision, preemption, state,
                         storage, summaries, visualize)
+from simclr_jax.data import input_pipeline
 from simclr_jax.sharding import batch_sharded, replicated
+
 
 def classifier_fields(config) -> tuple[str, ...]:
   """Config fields a resumed classifier training must share with its checkpoint."""

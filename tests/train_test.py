@@ -14,7 +14,7 @@ from flax import nnx
 
 from simclr_jax import checkpoints, config_checks, pretrain, pretrain_step, state as state_lib
 from simclr_jax.backbones import resnet
-from simclr_jax.data import input_pipeline, sources
+from simclr_jax.data import sources
 from tests.conftest import MOCK_EXAMPLES
 from tests.helpers import count_params, tiny_food101_config
 

@@ -13,7 +13,6 @@ import concurrent.futures
 import dataclasses
 import io
 
-import jax
 import numpy as np
 import tensorflow as tf
 from absl import logging

@@ -10,14 +10,12 @@ Batches are host-local NumPy arrays; `global_batches` makes them global jax.Arra
 from __future__ import annotations
 
 import collections
-import dataclasses
 import os
 from typing import Iterator
 
 import jax
 import numpy as np
 import tensorflow as tf
-import tensorflow_datasets as tfds
 from absl import logging
 
 from simclr_jax.data import augmentations, folder_sources, sources

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from simclr_jax import config_checks
+from simclr_jax import backbones, config_checks, heads, precision
 
 LossFn = Callable[..., tuple[jax.Array, jax.Array, dict[str, jax.Array]]]
 
@@ -84,6 +84,61 @@ def forward_views(fn: Callable[[jax.Array], tuple[jax.Array, ...]], views: jax.A
     return tuple(jnp.stack([a, b], axis=1) for a, b in zip(first, second))
   outputs = fn(views.reshape((2 * n, *views.shape[2:])))
   return tuple(out.reshape((n, 2, *out.shape[1:])) for out in outputs)
+
+
+def encoder_then(model: Model, head: str) -> Callable[[jax.Array], tuple[jax.Array, jax.Array]]:
+  """images (B, H, W, 3) -> (features (B, F), model.<head>(features)), training mode."""
+
+  def forward(images):
+    features = model.encoder(images, train=True)
+    return features, getattr(model, head)(features, train=True)
+
+  return forward
+
+
+def build_with_predictor(config, block, rngs: nnx.Rngs, num_probe_classes: int,
+                         projector_last_norm: str) -> Model:
+  """Encoder + `projector` + `predictor` (+ probe), the heads from `block`'s
+  projector_widths and predictor_widths (BYOL, MoCo v3)."""
+  dtype = precision.compute_dtype(config)
+  encoder = backbones.create(config, rngs)
+  projector = heads.MLP(encoder.num_features, tuple(block.projector_widths), True, rngs=rngs,
+                        dtype=dtype, last_norm=projector_last_norm)
+  predictor = heads.MLP(block.projector_widths[-1], tuple(block.predictor_widths), True,
+                        rngs=rngs, dtype=dtype, last_norm="none")
+  return Model(encoder, create_probe(encoder, num_probe_classes, rngs), projector=projector,
+               predictor=predictor)
+
+
+def predictions_and_targets(model: Model, target: Model,
+                            views: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """For (N, 2, H, W, 3) views: the online features (N, 2, F), the online predictions
+  predictor(projector(encoder(x))) (N, 2, D) and the target projections
+  projector'(encoder'(x)) (N, 2, D), the last as constants (stop_gradient)."""
+
+  def online(images):
+    features = model.encoder(images, train=True)
+    return features, model.predictor(model.projector(features, train=True), train=True)
+
+  def projected_by_target(images):
+    return (target.projector(target.encoder(images, train=True), train=True),)
+
+  features, predictions = forward_views(online, views, separately=False)
+  (targets,) = forward_views(projected_by_target, views, separately=False)
+  return features, predictions, jax.lax.stop_gradient(targets)
+
+
+def check_predictor_heads(config, block_name: str) -> None:
+  """ConfigError unless the heads' widths are positive and the prediction has the
+  projection's width (it regresses, or is scored against, a projection)."""
+  block = config[block_name]
+  heads.check_widths(f"{block_name}.projector_widths", block.projector_widths)
+  heads.check_widths(f"{block_name}.predictor_widths", block.predictor_widths)
+  config_checks.require(
+      block.predictor_widths[-1] == block.projector_widths[-1],
+      f"{block_name}.predictor_widths must end at the projection's width "
+      f"{block.projector_widths[-1]}, got {tuple(block.predictor_widths)}.")
+  check_target_momentum(config, block_name)
 
 
 def online_probe_loss(model: Model, features: jax.Array,

@@ -32,11 +32,8 @@ def loss(model: base.Model, target, views: jax.Array, method_config,
   """NT-Xent of (N, 2, H, W, 3) views: (loss, features (N, 2, F), metrics)."""
   del target  # SimCLR has no target network.
 
-  def embed(images):
-    features = model.encoder(images, train=True)
-    return features, model.head(features, train=True)
-
-  features, z = base.forward_views(embed, views, method_config.forward_views_separately)
+  features, z = base.forward_views(base.encoder_then(model, "head"), views,
+                                   method_config.forward_views_separately)
   value, accuracy = losses.sharded_nt_xent(z[:, 0], z[:, 1], method_config.temperature, mesh,
                                            DATA_AXIS)
   if method_config.sum_view_losses:

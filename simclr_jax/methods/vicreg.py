@@ -33,11 +33,8 @@ def loss(model: base.Model, target, views: jax.Array, method_config,
   """The weighted VICReg loss of (N, 2, H, W, 3) views and its three terms."""
   del target  # VICReg has no target network.
 
-  def embed(images):
-    features = model.encoder(images, train=True)
-    return features, model.expander(features, train=True)
-
-  features, z = base.forward_views(embed, views, separately=False)
+  features, z = base.forward_views(base.encoder_then(model, "expander"), views,
+                                   separately=False)
   terms = losses.sharded_vicreg_terms(z[:, 0], z[:, 1], mesh, DATA_AXIS)
   value = losses.combine_vicreg_terms(terms, method_config.invariance_weight,
                                       method_config.variance_weight,
