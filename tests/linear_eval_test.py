@@ -40,7 +40,7 @@ def test_linear_eval_stage_on_mock_food101(pretrained_workdir, tmp_path):
 
 def test_linear_eval_without_checkpoint_says_what_to_do(tmp_path):
   with tfds.testing.mock_data(num_examples=21):
-    with pytest.raises(linear_eval.NoCheckpointError, match="No pretraining checkpoint"):
+    with pytest.raises(state_lib.NoCheckpointError, match="No pretraining checkpoint"):
       linear_eval.evaluate(tiny_food101_config(), str(tmp_path))
 
 
@@ -126,7 +126,7 @@ def test_a_chosen_checkpoint_step_is_evaluated_or_reported_missing(pretrained_wo
   config.linear_eval.pretrain_workdir = str(pretrained_workdir)
   config.linear_eval.checkpoint_step = 7
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-    with pytest.raises(linear_eval.NoCheckpointError, match=r"at step 7 .*has steps \[1\]"):
+    with pytest.raises(state_lib.NoCheckpointError, match=r"at step 7 .*has steps \[1\]"):
       linear_eval.evaluate(config, str(tmp_path))
     config.linear_eval.checkpoint_step = 1
     config.linear_eval.tsne_points = 0
