@@ -74,10 +74,12 @@ def get_config(arg: str | None = None):
 def _byol(config):
   config.byol.projector_widths = (256, 64)
   config.byol.predictor_widths = (256, 64)
-  config.byol.base_target_momentum = 0.99
-  config.optimizer.base_learning_rate = 1.0
+  # 600 steps are short for BYOL: a target that follows faster (0.9, not the paper's 0.99)
+  # and weight decay 1e-5 gave the best validation scores of 7 settings (README).
+  config.byol.base_target_momentum = 0.9
+  config.optimizer.base_learning_rate = 1.5
   config.optimizer.lr_scaling = "linear"
-  config.optimizer.weight_decay = 1.5e-6
+  config.optimizer.weight_decay = 1e-5
 
 
 def _mocov3(config):
