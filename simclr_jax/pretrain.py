@@ -45,7 +45,7 @@ def check_augmentations(config) -> None:
 
 def param_counts(params) -> dict[str, int]:
   """{'params_<module>': count} for each top-level module (encoder, heads, probe)."""
-  return {f"params_{name}": int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+  return {f"params_{name}": int(parameter_overview.count_parameters(tree))
           for name, tree in params.items()}
 
 

@@ -9,7 +9,6 @@ the config fields that shape its model. `pretrain_step` holds no method names.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Callable
 
 import jax
@@ -57,9 +56,9 @@ class Model(nnx.Module):
   """
 
   def __init__(self, encoder: nnx.Module, probe: nnx.Linear | None = None,
-               **heads: nnx.Module):
+               **head_modules: nnx.Module):
     self.encoder = encoder
-    for name, head in heads.items():
+    for name, head in head_modules.items():
       setattr(self, name, head)
     self.probe = probe
 
@@ -159,13 +158,8 @@ def online_probe_loss(model: Model, features: jax.Array,
 def target_momentum_schedule(base: float, final: float, num_train_steps: int) -> optax.Schedule:
   """BYOL's cosine schedule: tau_k = final - (final - base) * (cos(pi k / K) + 1) / 2,
   from `base` at step 0 to `final` at step K = num_train_steps (MoCo v3 uses it too)."""
-  total = max(num_train_steps, 1)
-
-  def schedule(step):
-    progress = jnp.minimum(step, total) / total
-    return final - (final - base) * (jnp.cos(math.pi * progress) + 1) / 2
-
-  return schedule
+  gap = optax.cosine_decay_schedule(final - base, max(num_train_steps, 1))
+  return lambda step: final - gap(step)
 
 
 def ema_update(target, online, momentum: jax.Array):
