@@ -7,11 +7,19 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
+MODES = {
+    "pretrain": "self-supervised pretraining (resumes)",
+    "linear_eval": "linear and kNN probes on the frozen encoder",
+    "pretrain_and_eval": "both",
+    "finetune": "fine-tune the encoder with labels (config.finetune)",
+    "export": "the encoder as safetensors (torchvision's names) and JSON in workdir/export",
+    "extract_features": "a split's features and labels as .npy in workdir/features",
+}
 config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard and summaries.")
-flags.DEFINE_enum("mode", "pretrain", ["pretrain", "linear_eval", "pretrain_and_eval"],
-                  "Which stage to run.")
+flags.DEFINE_enum("mode", "pretrain", list(MODES), "Which stage to run: " + "; ".join(
+    f"{name}: {what}" for name, what in MODES.items()) + ".")
 flags.mark_flags_as_required(["config", "workdir"])
 
 

@@ -98,6 +98,7 @@ def get_config() -> ml_collections.ConfigDict:
   # 'sqrt': lr = base * sqrt(batch); 'linear': lr = base * batch / 256; 'none': lr = base.
   config.optimizer.lr_scaling = "sqrt"
   config.optimizer.momentum = 0.9
+  config.optimizer.nesterov = False  # With 'sgd'.
   config.optimizer.weight_decay = 1e-6
   # Exclude BatchNorm parameters and biases from weight decay (and LARS's trust ratio).
   config.optimizer.exclude_bn_and_bias = True
@@ -144,4 +145,51 @@ def get_config() -> ml_collections.ConfigDict:
   config.linear_eval.knn_temperature = 0.07
   # t-SNE map of (at most this many) evaluation features: workdir/tsne.png; 0 disables.
   config.linear_eval.tsne_points = 5000
+
+  # Fine-tuning (--mode=finetune): the pretrained encoder, a linear classifier on it
+  # (optionally on the projection head's first layer), all layers trained with labels.
+  # Defaults: the SimCLR v2 recipe (configs/food101_finetune.py says more).
+  config.finetune = ml_collections.ConfigDict()
+  config.finetune.pretrain_workdir = ml_collections.config_dict.placeholder(str)  # --workdir
+  config.finetune.checkpoint_step = ml_collections.config_dict.placeholder(int)  # newest
+  # The labelled part of the training split: stratified (every class kept, at least one
+  # example each), chosen deterministically from config.seed; 1.0 = all of it.
+  config.finetune.label_fraction = 1.0
+  # Another dataset (transfer): any source config.dataset accepts; unset fields are the
+  # pretraining data's (config.dataset, data_dir, train_split, eval_split, image size).
+  config.finetune.dataset = ml_collections.config_dict.placeholder(str)
+  config.finetune.data_dir = ml_collections.config_dict.placeholder(str)
+  config.finetune.train_split = ml_collections.config_dict.placeholder(str)
+  config.finetune.eval_split = ml_collections.config_dict.placeholder(str)
+  config.finetune.image_size = ml_collections.config_dict.placeholder(int)
+  # SimCLR v2 fine-tunes from the first layer of the projection head (Linear, BatchNorm,
+  # ReLU): the classifier sits on that layer, kept from pretraining.
+  config.finetune.from_head_layer = False
+  config.finetune.batch_size = 1024
+  config.finetune.epochs = 60
+  config.finetune.label_smoothing = 0.0
+  config.finetune.optimizer = ml_collections.ConfigDict()
+  config.finetune.optimizer.name = "lars"  # 'lars', or 'sgd' (with nesterov below).
+  config.finetune.optimizer.base_learning_rate = 0.005
+  config.finetune.optimizer.lr_scaling = "sqrt"  # 0.005 * sqrt(1024) = 0.16.
+  config.finetune.optimizer.momentum = 0.9
+  config.finetune.optimizer.nesterov = True  # With 'sgd'.
+  config.finetune.optimizer.weight_decay = 0.0
+  config.finetune.optimizer.exclude_bn_and_bias = True
+  config.finetune.optimizer.exclude_patterns = ()
+  config.finetune.optimizer.trust_coefficient = 0.001
+  config.finetune.optimizer.warmup_epochs = 0.0
+  config.finetune.optimizer.schedule_unit = "step"
+  config.finetune.log_every_steps = 50
+  config.finetune.checkpoint_every_steps = 1000  # Also at the end of every epoch.
+  # The same fine-tuning from a random-init encoder, in the same command, reported beside.
+  config.finetune.random_init_baseline = False
+
+  # Export (--mode=export, --mode=extract_features) of the pretrained encoder in
+  # export.pretrain_workdir (default: --workdir), at export.checkpoint_step (newest).
+  config.export = ml_collections.ConfigDict()
+  config.export.pretrain_workdir = ml_collections.config_dict.placeholder(str)
+  config.export.checkpoint_step = ml_collections.config_dict.placeholder(int)
+  # Splits whose features --mode=extract_features writes; () = train_split and eval_split.
+  config.export.feature_splits = ()
   return config

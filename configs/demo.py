@@ -63,6 +63,17 @@ def get_config(arg: str | None = None):
   config.linear_eval.few_shot_weight_decay = 3e-2
   config.linear_eval.random_init_baseline = True
 
+  # Fine-tuning (`--mode=finetune`) with 10% of the labels (136 digits; 1%: 10, one per
+  # class, with --config.finetune.label_fraction=0.01), beside the same from random init.
+  config.finetune.label_fraction = 0.1
+  config.finetune.from_head_layer = True
+  config.finetune.batch_size = 64
+  config.finetune.epochs = 30
+  config.finetune.optimizer.base_learning_rate = 0.02  # LARS, 0.02 * sqrt(64) = 0.16.
+  config.finetune.log_every_steps = 10
+  config.finetune.checkpoint_every_steps = 100
+  config.finetune.random_init_baseline = True
+
   config.method = method
   METHOD_SETTINGS.get(method, lambda c: None)(config)
   if "validation" in options:

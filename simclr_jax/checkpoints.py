@@ -72,7 +72,8 @@ def save(manager: ocp.CheckpointManager, step: int, items: Mapping[str, Any], co
 def restore(manager: ocp.CheckpointManager, targets: Mapping[str, Any], config,
             step: int | None = None,
             check_fields: Sequence[str] = (),
-            move_damaged: bool = False) -> tuple[int, dict[str, Any]] | None:
+            move_damaged: bool = False,
+            partial: bool = False) -> tuple[int, dict[str, Any]] | None:
   """Restores the items named in `targets` into their structure, dtypes and shardings.
 
   Args:
@@ -84,6 +85,8 @@ def restore(manager: ocp.CheckpointManager, targets: Mapping[str, Any], config,
     check_fields: prefixes of dotted config names that must match.
     move_damaged: move the damaged steps newer than the one restored to `damaged_dir`
       (for a run that will save those steps again).
+    partial: the targets name only part of each saved item (e.g. the encoder alone);
+      the rest is not read.
 
   Returns:
     (step, {name: restored pytree}), or None when there is no checkpoint at all.
@@ -106,7 +109,7 @@ def restore(manager: ocp.CheckpointManager, targets: Mapping[str, Any], config,
           candidate, args=ocp.args.Composite(**{CONFIG_ITEM: ocp.args.JsonRestore()}))
       _check_same_fields(saved_config[CONFIG_ITEM], config_json(config), check_fields, path)
       restored = manager.restore(candidate, args=ocp.args.Composite(
-          **{name: ocp.args.StandardRestore(tree) for name, tree in abstract.items()}))
+          **{name: _restore_args(tree, partial) for name, tree in abstract.items()}))
       if failures and move_damaged:
         _move_aside(manager, steps[:steps.index(candidate)])
       return candidate, {name: restored[name] for name in targets}
@@ -120,6 +123,14 @@ def restore(manager: ocp.CheckpointManager, targets: Mapping[str, Any], config,
   raise CheckpointError(
       f"No readable checkpoint in {manager.directory} ({'; '.join(failures)}). Move the "
       f"damaged step folders away to start again, or use a fresh --workdir.")
+
+
+def _restore_args(abstract_tree, partial: bool):
+  if not partial:
+    return ocp.args.StandardRestore(abstract_tree)
+  return ocp.args.PyTreeRestore(
+      item=abstract_tree, partial_restore=True,
+      restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_tree))
 
 
 def damaged_dir(directory) -> epath.Path:

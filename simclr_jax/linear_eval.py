@@ -15,18 +15,15 @@ import functools
 import math
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
 from clu import metric_writers
-from flax import nnx
-from jax.experimental import multihost_utils
 
-from simclr_jax import (checkpoints, config_checks, knn, precision, preemption, state,
-                        storage, summaries, visualize)
+from simclr_jax import (checkpoints, config_checks, encoding, knn, preemption, state, storage,
+                        summaries, visualize)
 from simclr_jax.data import input_pipeline
 from simclr_jax.sharding import batch_sharded, replicated
 
@@ -36,61 +33,6 @@ def classifier_fields(config) -> tuple[str, ...]:
   return (*state.model_fields(config), "linear_eval.batch_size", "linear_eval.epochs",
           "linear_eval.learning_rate", "linear_eval.momentum", "linear_eval.weight_decay",
           "train_split", "augment.")
-
-
-def extract_features(config, encode, encoder, mesh, source,
-                     split: str) -> tuple[np.ndarray, np.ndarray]:
-  """Frozen-encoder features of every example of `split`, on every process.
-
-  `encode` comes from `make_encoder`; one serves every split and state of a model.
-  `encoder` has the model's `params` and `batch_stats` (an EncoderState or a TrainState).
-
-  Returns:
-    features (num_examples, num_features) float32 and labels (num_examples,) int32.
-  """
-  data = batch_sharded(mesh)
-  batch_size = config.linear_eval.batch_size
-  ds = input_pipeline.eval_dataset(config, source, split, batch_size)
-  host_batches = input_pipeline.padded_eval_batches(
-      ds, input_pipeline.local_batch_size(batch_size))
-  params = jax.device_put(encoder.params, replicated(mesh))
-  batch_stats = jax.device_put(encoder.batch_stats, replicated(mesh))
-  features, labels = [], []
-  for index, batch in enumerate(input_pipeline.global_batches(host_batches, data), 1):
-    encoded = encode(params, batch_stats, batch["image"])
-    encoded, label, mask = _to_host((encoded, batch["label"], batch["mask"]))
-    features.append(encoded[mask])
-    labels.append(label[mask])
-    if index % 50 == 0:
-      logging.info("Encoded %d examples of split '%s'.", sum(map(len, labels)), split)
-    if preemption.reached():
-      raise preemption.Preempted(f"Encoding split '{split}'", index, None)
-  features, labels = np.concatenate(features), np.concatenate(labels)
-  expected = source.num_examples(split)
-  if len(labels) != expected:
-    raise RuntimeError(f"Encoded {len(labels)} examples of split '{split}' but it has "
-                       f"{expected}: examples were lost or duplicated in the input pipeline.")
-  return features.astype(np.float32), labels.astype(np.int32)
-
-
-def make_encoder(graphdef: nnx.GraphDef, normalize: bool):
-  """jit-compiled (params, batch_stats, (B, H, W, 3) uint8 images) -> (B, F) features of
-  the encoder alone (projection head dropped), BatchNorm in inference mode; `normalize` as
-  config.augment.normalize."""
-
-  @jax.jit
-  def encode(params, batch_stats, images):
-    images = precision.to_model_input(images, normalize)
-    return nnx.merge(graphdef, params, batch_stats).encoder(images, train=False)
-
-  return encode
-
-
-def _to_host(arrays):
-  """Global arrays -> full NumPy arrays on every process."""
-  if jax.process_count() == 1:
-    return jax.device_get(arrays)
-  return multihost_utils.process_allgather(arrays, tiled=True)
 
 
 def train_linear_classifier(features: np.ndarray, labels: np.ndarray, num_classes: int,
@@ -148,13 +90,6 @@ def _classifier_optimizer(learning_rate: float, momentum: float, weight_decay: f
 def _softmax_loss(params, features, labels):
   logits = features @ params["kernel"] + params["bias"]
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-
-@flax.struct.dataclass
-class EncoderState:
-  """A restored checkpoint's model item: {'encoder', 'head', ...} params and statistics."""
-  params: Any
-  batch_stats: Any
 
 
 def train_linear_classifier_on_images(config, encode, encoder, mesh, source, num_features: int,
@@ -305,9 +240,10 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
                                                 collection="linear_eval")
   results: dict[str, Any] = {"method": config.method, "checkpoint_step": step}
   for prefix, encoder in encoders.items():
-    train_x, train_y = extract_features(config, encode, encoder, mesh, source,
-                                        config.train_split)
-    eval_x, eval_y = extract_features(config, encode, encoder, mesh, source, config.eval_split)
+    train_x, train_y = encoding.extract_features(config, encode, encoder, mesh, source,
+                                                 config.train_split)
+    eval_x, eval_y = encoding.extract_features(config, encode, encoder, mesh, source,
+                                               config.eval_split)
     logging.info("%sfeatures: train %s, eval %s.", prefix or "pretrained ", train_x.shape,
                  eval_x.shape)
     classifier = None
@@ -339,14 +275,15 @@ def _load_encoders(config, workdir: str, mesh, source):
   chosen by config.linear_eval (and the random-init one when asked). Only the model item
   of the checkpoint is read (state.restore_model)."""
   num_probe_classes = state.probe_classes(config, source)
-  encode = make_encoder(state.model_graphdef(config, num_probe_classes),
+  encode = encoding.make_encoder(state.model_graphdef(config, num_probe_classes),
                         config.augment.normalize)
   step, model = state.restore_model(config, config.linear_eval.pretrain_workdir or workdir,
                                     mesh, num_probe_classes, config.linear_eval.checkpoint_step)
   logging.info("Linear evaluation of the encoder at pretraining step %d.", step)
-  encoders = {"": EncoderState(**model)}
+  encoders = {"": encoding.EncoderState(**model)}
   if config.linear_eval.random_init_baseline:
-    encoders["random_init_"] = EncoderState(**state.init_model(config, mesh, num_probe_classes))
+    encoders["random_init_"] = encoding.EncoderState(
+        **state.init_model(config, mesh, num_probe_classes))
   return encode, step, encoders
 
 

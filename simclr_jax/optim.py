@@ -64,7 +64,8 @@ def decay_mask(params, exclude_patterns: Sequence[str] = ()):
 
 
 def create_optimizer(opt_config, schedule: optax.Schedule) -> optax.GradientTransformation:
-  """LARS or SGD with momentum (coupled L2 weight decay, as torch.optim.SGD)."""
+  """LARS or SGD with momentum, Nesterov's when `nesterov` (coupled L2 weight decay, as
+  torch.optim.SGD)."""
   patterns = tuple(opt_config.exclude_patterns)
   mask = (lambda params: decay_mask(params, patterns)) if opt_config.exclude_bn_and_bias else True
   if opt_config.name == "lars":
@@ -76,5 +77,6 @@ def create_optimizer(opt_config, schedule: optax.Schedule) -> optax.GradientTran
     return optax.chain(
         optax.add_decayed_weights(opt_config.weight_decay,
                                   mask=mask if opt_config.exclude_bn_and_bias else None),
-        optax.sgd(schedule, momentum=opt_config.momentum or None))
+        optax.sgd(schedule, momentum=opt_config.momentum or None,
+                  nesterov=bool(opt_config.get("nesterov", False))))
   raise ValueError(f"config.optimizer.name must be 'lars' or 'sgd', got {opt_config.name!r}.")

@@ -13,11 +13,10 @@ from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 from jax.sharding import Mesh
 
-from simclr_jax import checkpoints, config_checks, preemption, summaries, visualize
+from simclr_jax import checkpoints, config_checks, faults, preemption, summaries, visualize
 from simclr_jax.data import augmentations, input_pipeline
 # The step and the state live in TensorFlow-free modules.
-from simclr_jax.pretrain_step import (FAULT_GRADIENTS, FAULT_LOSS, FAULT_PARAMETERS,
-                                      compile_train_step)
+from simclr_jax.pretrain_step import compile_train_step
 from simclr_jax.sharding import batch_sharded, create_mesh
 from simclr_jax.state import (TrainState, check_model_config, create_optimizer,
                               init_train_state, model_fields, model_graphdef, probe_classes,
@@ -25,8 +24,8 @@ from simclr_jax.state import (TrainState, check_model_config, create_optimizer,
 
 
 
-class TrainingDivergedError(RuntimeError):
-  """A step produced a non-finite loss, gradient or parameter."""
+DIVERGED_ADVICE = ("Lower config.optimizer.base_learning_rate (or raise the method's "
+                   "temperature), and check the input data.")
 
 
 def resume_fields(config) -> tuple[str, ...]:
@@ -154,7 +153,7 @@ def _train_loop(config, state: TrainState, step_fn, batches, manager, writer, st
     if final or step % config.log_every_steps == 0 or step % config.checkpoint_every_steps == 0:
       fetched = jax.device_get(pending)
       pending = []
-      raise_on_fault(fetched, step, manager)
+      faults.raise_on_fault(fetched, step, manager, DIVERGED_ADVICE)
       last = _mean_metrics(fetched)
       rate = meter.rate(step)
       if rate is not None:  # Undefined before the second step.
@@ -169,27 +168,6 @@ def _train_loop(config, state: TrainState, step_fn, batches, manager, writer, st
   manager.wait_until_finished()
   writer.flush()
   return step, last, stop
-
-
-def raise_on_fault(fetched: list[dict[str, np.ndarray]], step: int, manager) -> None:
-  """Raises TrainingDivergedError naming the first faulty step among the `fetched` metrics
-  of the steps up to `step` (the checkpoints written so far precede it)."""
-  faults = np.array([m["fault"] for m in fetched])
-  if not faults.any():
-    return
-  index = int(np.flatnonzero(faults)[0])
-  code = int(faults[index])
-  what = [name for bit, name in ((FAULT_LOSS, "loss"), (FAULT_GRADIENTS, "gradients"),
-                                 (FAULT_PARAMETERS, "parameters")) if code & bit]
-  manager.wait_until_finished()
-  good = manager.latest_step()
-  where = (f"the last good checkpoint is step {good} in {manager.directory} (rerunning resumes "
-           f"there)" if good is not None else "no checkpoint was written")
-  raise TrainingDivergedError(
-      f"Non-finite {' and '.join(what)} at step {step - len(fetched) + index + 1}: its update "
-      f"was not applied and nothing after it was saved; {where}. Lower "
-      f"config.optimizer.base_learning_rate (or raise the method's temperature), and check "
-      f"the input data.")
 
 
 def _mean_metrics(fetched: list[dict[str, np.ndarray]]) -> dict[str, float]:

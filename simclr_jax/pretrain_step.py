@@ -11,19 +11,15 @@ from __future__ import annotations
 import functools
 
 import jax
-import jax.numpy as jnp
 import optax
 from flax import nnx
 from jax.sharding import Mesh
 
 from simclr_jax import methods, precision
+from simclr_jax.faults import apply_unless_faulty, fault_code
 from simclr_jax.methods import base
 from simclr_jax.sharding import batch_sharded, replicated
 from simclr_jax.state import TrainState
-
-# Bits of the per-step `fault` metric: which values were not finite.
-FAULT_LOSS, FAULT_GRADIENTS, FAULT_PARAMETERS = 1, 2, 4
-
 
 def _target_model(graphdef: nnx.GraphDef, state: TrainState, params, modules) -> nnx.Module:
   """The model with the target network's weights in `modules`: what the method's loss
@@ -75,21 +71,6 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, method: base.M
   fault = fault_code(total, grad_norm, (params, batch_stats, new_target))
   metrics["fault"] = fault
   return apply_unless_faulty(fault, new_state, state), metrics
-
-
-def fault_code(loss: jax.Array, grad_norm: jax.Array, new_params) -> jax.Array:
-  """int32 scalar: 0 when the step is finite, else FAULT_* bits of what is not."""
-  params_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x))
-                                     for x in jax.tree.leaves(new_params)]))
-  return (jnp.where(jnp.isfinite(loss), 0, FAULT_LOSS)
-          + jnp.where(jnp.isfinite(grad_norm), 0, FAULT_GRADIENTS)
-          + jnp.where(params_finite, 0, FAULT_PARAMETERS)).astype(jnp.int32)
-
-
-def apply_unless_faulty(fault: jax.Array, new_state, old_state):
-  """`new_state` if `fault` is 0, else `old_state`: a faulty step's update is not applied
-  (and the step counter does not advance), decided on the device without a host sync."""
-  return jax.tree.map(lambda new, old: jnp.where(fault == 0, new, old), new_state, old_state)
 
 
 def compile_train_step(config, graphdef, tx, schedule, mesh: Mesh,

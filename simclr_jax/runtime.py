@@ -10,14 +10,14 @@ import sys
 import jax
 from absl import logging
 
-from simclr_jax import (checkpoints, config_checks, linear_eval, preemption, pretrain, state,
-                        storage)
+from simclr_jax import (checkpoints, config_checks, export, faults, finetune, linear_eval,
+                        preemption, pretrain, state, storage)
 from simclr_jax.data import input_pipeline, sources
 
 # Errors a user can fix: one `Error: ...` line and exit status 1, no traceback.
 USER_ERRORS = (config_checks.ConfigError, sources.DatasetNotFoundError,
                checkpoints.CheckpointError, state.NoCheckpointError,
-               storage.StorageError, pretrain.TrainingDivergedError)
+               storage.StorageError, faults.TrainingDivergedError)
 
 
 def initialize_distributed() -> None:
@@ -75,3 +75,9 @@ def _run_stages(config, workdir: str, mode: str) -> None:
       pretrain.pretrain(config, workdir)
     if mode in ("linear_eval", "pretrain_and_eval"):
       linear_eval.evaluate(config, workdir)
+    if mode == "finetune":
+      finetune.finetune(config, workdir)
+    if mode == "export":
+      export.export_encoder(config, workdir)
+    if mode == "extract_features":
+      export.extract_features(config, workdir)

@@ -142,9 +142,12 @@ def create_optimizer(config, steps_per_epoch: int, num_train_steps: int):
 
 
 def restore_model(config, pretrain_workdir: str, mesh: Mesh, num_probe_classes: int = 0,
-                  step: int | None = None) -> tuple[int, dict[str, Any]]:
+                  step: int | None = None,
+                  modules: tuple[str, ...] | None = None) -> tuple[int, dict[str, Any]]:
   """(step, {'params', 'batch_stats'}) of the pretrained model in `pretrain_workdir`'s
-  checkpoints (its newest readable step, or `step`), replicated over the mesh.
+  checkpoints (its newest readable step, or `step`), replicated over the mesh; with
+  `modules` (e.g. ('encoder',)) only those top-level modules, read alone (then the online
+  probe's size does not matter).
 
   Only the checkpoint's `model` item is read: the optimiser that pretrained it, its state
   and any target network play no part, so a checkpoint of any pretraining run evaluates
@@ -156,17 +159,21 @@ def restore_model(config, pretrain_workdir: str, mesh: Mesh, num_probe_classes: 
   directory = checkpoints.checkpoint_dir(pretrain_workdir)
   # The random-init model is the restore target (structure, dtypes, shardings).
   target = init_model(config, mesh, num_probe_classes)
+  if modules is not None:
+    target = {kind: {name: tree[name] for name in modules if name in tree}
+              for kind, tree in target.items()}
   restored, steps = None, []
   if directory.exists():
     with checkpoints.create_manager(directory, read_only=True) as manager:
       steps = list(manager.all_steps())
       if step is None or step in steps:
         restored = checkpoints.restore(manager, {"model": target}, config, step,
-                                       check_fields=model_fields(config))
+                                       check_fields=model_fields(config),
+                                       partial=modules is not None)
   if restored is None:
     raise NoCheckpointError(
         f"No pretraining checkpoint{'' if step is None else f' at step {step}'} in "
         f"{directory} (it has steps {steps}). Run `python main.py --config=... "
-        f"--workdir={pretrain_workdir}` (pretraining) first, or pick another "
-        f"--config.linear_eval.checkpoint_step.")
+        f"--workdir={pretrain_workdir}` (pretraining) first, or pick another checkpoint "
+        f"step (the stage's checkpoint_step field).")
   return restored[0], restored[1]["model"]

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from simclr_jax import config_checks, state
+from simclr_jax import config_checks, finetune, state
 from simclr_jax.data import augmentations
 
 # Every file of configs/ with a get_config (the others hold blocks and presets they use).
@@ -26,6 +26,7 @@ def test_config_is_valid(name):
   config_checks.check_pretrain_config(config)
   config_checks.check_linear_eval_config(config)
   state.check_model_config(config)
+  finetune.check_config(config)
 
 
 def test_seed_config_matches_the_seed_document():
@@ -86,3 +87,35 @@ def test_method_configs_use_their_recipe(name, method):
   assert config.augment.view1.blur_probability == 1.0
   assert config.augment.view2.solarize_probability == 0.2
   assert tuple(config.augment.color_jitter) == (0.4, 0.4, 0.2, 0.1)
+
+
+@pytest.mark.parametrize("arg, method, fraction, epochs", [
+    (None, "simclr", 0.1, 30), ("1pct", "simclr", 0.01, 60), ("byol,10pct", "byol", 0.1, 30),
+    ("vicreg,1pct", "vicreg", 0.01, 60), ("mocov3,100pct", "mocov3", 1.0, 30)])
+def test_finetune_config_carries_simclr_v2_s_protocols_on_the_method_s_encoder(
+    arg, method, fraction, epochs):
+  from configs import food101_finetune  # pylint: disable=g-import-not-at-top
+  config = food101_finetune.get_config(arg)
+  pretraining = importlib.import_module(
+      "configs.food101" + ("" if method == "simclr" else f"_{method}")).get_config()
+  assert config.method == method
+  # The encoder and heads of the method's pretraining config, so its checkpoints restore.
+  def value(cfg, field):
+    for key in field.rstrip(".").split("."):
+      cfg = cfg[key]
+    return cfg
+
+  for field in state.model_fields(pretraining):
+    assert value(config, field) == value(pretraining, field), field
+  block = config.finetune
+  assert (block.label_fraction, block.epochs) == (fraction, epochs)
+  assert block.from_head_layer and block.optimizer.name == "lars"
+  assert block.optimizer.base_learning_rate * 1024**0.5 == pytest.approx(0.16)
+  assert block.optimizer.weight_decay == 0 and block.optimizer.warmup_epochs == 0
+  finetune.check_config(config)
+
+
+def test_finetune_config_rejects_an_unknown_protocol():
+  from configs import food101_finetune  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match="PROTOCOL one of"):
+    food101_finetune.get_config("5pct")

@@ -20,6 +20,7 @@ def _run_demo(workdir, method):
 
 
 _RESULTS = {}
+FINETUNE_MARGIN = 0.05
 
 
 def _results_of(method, tmp_path_factory):
@@ -64,3 +65,10 @@ def test_demo_reaches_its_targets(tmp_path):
   assert results["knn_top1_5shot"] >= results["random_init_knn_top1_5shot"] + 0.08
   for key in ("top5", "knn_top1", "top5_5shot", "random_init_top1", "random_init_knn_top1"):
     assert 0 < results[key] <= 1
+  # Fine-tuning from the demo's checkpoint with 10% of the labels (README: the numbers).
+  subprocess.run([sys.executable, "main.py", "--config=configs/demo.py",
+                  f"--workdir={tmp_path}", "--mode=finetune"], cwd=ROOT, check=True,
+                 env={"PATH": "/usr/bin:/bin", "SIMCLR_NO_DISTRIBUTED": "1"}, timeout=900)
+  tuned = json.loads((tmp_path / "finetune.json").read_text())
+  assert tuned["num_labelled_examples"] == 136 and tuned["num_eval_examples"] == 450
+  assert tuned["top1"] >= tuned["random_init_top1"] + FINETUNE_MARGIN

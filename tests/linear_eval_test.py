@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from simclr_jax import linear_eval, pretrain, state as state_lib
+from simclr_jax import encoding, linear_eval, pretrain, state as state_lib
 from tests.conftest import MOCK_EXAMPLES
 from tests.helpers import ArraySource, tiny_food101_config
 
@@ -55,8 +55,8 @@ def test_features_count_every_example_once_and_leave_encoder_untouched():
   labels = np.arange(37, dtype=np.int32) % 101
   source = ArraySource(images, labels)
 
-  encode = linear_eval.make_encoder(state_lib.model_graphdef(config), config.augment.normalize)
-  features, seen_labels = linear_eval.extract_features(config, encode, state, mesh, source, "x")
+  encode = encoding.make_encoder(state_lib.model_graphdef(config), config.augment.normalize)
+  features, seen_labels = encoding.extract_features(config, encode, state, mesh, source, "x")
 
   assert features.shape == (37, 32)
   np.testing.assert_array_equal(np.sort(seen_labels), np.sort(labels))
@@ -64,7 +64,7 @@ def test_features_count_every_example_once_and_leave_encoder_untouched():
   for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
     np.testing.assert_array_equal(a, b)  # Bit-identical: BatchNorm in inference mode.
   # Padding did not change the features of real examples: batch-of-one reference.
-  single, _ = linear_eval.extract_features(config, encode, state, mesh,
+  single, _ = encoding.extract_features(config, encode, state, mesh,
                                            ArraySource(images[:1], labels[:1]), "x")
   np.testing.assert_allclose(features[np.flatnonzero(seen_labels == 0)[0]], single[0],
                              rtol=1e-5, atol=1e-5)
@@ -79,8 +79,8 @@ def test_lost_examples_are_an_error_not_a_smaller_denominator():
   source = ArraySource(images, np.arange(5, dtype=np.int32))
   source.num_examples = lambda split: 6  # The split claims one more than the pipeline yields.
   with pytest.raises(RuntimeError, match="Encoded 5 examples of split 'x' but it has 6"):
-    encode = linear_eval.make_encoder(state_lib.model_graphdef(config), config.augment.normalize)
-    linear_eval.extract_features(config, encode, state, mesh, source, "x")
+    encode = encoding.make_encoder(state_lib.model_graphdef(config), config.augment.normalize)
+    encoding.extract_features(config, encode, state, mesh, source, "x")
 
 
 def test_linear_classifier_fits_separable_data_and_topk_is_exact():
@@ -158,11 +158,11 @@ def test_classifier_on_augmented_images_learns_and_leaves_the_encoder_frozen():
   images = (rng.integers(0, 60, (64, 20, 20, 3)) + 190 * labels[:, None, None, None])
   source = ArraySource(images.astype(np.uint8), labels)
   source.num_classes = 2
-  encode = linear_eval.make_encoder(state_lib.model_graphdef(config), config.augment.normalize)
+  encode = encoding.make_encoder(state_lib.model_graphdef(config), config.augment.normalize)
 
   classifier = linear_eval.train_linear_classifier_on_images(config, encode, state, mesh,
                                                              source, 32)
-  features, seen = linear_eval.extract_features(config, encode, state, mesh, source, "x")
+  features, seen = encoding.extract_features(config, encode, state, mesh, source, "x")
   assert linear_eval.top_k_accuracy(classifier, features, seen, 1) >= 0.9
   for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(jax.device_get(state))):
     np.testing.assert_array_equal(a, b)
@@ -184,7 +184,7 @@ def test_an_sgd_pretrained_checkpoint_evaluates_under_the_lars_protocol(tmp_path
 
 
 def _classifier_run(config, state, mesh, source, checkpoint_dir):
-  encode = linear_eval.make_encoder(state_lib.model_graphdef(config), config.augment.normalize)
+  encode = encoding.make_encoder(state_lib.model_graphdef(config), config.augment.normalize)
   return linear_eval.train_linear_classifier_on_images(config, encode, state, mesh, source, 32,
                                                        checkpoint_dir)
 

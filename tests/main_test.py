@@ -106,3 +106,15 @@ def test_unreadable_checkpoints_stop_cleanly_not_from_scratch(tmp_path):
 # A 1x1 PNG (what the folder source checks: magic bytes and the IEND chunk).
 _PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
                      "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082")
+
+
+@pytest.mark.parametrize("mode", ["linear_eval", "finetune", "export", "extract_features"])
+def test_stages_without_a_pretraining_checkpoint_say_so_in_one_line(mode, tmp_path):
+  result = run_main(DEMO, f"--mode={mode}", tmp_path=tmp_path)
+  _assert_one_error_line(result, "No pretraining checkpoint", str(tmp_path / "work"))
+
+
+def test_a_bad_label_fraction_is_one_line(tmp_path):
+  result = run_main(DEMO, "--mode=finetune", "--config.finetune.label_fraction=0",
+                    tmp_path=tmp_path)
+  _assert_one_error_line(result, "finetune.label_fraction must be in (0, 1]")

@@ -13,7 +13,8 @@ import tensorflow_datasets as tfds
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import demo
-from simclr_jax import linear_eval, pretrain, pretrain_step, state as state_lib
+from simclr_jax import (encoding, linear_eval, pretrain, pretrain_step,
+                        state as state_lib)
 from simclr_jax.data import input_pipeline
 from tests.conftest import MOCK_EXAMPLES
 from tests.helpers import tiny_food101_config
@@ -78,9 +79,9 @@ def test_linear_and_knn_results_under_bfloat16_agree_with_float32():
     mesh = state_lib.create_mesh()
     source = input_pipeline.create_source(config)
     state = linear_eval.EncoderState(**state_lib.init_model(config, mesh, num_probe_classes=10))
-    encode = linear_eval.make_encoder(state_lib.model_graphdef(config, 10), config.augment.normalize)
-    train_x, train_y = linear_eval.extract_features(config, encode, state, mesh, source, "train")
-    test_x, test_y = linear_eval.extract_features(config, encode, state, mesh, source, "test")
+    encode = encoding.make_encoder(state_lib.model_graphdef(config, 10), config.augment.normalize)
+    train_x, train_y = encoding.extract_features(config, encode, state, mesh, source, "train")
+    test_x, test_y = encoding.extract_features(config, encode, state, mesh, source, "test")
     assert train_x.dtype == np.float32
     features[dtype] = test_x
     results[dtype] = linear_eval.probe(train_x, train_y, test_x, test_y, 10,

@@ -12,7 +12,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from flax import nnx
 
-from simclr_jax import checkpoints, config_checks, pretrain, pretrain_step, state as state_lib
+from simclr_jax import (checkpoints, config_checks, faults, pretrain, pretrain_step,
+                        state as state_lib)
 from simclr_jax.backbones import resnet
 from simclr_jax.data import sources
 from tests.conftest import MOCK_EXAMPLES
@@ -146,7 +147,7 @@ def test_blow_up_stops_at_its_step_without_applying_or_saving_it(pretrained_work
   # LARS as the checkpoint was made with (a resume keeps the optimiser).
   config.optimizer.update(base_learning_rate=1e30, lr_scaling="none", warmup_epochs=0.0)
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-    with pytest.raises(pretrain.TrainingDivergedError,
+    with pytest.raises(faults.TrainingDivergedError,
                        match=r"Non-finite .* at step [2-7]: its update was not applied.*"
                              r"last good checkpoint is step 1 in .*checkpoints") as error:
       pretrain.pretrain(config, str(workdir))

@@ -117,8 +117,22 @@ class _FileSource:
     ds = tf.data.Dataset.from_tensor_slices({"path": paths, "label": labels})
     if shuffle:  # File order first, so the shuffle buffer mixes classes from the start.
       ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-    return ds.map(lambda e: {"image": tf.io.read_file(e["path"]), "label": e["label"]},
-                  num_parallel_calls=tf.data.AUTOTUNE)
+    return _read_files(ds)
+
+  def full_dataset(self, split: str) -> tf.data.Dataset:
+    """The whole split in its listing order."""
+    files = self._files(split)
+    return _read_files(tf.data.Dataset.from_tensor_slices(
+        {"path": np.array(files.paths, dtype=str), "label": np.array(files.labels, np.int32)}))
+
+  def labels(self, split: str) -> np.ndarray:
+    return np.array(self._files(split).labels, np.int32)
+
+
+def _read_files(ds: tf.data.Dataset) -> tf.data.Dataset:
+  """{'path', 'label'} -> {'image': the file's bytes, 'label'}."""
+  return ds.map(lambda e: {"image": tf.io.read_file(e["path"]), "label": e["label"]},
+                num_parallel_calls=tf.data.AUTOTUNE)
 
 
 SPLIT_FOLDERS = ("train", "test", "val", "validation")

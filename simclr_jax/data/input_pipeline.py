@@ -122,11 +122,23 @@ def linear_train_dataset(config, source, start_step: int = 0) -> tf.data.Dataset
   """Endless batches {'image': (b, S, S, 3) uint8, 'label': (b,)} of training images, randomly
   cropped and flipped (SimCLR's linear-evaluation augmentation), b = per-process share of
   config.linear_eval.batch_size; from batch `start_step` on, as `pretrain_dataset`."""
-  batch = local_batch_size(config.linear_eval.batch_size)
+  return crop_flip_dataset(config, source, config.linear_eval.batch_size, start_step,
+                           stream=1)
+
+
+def crop_flip_dataset(config, source, batch_size: int, start_step: int = 0,
+                      stream: int = 1) -> tf.data.Dataset:
+  """Endless batches {'image': (b, S, S, 3) uint8, 'label': (b,)} of `config.train_split`,
+  randomly cropped (config.augment's crop ranges and image size) and flipped, b = this
+  process's share of the global `batch_size`, from batch `start_step` on. `stream` (1:
+  linear evaluation, 2: fine-tuning) keeps each stage's random draws apart from the
+  others' and from pretraining's."""
+  batch = local_batch_size(batch_size)
   ds = tf.data.Dataset.zip(_endless_training_examples(config, source),
                            tf.data.Dataset.counter())
   ds = ds.skip(start_step * batch)
-  stream_id = -(config.seed * 1_000_003 + jax.process_index()) - 1  # Apart from pretraining.
+  # Negative: apart from pretraining's ids; the streams 2**40 apart.
+  stream_id = -(config.seed * 1_000_003 + jax.process_index()) - 1 - (stream - 1) * 2**40
 
   def crop_and_flip(example, position):
     seed = tf.stack([tf.constant(stream_id, tf.int64), position])

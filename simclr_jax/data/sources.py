@@ -2,8 +2,10 @@
 
 Every source yields elements {'image', 'label': int32} for this process's share of a split
 (disjoint across processes, covering the split); 'image' is a decoded (H, W, 3) uint8 image
-or its encoded bytes, which the augmentations decode. The folder sources
-(`folder_sources`) follow the same protocol.
+or its encoded bytes, which the augmentations decode. `full_dataset(split)` is the whole
+split in a fixed order and `labels(split)` its labels in that order (what a labelled subset
+is chosen from: `subsets`). The folder sources (`folder_sources`) follow the same
+protocol.
 """
 
 from __future__ import annotations
@@ -52,8 +54,19 @@ class TfdsSource:
 
   def local_dataset(self, split: str, shuffle: bool, seed: int) -> tf.data.Dataset:
     ds = self._as_dataset(split, shuffle, seed, tfds.split_for_jax_process(split))
-    return ds.map(lambda example: {"image": example["image"],
-                                   "label": tf.cast(example["label"], tf.int32)})
+    return ds.map(_image_and_label)
+
+  def full_dataset(self, split: str) -> tf.data.Dataset:
+    """The whole split (every process reads all of it) in a fixed order."""
+    return self._as_dataset(split, shuffle=False, seed=0).map(_image_and_label)
+
+  def labels(self, split: str) -> np.ndarray:
+    """(n,) int32 labels of the whole split, in `full_dataset`'s order (one pass over its
+    records: the images are read, not decoded)."""
+    ds = self._as_dataset(split, shuffle=False, seed=0).map(
+        lambda example: tf.cast(example["label"], tf.int32))
+    batches = ds.batch(4096).as_numpy_iterator()
+    return np.concatenate([np.zeros(0, np.int32), *batches])
 
   def _as_dataset(self, split: str, shuffle: bool, seed: int,
                   subsplit=None) -> tf.data.Dataset:
@@ -124,8 +137,19 @@ class DigitsSource:
     shard = process_share(len(labels))
     return tf.data.Dataset.from_tensor_slices({"image": images[shard], "label": labels[shard]})
 
+  def full_dataset(self, split: str) -> tf.data.Dataset:
+    images, labels = self.arrays(split)
+    return tf.data.Dataset.from_tensor_slices({"image": images, "label": labels})
+
+  def labels(self, split: str) -> np.ndarray:
+    return self.arrays(split)[1]
+
 
 LOCAL_DATASETS = ("digits", "folder", "food101_raw")  # Any other name is a TFDS dataset.
+
+
+def _image_and_label(example):
+  return {"image": example["image"], "label": tf.cast(example["label"], tf.int32)}
 
 
 def process_share(num_examples: int) -> np.ndarray:

@@ -38,6 +38,8 @@ class Method:
       restores only into a config that agrees on them.
     target_modules: the model's attributes whose exponential moving average is the target
       network (BYOL's encoder and projector); () for none.
+    projection_head: the `heads.MLP` on the encoder's features (SimCLR's `head`, BYOL's
+      `projector`, VICReg's `expander`), whose first layer fine-tuning can keep (SimCLR v2).
   """
   name: str
   build: Callable[..., "Model"]
@@ -45,6 +47,7 @@ class Method:
   check_config: Callable[[Any], None]
   model_fields: tuple[str, ...]
   target_modules: tuple[str, ...] = ()
+  projection_head: str = "head"
 
 
 class Model(nnx.Module):

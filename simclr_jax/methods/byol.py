@@ -39,4 +39,4 @@ def check_config(config) -> None:
 METHOD = base.Method(
     name="byol", build=build, loss=loss, check_config=check_config,
     model_fields=("byol.projector_widths", "byol.predictor_widths"),
-    target_modules=("encoder", "projector"))
+    target_modules=("encoder", "projector"), projection_head="projector")

@@ -47,4 +47,4 @@ def check_config(config) -> None:
 METHOD = base.Method(
     name="mocov3", build=build, loss=loss, check_config=check_config,
     model_fields=("mocov3.projector_widths", "mocov3.predictor_widths"),
-    target_modules=("encoder", "projector"))
+    target_modules=("encoder", "projector"), projection_head="projector")

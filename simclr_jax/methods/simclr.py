@@ -52,4 +52,4 @@ def check_config(config) -> None:
 
 METHOD = base.Method(
     name="simclr", build=build, loss=loss, check_config=check_config,
-    model_fields=("simclr.head_widths", "simclr.head_batch_norm"))
+    model_fields=("simclr.head_widths", "simclr.head_batch_norm"), projection_head="head")

@@ -52,4 +52,4 @@ def check_config(config) -> None:
 
 METHOD = base.Method(
     name="vicreg", build=build, loss=loss, check_config=check_config,
-    model_fields=("vicreg.expander_widths",))
+    model_fields=("vicreg.expander_widths",), projection_head="expander")

@@ -1,0 +1,49 @@
+"""Fine-tuning a Food-101 encoder with 1% or 10% of the labels (SimCLR v2's protocols).
+
+  python main.py --config=configs/food101_finetune.py:10pct --workdir=/tmp/simclr \
+      --mode=finetune
+  python main.py --config=configs/food101_finetune.py:byol,1pct --workdir=/tmp/byol ...
+
+The argument is `[METHOD,]PROTOCOL`: the pretraining config it builds on (SimCLR's
+configs/food101.py when no method is named, else configs/food101_<method>.py, so that the
+encoder matches the checkpoint) and `1pct` or `10pct` (default `10pct`); `100pct` uses all
+labels.
+
+SimCLR v2 (Chen et al., 2020b, Section 3 and Appendix B): the classifier on the first layer
+of the projection head (fine-tuned with the encoder), LARS with lr 0.005 * sqrt(batch) =
+0.16 at batch 1024, no weight decay, no warm-up, random crops and flips only, global
+BatchNorm; 60 epochs with 1% of the labels, 30 with 10% (and 100%). The labelled part is
+stratified (every class keeps its share, at least one image: 1% of Food-101's 75,750
+training images is 7-8 per class, 758 in all), drawn from config.seed. Top-1 / top-5 on all
+25,250 `validation` images after every epoch.
+"""
+
+import importlib
+
+from configs import food101
+
+PROTOCOLS = {"1pct": (0.01, 60), "10pct": (0.1, 30), "100pct": (1.0, 30)}
+
+
+def get_config(arg: str | None = None):
+  *method, protocol = (arg or "10pct").split(",")
+  if protocol not in PROTOCOLS:
+    raise ValueError(f"configs/food101_finetune.py takes [METHOD,]PROTOCOL with PROTOCOL one of "
+                     f"{sorted(PROTOCOLS)}, got {arg!r}.")
+  if method and method[0] != "simclr":
+    config = importlib.import_module(f"configs.food101_{method[0]}").get_config()
+  else:
+    config = food101.get_config()
+  fraction, epochs = PROTOCOLS[protocol]
+  block = config.finetune
+  block.label_fraction = fraction
+  block.epochs = epochs
+  block.from_head_layer = True
+  block.batch_size = 1024
+  block.optimizer.name = "lars"
+  block.optimizer.base_learning_rate = 0.005
+  block.optimizer.lr_scaling = "sqrt"
+  block.optimizer.weight_decay = 0.0
+  block.optimizer.warmup_epochs = 0.0
+  block.random_init_baseline = False
+  return config

@@ -1,0 +1,160 @@
+"""load_encoder: the pretrained encoder from a workdir alone, the same features as the
+stages' encoder, on one device whatever saved it, without TensorFlow."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+import simclr_jax
+from simclr_jax import checkpoints, encoder as encoder_lib, encoding, pretrain, state as state_lib
+from tests.conftest import MOCK_EXAMPLES
+from tests.helpers import tiny_food101_config, tiny_method_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Importing tensorflow, tensorflow_datasets or clu fails. Unlike tests/no_tensorflow_test.py's
+# blocker, looking them up (importlib.util.find_spec, as etils.epath does for every path)
+# still works, as on a machine without them, where it answers None.
+BLOCKER = """
+import importlib.abc, importlib.machinery, sys
+class Loader(importlib.abc.Loader):
+  def create_module(self, spec):
+    raise ImportError(f"{spec.name} is blocked: this must run without it")
+  def exec_module(self, module):
+    pass
+class Block(importlib.abc.MetaPathFinder):
+  def find_spec(self, name, path=None, target=None):
+    if name.split(".")[0] in ("tensorflow", "tensorflow_datasets", "clu"):
+      return importlib.machinery.ModuleSpec(name, Loader())
+sys.meta_path.insert(0, Block())
+"""
+
+
+@pytest.fixture(scope="module")
+def byol_workdir(tmp_path_factory):
+  """BYOL with the online probe, checkpoints at steps 1 and 2."""
+  workdir = tmp_path_factory.mktemp("byol")
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    pretrain.pretrain(_byol_config(), str(workdir))
+  return workdir
+
+
+def _byol_config():
+  return tiny_method_config("byol", num_train_steps=2, online_probe=True)
+
+
+def _images(n=5, size=16, seed=0):
+  return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), np.uint8)
+
+
+def _stage_features(config, workdir, images, num_probe_classes=0, step=None):
+  """(step, features) of the encoder as linear_eval restores and runs it (8 devices)."""
+  mesh = state_lib.create_mesh()
+  restored_step, model = state_lib.restore_model(config, str(workdir), mesh, num_probe_classes,
+                                                 step)
+  encode = encoding.make_encoder(state_lib.model_graphdef(config, num_probe_classes),
+                                 config.augment.normalize)
+  return restored_step, np.asarray(encode(model["params"], model["batch_stats"], images)), model
+
+
+def test_load_encoder_gives_the_stages_features_on_one_device(pretrained_workdir):
+  config = tiny_food101_config()
+  images = _images()
+  step, expected, model = _stage_features(config, pretrained_workdir, images)
+  encoder = simclr_jax.load_encoder(str(pretrained_workdir))
+
+  assert encoder.step == step == 1 and encoder.num_features == 32
+  features = encoder(images)
+  assert features.shape == (5, 32) and features.dtype == np.float32
+  np.testing.assert_allclose(np.asarray(features), expected, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(encoder(jax.numpy.asarray(images))), expected,
+                             rtol=1e-6, atol=1e-6)
+  # The config is the checkpoint's, as a ConfigDict, equal in every model field.
+  saved = checkpoints.config_json(config)
+  assert encoder.config.model.to_dict() == saved["model"]
+  assert encoder.config.augment.to_dict() == saved["augment"]
+  assert encoder.config.model.width_multiplier == 0.0625 and encoder.config.method == "simclr"
+  # Only the encoder, restored as saved, on one device (it was saved from 8).
+  for ours, theirs in ((encoder.params, model["params"]["encoder"]),
+                       (encoder.batch_stats, model["batch_stats"]["encoder"])):
+    assert jax.tree.structure(ours) == jax.tree.structure(theirs)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+      assert len(a.sharding.device_set) == 1
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_load_encoder_of_byol_with_a_probe_at_a_given_step(byol_workdir):
+  """The heads and the probe (101 classes, unknown to load_encoder) are not needed."""
+  config = _byol_config()
+  images = _images(seed=1)
+  newest = encoder_lib.load_encoder(byol_workdir)
+  first = encoder_lib.load_encoder(str(byol_workdir), step=1)
+  assert (newest.step, first.step) == (2, 1) and newest.config.method == "byol"
+  for step, encoder in ((1, first), (2, newest)):
+    _, expected, _ = _stage_features(config, byol_workdir, images, 101, step)
+    np.testing.assert_allclose(np.asarray(encoder(images)), expected, rtol=1e-6, atol=1e-6)
+  assert max(np.abs(a - b).max() for a, b in zip(
+      jax.tree.leaves(newest.params), jax.tree.leaves(first.params))) > 0
+
+
+def test_no_checkpoint_is_a_no_checkpoint_error(tmp_path, pretrained_workdir):
+  with pytest.raises(state_lib.NoCheckpointError, match="No pretraining checkpoint in"):
+    encoder_lib.load_encoder(str(tmp_path))
+  with pytest.raises(state_lib.NoCheckpointError, match=r"at step 99 .*steps \[1\]"):
+    encoder_lib.load_encoder(str(pretrained_workdir), step=99)
+
+
+def _truncate_files(folder):
+  for root, _, files in os.walk(folder):
+    for name in files:
+      path = os.path.join(root, name)
+      os.truncate(path, os.path.getsize(path) // 2)
+
+
+def test_a_damaged_newest_step_falls_back_and_none_readable_is_an_error(byol_workdir,
+                                                                         tmp_path):
+  workdir = tmp_path / "work"
+  shutil.copytree(byol_workdir, workdir)
+  _truncate_files(workdir / "checkpoints" / "2" / "model")
+  assert encoder_lib.load_encoder(str(workdir)).step == 1
+  _truncate_files(workdir / "checkpoints" / "1" / "model")
+  with pytest.raises(checkpoints.CheckpointError, match="No readable checkpoint"):
+    encoder_lib.load_encoder(str(workdir))
+  with pytest.raises(checkpoints.CheckpointError, match="step 2"):
+    encoder_lib.load_encoder(str(workdir), step=2)
+
+
+def test_wrong_images_are_a_clear_error(pretrained_workdir):
+  encoder = encoder_lib.load_encoder(str(pretrained_workdir))
+  with pytest.raises(ValueError, match=r"uint8 images, got shape \(2, 16, 16, 3\) of float32"):
+    encoder(np.zeros((2, 16, 16, 3), np.float32))
+
+
+def test_load_encoder_runs_without_tensorflow(pretrained_workdir):
+  code = """
+import json, sys
+try:
+  import tensorflow
+  raise AssertionError("not blocked")
+except ImportError:
+  pass
+import numpy as np
+from simclr_jax import load_encoder
+encoder = load_encoder(sys.argv[1])
+features = encoder(np.zeros((2, 16, 16, 3), np.uint8))
+assert not {"tensorflow", "tensorflow_datasets", "clu"} & set(sys.modules)
+print(json.dumps({"shape": list(features.shape), "step": encoder.step,
+                  "devices": len(__import__("jax").devices())}))
+"""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, XLA_FLAGS="")
+  result = subprocess.run([sys.executable, "-c", BLOCKER + code, str(pretrained_workdir)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  line = json.loads(result.stdout.strip().splitlines()[-1])
+  assert line == {"shape": [2, 32], "step": 1, "devices": 1}
