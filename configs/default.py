@@ -176,7 +176,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.finetune.optimizer.nesterov = True  # With 'sgd'.
   config.finetune.optimizer.weight_decay = 0.0
   config.finetune.optimizer.exclude_bn_and_bias = True
-  config.finetune.optimizer.exclude_patterns = ()
+  # The classifier starts at zero: LARS's trust ratio (|w| / |g|) would keep it there.
+  # The official SimCLR code keeps its supervised head out of both (head_supervised).
+  config.finetune.optimizer.exclude_patterns = ("^classifier/",)
   config.finetune.optimizer.trust_coefficient = 0.001
   config.finetune.optimizer.warmup_epochs = 0.0
   config.finetune.optimizer.schedule_unit = "step"

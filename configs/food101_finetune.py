@@ -12,7 +12,9 @@ labels.
 SimCLR v2 (Chen et al., 2020b, Section 3 and Appendix B): the classifier on the first layer
 of the projection head (fine-tuned with the encoder), LARS with lr 0.005 * sqrt(batch) =
 0.16 at batch 1024, no weight decay, no warm-up, random crops and flips only, global
-BatchNorm; 60 epochs with 1% of the labels, 30 with 10% (and 100%). The labelled part is
+BatchNorm; 60 epochs with 1% of the labels, 30 with 10% (and 100%). The classifier starts at
+zero and stays out of LARS's trust ratio (configs/default.py: finetune.optimizer.
+exclude_patterns), as the official code keeps its supervised head out. The labelled part is
 stratified (every class keeps its share, at least one image: 1% of Food-101's 75,750
 training images is 7-8 per class, 758 in all), drawn from config.seed. Top-1 / top-5 on all
 25,250 `validation` images after every epoch.
