@@ -5,11 +5,12 @@ import json
 
 import jax
 import numpy as np
+import optax
 import pytest
 import tensorflow_datasets as tfds
 from flax import nnx
 
-from simclr_jax import config_checks, finetune, preemption, state as state_lib
+from simclr_jax import config_checks, finetune, precision, preemption, state as state_lib
 from simclr_jax.data import input_pipeline, sources, subsets
 from tests.conftest import MOCK_EXAMPLES
 from tests.helpers import tiny_food101_config
@@ -222,3 +223,34 @@ def test_without_a_pretraining_checkpoint_it_says_so(tmp_path):
   with pytest.raises(state_lib.NoCheckpointError, match="No pretraining checkpoint"):
     _finetune(tiny_food101_config(), tmp_path)
   assert not (tmp_path / "finetune.json").exists()
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_the_update_s_loss_is_smoothed_cross_entropy_of_the_model_s_logits(head_config,
+                                                                           smoothing):
+  """The compiled step's loss against NumPy's smoothed cross entropy of the same logits
+  (BatchNorm in training mode: statistics of this batch), on 8 devices."""
+  head_config.finetune.label_smoothing = smoothing
+  num_classes, mesh = 5, state_lib.create_mesh()
+  classifier = finetune.build_classifier(head_config, num_classes, nnx.Rngs(0))
+  graphdef, params, stats = nnx.split(classifier, nnx.Param, nnx.BatchStat)
+  params, stats = nnx.to_pure_dict(params), nnx.to_pure_dict(stats)
+  rng = np.random.default_rng(2)
+  params["classifier"]["kernel"] = rng.normal(
+      size=params["classifier"]["kernel"].shape).astype(np.float32)
+  tx = optax.sgd(0.0)
+  train_state = finetune.FinetuneState(step=np.int32(0), params=params, batch_stats=stats,
+                                       opt_state=tx.init(params), history=np.zeros((1, 2)))
+  update, _ = finetune.compile_steps(head_config, graphdef, tx, lambda step: 0.0, num_classes,
+                                     mesh)
+  images = rng.integers(0, 256, (16, 16, 16, 3), np.uint8)
+  labels = rng.integers(0, num_classes, 16).astype(np.int32)
+  model_input = precision.to_model_input(images, head_config.augment.normalize)
+  logits = np.asarray(nnx.merge(graphdef, params, stats)(model_input, train=True), np.float64)
+  _, metrics = update(jax.device_put(train_state, jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec())), {"image": images, "label": labels})
+  targets = np.eye(num_classes)[labels] * (1 - smoothing) + smoothing / num_classes
+  log_probs = logits - logits.max(1, keepdims=True)
+  log_probs -= np.log(np.exp(log_probs).sum(1, keepdims=True))
+  assert float(metrics["loss"]) == pytest.approx(-(targets * log_probs).sum(1).mean(),
+                                                 rel=1e-5)
