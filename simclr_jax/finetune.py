@@ -233,11 +233,10 @@ def evaluate_split(eval_fn, train_state: FinetuneState, data, source,
 def finetune(config, workdir: str) -> dict[str, Any]:
   """Runs (or resumes) the fine-tuning stage; returns and writes finetune.json."""
   check_config(config)
-  state.check_model_config(config)
-  config_checks.check_compute_dtype(config)
+  data = data_config(config)
+  state.check_model_config(data)  # The backbone at the fine-tuning image size.
   input_pipeline.configure_tensorflow()
   mesh = state.create_mesh()
-  data = data_config(config)
   full_source = input_pipeline.create_source(data)
   source = subsets.labelled_subset(full_source, data.train_split,
                                    config.finetune.label_fraction, config.seed)

@@ -254,3 +254,10 @@ def test_the_update_s_loss_is_smoothed_cross_entropy_of_the_model_s_logits(head_
   log_probs -= np.log(np.exp(log_probs).sum(1, keepdims=True))
   assert float(metrics["loss"]) == pytest.approx(-(targets * log_probs).sum(1).mean(),
                                                  rel=1e-5)
+
+
+def test_a_fine_tuning_image_size_too_small_for_the_backbone_is_a_config_error(tmp_path):
+  config = tiny_food101_config()
+  config.finetune.image_size = 4  # The small-image stem downsamples by 8.
+  with pytest.raises(config_checks.ConfigError, match="augment.image_size=4 is too small"):
+    _finetune(config, tmp_path)
