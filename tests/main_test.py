@@ -108,12 +108,17 @@ _PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000
                      "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082")
 
 
-@pytest.mark.parametrize("mode", ["linear_eval", "finetune", "export", "extract_features"])
+# A process each (about 20 s): two in the default suite, the others with the slow ones (the
+# stages' own tests raise NoCheckpointError in-process).
+@pytest.mark.parametrize("mode", [pytest.param("linear_eval", marks=pytest.mark.slow),
+                                  "finetune", "export",
+                                  pytest.param("extract_features", marks=pytest.mark.slow)])
 def test_stages_without_a_pretraining_checkpoint_say_so_in_one_line(mode, tmp_path):
   result = run_main(DEMO, f"--mode={mode}", tmp_path=tmp_path)
   _assert_one_error_line(result, "No pretraining checkpoint", str(tmp_path / "work"))
 
 
+@pytest.mark.slow  # finetune_test checks the message in-process.
 def test_a_bad_label_fraction_is_one_line(tmp_path):
   result = run_main(DEMO, "--mode=finetune", "--config.finetune.label_fraction=0",
                     tmp_path=tmp_path)
