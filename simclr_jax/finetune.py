@@ -216,10 +216,10 @@ def evaluate_split(eval_fn, train_state: FinetuneState, data, source,
   batches = input_pipeline.global_batches(
       input_pipeline.padded_eval_batches(ds, input_pipeline.local_batch_size(batch_size)),
       batch_sharded(mesh))
-  totals = np.zeros(3, np.int64)
-  for batch in batches:
-    totals += np.asarray(jax.device_get(eval_fn(train_state.params, train_state.batch_stats,
-                                                batch)))
+  totals = jnp.zeros(3, jnp.int32)
+  for batch in batches:  # Summed on the devices: one host sync per evaluation, not per batch.
+    totals = totals + eval_fn(train_state.params, train_state.batch_stats, batch)
+  totals = np.asarray(jax.device_get(totals))
   expected = source.num_examples(data.eval_split)
   if totals[2] != expected:
     raise RuntimeError(f"Evaluated {totals[2]} examples of split '{data.eval_split}' but it "

@@ -56,12 +56,7 @@ class LabelledSubset:
   def local_dataset(self, split: str, shuffle: bool, seed: int) -> tf.data.Dataset:
     if split != self.split:
       return self.source.local_dataset(split, shuffle, seed)
-    keep = np.zeros(self.source.num_examples(split), bool)
-    keep[self.indices[process_share(len(self.indices))]] = True
-    keep = tf.constant(keep)
-    ds = self.source.full_dataset(split).enumerate()
-    ds = ds.filter(lambda index, example: tf.gather(keep, index))
-    ds = ds.map(lambda index, example: example).cache()
+    ds = self._chosen(split, self.indices[process_share(len(self.indices))]).cache()
     if shuffle:
       ds = ds.shuffle(len(self.indices), seed=seed, reshuffle_each_iteration=True)
     return ds
@@ -69,7 +64,13 @@ class LabelledSubset:
   def full_dataset(self, split: str) -> tf.data.Dataset:
     if split != self.split:
       return self.source.full_dataset(split)
-    keep = tf.constant(np.isin(np.arange(self.source.num_examples(split)), self.indices))
+    return self._chosen(split, self.indices)
+
+  def _chosen(self, split: str, indices: np.ndarray) -> tf.data.Dataset:
+    """The examples of `source.full_dataset(split)` at `indices`, in the split's order."""
+    keep = np.zeros(self.source.num_examples(split), bool)
+    keep[indices] = True
+    keep = tf.constant(keep)
     ds = self.source.full_dataset(split).enumerate()
     return ds.filter(lambda index, example: tf.gather(keep, index)).map(lambda i, e: e)
 
