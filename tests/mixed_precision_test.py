@@ -78,7 +78,7 @@ def test_linear_and_knn_results_under_bfloat16_agree_with_float32():
     config.linear_eval.few_shot_per_class = 0
     mesh = state_lib.create_mesh()
     source = input_pipeline.create_source(config)
-    state = linear_eval.EncoderState(**state_lib.init_model(config, mesh, num_probe_classes=10))
+    state = encoding.EncoderState(**state_lib.init_model(config, mesh, num_probe_classes=10))
     encode = encoding.make_encoder(state_lib.model_graphdef(config, 10), config.augment.normalize)
     train_x, train_y = encoding.extract_features(config, encode, state, mesh, source, "train")
     test_x, test_y = encoding.extract_features(config, encode, state, mesh, source, "test")
