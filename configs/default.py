@@ -106,6 +106,9 @@ def get_config() -> ml_collections.ConfigDict:
   # '^probe/': the official SimCLR code keeps its supervised head out of both).
   config.optimizer.exclude_patterns = ()
   config.optimizer.trust_coefficient = 0.001
+  # (regex, factor) pairs: the parameters whose path matches get factor x the learning rate
+  # (the first matching pair), e.g. (("^predictor/", 10.0),). Empty: one rate for all.
+  config.optimizer.learning_rate_multipliers = ()
   config.optimizer.warmup_epochs = 10.0
   # 'step': the cosine moves every step; 'epoch': held within an epoch, as PyTorch's
   # CosineAnnealingLR(T_max=epochs) stepped once per epoch.

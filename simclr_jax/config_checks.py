@@ -6,6 +6,8 @@ The checks here are the stages' own; each method (`methods/`) and backbone famil
 
 from __future__ import annotations
 
+import re
+
 import jax
 
 from simclr_jax import precision
@@ -43,6 +45,7 @@ def check_pretrain_config(config) -> None:
   require(config.optimizer.schedule_unit in ("step", "epoch"),
           f"optimizer.schedule_unit must be 'step' or 'epoch', got "
           f"{config.optimizer.schedule_unit!r}.")
+  check_learning_rate_multipliers("optimizer", config.optimizer)
   _check_augment(config.augment)
   check_compute_dtype(config)
   require(config.num_epochs > 0 or config.num_train_steps > 0,
@@ -50,6 +53,21 @@ def check_pretrain_config(config) -> None:
   for name in ("log_every_steps", "checkpoint_every_steps", "max_checkpoints_to_keep"):
     require(isinstance(config[name], int) and config[name] > 0,
             f"{name} must be a positive integer, got {config[name]!r}.")
+
+
+def check_learning_rate_multipliers(name: str, opt_config) -> None:
+  """(regex, factor) pairs with valid regexes and factors >= 0."""
+  for pair in opt_config.get("learning_rate_multipliers", ()):
+    example = f'e.g. --config.{name}.learning_rate_multipliers=\'(("^predictor/", 10.0),)\''
+    require(isinstance(pair, (tuple, list)) and len(pair) == 2 and isinstance(pair[0], str)
+            and isinstance(pair[1], (int, float)) and pair[1] >= 0,
+            f"{name}.learning_rate_multipliers must hold (regex, factor >= 0) pairs, got "
+            f"{pair!r}: {example}.")
+    try:
+      re.compile(pair[0])
+    except re.error as error:
+      raise ConfigError(f"{name}.learning_rate_multipliers: {pair[0]!r} is not a regex "
+                        f"({error}).") from None
 
 
 def check_compute_dtype(config) -> None:

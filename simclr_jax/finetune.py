@@ -103,6 +103,7 @@ def check_config(config) -> None:
   config_checks.require(block.optimizer.lr_scaling in ("sqrt", "linear", "none"),
                         f"finetune.optimizer.lr_scaling must be 'sqrt', 'linear' or 'none', "
                         f"got {block.optimizer.lr_scaling!r}.")
+  config_checks.check_learning_rate_multipliers("finetune.optimizer", block.optimizer)
   for name in ("log_every_steps", "checkpoint_every_steps"):
     config_checks.require(block[name] > 0, f"finetune.{name} must be > 0, got {block[name]}.")
   if block.from_head_layer:

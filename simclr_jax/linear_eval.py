@@ -191,6 +191,15 @@ def few_shot_subset(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray
   return np.sort(np.concatenate(chosen))
 
 
+def feature_rank(features: np.ndarray) -> float:
+  """RankMe (Garrido et al., 2023): exp of the entropy of the normalised singular values of
+  the (N, F) feature matrix, between 1 and min(N, F). Near 1: the features have collapsed
+  onto a line (a self-supervised run gone wrong, whatever its loss says)."""
+  singular = np.linalg.svd(np.asarray(features, np.float64), compute_uv=False)
+  shares = singular / max(singular.sum(), 1e-12) + 1e-7  # The paper's epsilon.
+  return float(np.exp(-np.sum(shares * np.log(shares))))
+
+
 def probe(train_features, train_labels, eval_features, eval_labels, num_classes: int,
           le_config, seed: int, prefix: str = "", classifier=None) -> dict[str, float]:
   """Linear top-1/top-5 and kNN top-1, with all labels and, if asked, k labels per class.
@@ -254,6 +263,7 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
                                                      train_x.shape[1], checkpoint_dir)
     results.update(probe(train_x, train_y, eval_x, eval_y, source.num_classes,
                          config.linear_eval, config.seed, prefix, classifier))
+    results[f"{prefix}feature_rank"] = feature_rank(train_x)
     if not prefix and config.linear_eval.tsne_points and jax.process_index() == 0:
       picture = visualize.tsne_map(
           eval_x, eval_y, storage.path(workdir) / "tsne.png",

@@ -57,15 +57,40 @@ def decay_mask(params, exclude_patterns: Sequence[str] = ()):
   def takes_decay(path, _):
     if getattr(path[-1], "key", None) != "kernel":
       return False
-    name = "/".join(str(getattr(k, "key", k)) for k in path)
-    return not any(p.search(name) for p in patterns)
+    return not any(p.search(_path_name(path)) for p in patterns)
 
   return jax.tree_util.tree_map_with_path(takes_decay, params)
 
 
+def _path_name(path) -> str:
+  return "/".join(str(getattr(k, "key", k)) for k in path)
+
+
+def scale_learning_rates(multipliers: Sequence[tuple[str, float]]) -> optax.GradientTransformation:
+  """Multiplies the updates of the parameters whose '/'-joined path matches a regex by its
+  factor (the first matching pair wins), as big_vision's `lr_mults`: after LARS or SGD, this
+  is a learning rate times the factor for that group. E.g. (('^predictor/', 10.0),)."""
+  multipliers = tuple((re.compile(pattern), float(factor)) for pattern, factor in multipliers)
+
+  def group(path, _):
+    name = _path_name(path)
+    return next((str(i) for i, (p, _) in enumerate(multipliers) if p.search(name)), "rest")
+
+  transforms = {str(i): optax.scale(factor) for i, (_, factor) in enumerate(multipliers)}
+  transforms["rest"] = optax.identity()
+  return optax.multi_transform(
+      transforms, lambda params: jax.tree_util.tree_map_with_path(group, params))
+
+
 def create_optimizer(opt_config, schedule: optax.Schedule) -> optax.GradientTransformation:
   """LARS or SGD with momentum, Nesterov's when `nesterov` (coupled L2 weight decay, as
-  torch.optim.SGD)."""
+  torch.optim.SGD); then `learning_rate_multipliers`' groups scaled, when given."""
+  optimizer = _base_optimizer(opt_config, schedule)
+  multipliers = tuple(opt_config.get("learning_rate_multipliers", ()))
+  return optax.chain(optimizer, scale_learning_rates(multipliers)) if multipliers else optimizer
+
+
+def _base_optimizer(opt_config, schedule: optax.Schedule) -> optax.GradientTransformation:
   patterns = tuple(opt_config.exclude_patterns)
   mask = (lambda params: decay_mask(params, patterns)) if opt_config.exclude_bn_and_bias else True
   if opt_config.name == "lars":

@@ -66,6 +66,22 @@ def test_negative_probe_weight_decay_is_a_config_error(field):
     config_checks.check_linear_eval_config(config)
 
 
+@pytest.mark.parametrize("multipliers, message", [
+    ((("^predictor/", -1.0),), "must hold \\(regex, factor >= 0\\) pairs"),
+    (("^predictor/",), "must hold \\(regex, factor >= 0\\) pairs"),
+    ((("predictor[", 10.0),), "'predictor\\[' is not a regex"),
+])
+def test_bad_learning_rate_multipliers_are_config_errors(multipliers, message):
+  config = importlib.import_module("configs.demo").get_config("byol")
+  config.optimizer.learning_rate_multipliers = multipliers
+  with pytest.raises(config_checks.ConfigError, match="optimizer.learning_rate_multipliers"):
+    config_checks.check_pretrain_config(config)
+  with pytest.raises(config_checks.ConfigError, match=message):
+    config_checks.check_pretrain_config(config)
+  config.optimizer.learning_rate_multipliers = (("^predictor/", 10.0),)
+  config_checks.check_pretrain_config(config)
+
+
 @pytest.mark.parametrize("method", ["simclr", "byol", "mocov3", "vicreg"])
 def test_demo_config_takes_the_method_and_the_validation_split(method):
   from configs import demo  # pylint: disable=g-import-not-at-top

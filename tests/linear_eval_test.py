@@ -36,6 +36,7 @@ def test_linear_eval_stage_on_mock_food101(pretrained_workdir, tmp_path):
               "random_init_top1_1shot", "random_init_knn_top1"):
     assert 0.0 <= results[key] <= 1.0
   assert results["top5"] >= results["top1"]
+  assert 1.0 <= results["feature_rank"] <= 21 and 1.0 <= results["random_init_feature_rank"] <= 21
 
 
 def test_linear_eval_without_checkpoint_says_what_to_do(tmp_path):
@@ -110,6 +111,25 @@ def test_linear_classifier_fits_separable_data_and_topk_is_exact():
   assert linear_eval.top_k_accuracy(manual, x, y, 1) == 0.25
   assert linear_eval.top_k_accuracy(manual, x, y, 2) == 0.5
   assert linear_eval.top_k_accuracy(manual, x, y, 3) == 1.0
+
+
+def test_feature_rank_counts_the_directions_the_features_use():
+  """RankMe on features with known singular values: k equal ones give k; (3, 1) gives
+  exp(H(0.75, 0.25)) = 1.755; a rank-1 matrix gives 1."""
+  rng = np.random.default_rng(0)
+  left = np.linalg.qr(rng.normal(size=(200, 16)))[0]
+  right = np.linalg.qr(rng.normal(size=(16, 16)))[0]
+
+  def with_singular_values(values):
+    padded = np.zeros(16)
+    padded[:len(values)] = values
+    return left @ np.diag(padded) @ right
+
+  for k in (1, 4, 16):
+    assert linear_eval.feature_rank(with_singular_values([2.0] * k)) == pytest.approx(k, rel=1e-4)
+  entropy = -(0.75 * np.log(0.75) + 0.25 * np.log(0.25))
+  assert linear_eval.feature_rank(with_singular_values([3.0, 1.0])) == pytest.approx(
+      np.exp(entropy), rel=1e-4)
 
 
 def test_few_shot_subset_takes_k_per_class_reproducibly():

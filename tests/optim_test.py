@@ -121,6 +121,39 @@ def test_lars_leaves_an_excluded_probe_undecayed_and_unscaled():
     np.testing.assert_allclose(-updates["probe"]["kernel"], expected_probe, rtol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["lars", "sgd"])
+def test_learning_rate_multipliers_scale_their_groups_steps_and_nothing_else(name):
+  """Over two momentum steps the predictor's updates are 10x those without multipliers (as
+  10x its learning rate: the multiplier comes after the momentum and trust ratio), a path
+  only the second pattern matches 3x (the first matching pair wins), the rest 1x."""
+  opt_config = default_config.get_config().optimizer
+  opt_config.name = name
+  opt_config.weight_decay = 0.01
+  rng = np.random.default_rng(0)
+  params = {group: {"kernel": rng.normal(size=(3, 4)).astype(np.float32),
+                    "bias": rng.normal(size=(4,)).astype(np.float32)}
+            for group in ("encoder", "predictor", "pred_head")}
+  grads = [_random_like(params, seed) for seed in (1, 2)]
+
+  def two_steps(multipliers):
+    opt_config.learning_rate_multipliers = multipliers
+    tx = optim.create_optimizer(opt_config, lambda step: 0.5)
+    state, steps = tx.init(params), []
+    for grad in grads:  # The same parameters at both steps: equal trust ratios and decay.
+      updates, state = tx.update(grad, state, params)
+      steps.append(updates)
+    return steps
+
+  plain = two_steps(())
+  scaled = two_steps((("^predictor/", 10.0), ("^pred", 3.0)))
+  for step_plain, step_scaled in zip(plain, scaled):
+    for group, factor in (("encoder", 1.0), ("predictor", 10.0), ("pred_head", 3.0)):
+      for leaf in ("kernel", "bias"):
+        np.testing.assert_allclose(step_scaled[group][leaf], factor * step_plain[group][leaf],
+                                   rtol=1e-5)
+    assert np.abs(step_plain["predictor"]["kernel"]).min() > 0  # A real step to scale.
+
+
 # ---------------------------------------------------------------------------------------
 # LARS (the paper config).
 # ---------------------------------------------------------------------------------------
