@@ -9,7 +9,8 @@ For each compute dtype (default: the config's) it builds the project's state and
 the state donated, runs --warmup steps, then times --steps steps one by one (each waits for
 its result) and prints one JSON line:
 
-  {"what": "simclr_jax train step", "config" (the file), "compute_dtype", "device_kind",
+  {"what": "simclr_jax train step", "config" (the file), "compute_dtype", "conv_algorithm",
+   "xla_flags" (the XLA_FLAGS it ran with), "device_kind",
    "device_count", "global_batch", "image_size", "views_per_s" (median over the timed
    steps; 2 views per image), "step_s_median", "step_s_min", "compile_s", "flops_per_view"
    (XLA's cost analysis of the compiled step), "achieved_flops_per_s", "peak_memory_bytes"
@@ -80,6 +81,8 @@ def measure(config, batch_per_device: int, image_size: int, steps: int,
   views_per_step = 2 * global_batch
   return {"what": "simclr_jax train step", "method": config.method,
           "compute_dtype": config.compute_dtype,
+          "conv_algorithm": config.get("conv_algorithm", "xla"),
+          "xla_flags": os.environ.get("XLA_FLAGS", ""),
           "device_kind": jax.devices()[0].device_kind, "device_count": jax.device_count(),
           "global_batch": global_batch, "image_size": image_size,
           "views_per_s": views_per_step / median, "step_s_median": median,

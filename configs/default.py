@@ -65,6 +65,10 @@ def get_config() -> ml_collections.ConfigDict:
   # What convolutions and dense layers compute in: 'float32' or 'bfloat16' (mixed precision:
   # parameters, optimiser state, BatchNorm statistics and the loss stay float32).
   config.compute_dtype = "float32"
+  # How convolutions compute: 'xla' (XLA's convolution op; TPU and GPU) or 'patches' (a
+  # patch extraction times one matmul, the same parameters and sums; a CPU option,
+  # BENCHMARKS.md). Like compute_dtype, checkpoints move freely between the settings.
+  config.conv_algorithm = "xla"
 
   # The backbone (encoder): a family from the registry (simclr_jax/backbones) and its fields.
   config.model = ml_collections.ConfigDict()

@@ -192,11 +192,17 @@ def few_shot_subset(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray
 
 
 def feature_rank(features: np.ndarray) -> float:
-  """RankMe (Garrido et al., 2023): exp of the entropy of the normalised singular values of
-  the (N, F) feature matrix, between 1 and min(N, F). Near 1: the features have collapsed
-  onto a line (a self-supervised run gone wrong, whatever its loss says)."""
-  singular = np.linalg.svd(np.asarray(features, np.float64), compute_uv=False)
-  shares = singular / max(singular.sum(), 1e-12) + 1e-7  # The paper's epsilon.
+  """The effective number of principal components of (N, F) features: exp of the entropy
+  of their variance shares (Roy and Vetterli's effective rank of the covariance), between 1
+  (all variance along one direction: a collapsed encoder, whatever its loss says) and F.
+
+  Centred, unlike RankMe (Garrido et al., 2023): ReLU features share a large mean, which
+  would count as a direction of its own and hide a collapse.
+  """
+  centred = np.asarray(features, np.float64) - np.mean(features, axis=0)
+  variances = np.linalg.svd(centred, compute_uv=False) ** 2
+  shares = variances / max(variances.sum(), 1e-30)
+  shares = shares[shares > 0]
   return float(np.exp(-np.sum(shares * np.log(shares))))
 
 

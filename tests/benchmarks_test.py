@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from benchmarks import make_jpegs
@@ -57,3 +58,24 @@ def test_device_check_runs_its_tiny_version_without_tensorflow(tmp_path):
   assert all(c["views_per_s"] > 0 and c["loss_finite"] for c in steps)
   (ntxent,) = [c for c in cases if c["what"] == "simclr_jax nt_xent forward+backward"]
   assert ntxent["global_batch"] == 64 and ntxent["anchors_per_s"] > 0
+
+
+def test_conv_breakdown_lists_resnet50s_convolutions():
+  """53 convolutions (stem, 16 bottlenecks x 3, 4 projections) and 4.09 GMAC per 224 px
+  image: ResNet-50's published 4.1 GMAC less its 2 MMAC classifier."""
+  from benchmarks import conv_breakdown  # pylint: disable=g-import-not-at-top
+  convs = conv_breakdown.resnet50_convs(224)
+  assert sum(conv["count"] for conv in convs) == 53
+  macs = sum(conv["count"] * conv_breakdown.conv_macs(conv, 1) for conv in convs)
+  assert abs(macs / 1e9 - 4.087) < 0.001
+  assert len(convs) == len({tuple(sorted(conv.items())) for conv in convs})  # Distinct.
+
+
+@pytest.mark.parametrize("variant", ["patches", "shifts"])
+def test_conv_breakdown_variants_compute_xlas_convolution(variant):
+  from benchmarks import conv_breakdown  # pylint: disable=g-import-not-at-top
+  conv = dict(cin=3, cout=4, kernel=3, stride=2, spatial=9, count=1)
+  xla = conv_breakdown.jax_timers(conv, 2, "xla", return_outputs=True)
+  other = conv_breakdown.jax_timers(conv, 2, variant, return_outputs=True)
+  for name in ("forward", "input_grad", "weight_grad"):
+    np.testing.assert_allclose(other[name](), xla[name](), rtol=1e-4, atol=1e-5)

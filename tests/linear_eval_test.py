@@ -113,23 +113,25 @@ def test_linear_classifier_fits_separable_data_and_topk_is_exact():
   assert linear_eval.top_k_accuracy(manual, x, y, 3) == 1.0
 
 
-def test_feature_rank_counts_the_directions_the_features_use():
-  """RankMe on features with known singular values: k equal ones give k; (3, 1) gives
-  exp(H(0.75, 0.25)) = 1.755; a rank-1 matrix gives 1."""
+def test_feature_rank_counts_the_directions_the_features_vary_in():
+  """Centred features with known singular values: k equal ones give k; (3, 1) gives
+  exp(H(0.9, 0.1)) = 1.384 (variance shares 9:1); a shared offset (the mean) changes
+  nothing."""
   rng = np.random.default_rng(0)
-  left = np.linalg.qr(rng.normal(size=(200, 16)))[0]
+  noise = rng.normal(size=(200, 16))
+  left = np.linalg.qr(noise - noise.mean(axis=0))[0]  # Orthonormal, mean-zero columns.
   right = np.linalg.qr(rng.normal(size=(16, 16)))[0]
 
   def with_singular_values(values):
     padded = np.zeros(16)
     padded[:len(values)] = values
-    return left @ np.diag(padded) @ right
+    return left @ np.diag(padded) @ right + 5.0  # Plus a mean, as ReLU features have.
 
   for k in (1, 4, 16):
-    assert linear_eval.feature_rank(with_singular_values([2.0] * k)) == pytest.approx(k, rel=1e-4)
-  entropy = -(0.75 * np.log(0.75) + 0.25 * np.log(0.25))
+    assert linear_eval.feature_rank(with_singular_values([2.0] * k)) == pytest.approx(k, rel=1e-6)
+  entropy = -(0.9 * np.log(0.9) + 0.1 * np.log(0.1))
   assert linear_eval.feature_rank(with_singular_values([3.0, 1.0])) == pytest.approx(
-      np.exp(entropy), rel=1e-4)
+      np.exp(entropy), rel=1e-6)
 
 
 def test_few_shot_subset_takes_k_per_class_reproducibly():

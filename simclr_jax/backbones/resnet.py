@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from simclr_jax import config_checks
+from simclr_jax.backbones import patch_conv
 
 # Blocks per stage for each depth (He et al., 2016, Table 1).
 STAGE_SIZES = {
@@ -36,10 +37,14 @@ def _batch_norm(features: int, rngs: nnx.Rngs, dtype=jnp.float32,
 
 
 def _conv(in_features: int, out_features: int, kernel: int, strides: int,
-          rngs: nnx.Rngs, dtype=jnp.float32) -> nnx.Conv:
+          rngs: nnx.Rngs, dtype=jnp.float32, algorithm: str = "xla") -> nnx.Conv:
+  # 'patches': the same parameters, computed as patches x matmul (patch_conv.py; CPU).
+  lowering = (patch_conv.conv_general_dilated if algorithm == "patches"
+              else jax.lax.conv_general_dilated)
   return nnx.Conv(in_features, out_features, (kernel, kernel), strides=(strides, strides),
                   padding=[(kernel // 2, kernel // 2)] * 2, use_bias=False,
-                  kernel_init=conv_init, dtype=dtype, rngs=rngs)
+                  kernel_init=conv_init, dtype=dtype, rngs=rngs,
+                  conv_general_dilated=lowering)
 
 
 class BasicBlock(nnx.Module):
@@ -47,13 +52,13 @@ class BasicBlock(nnx.Module):
   expansion = 1
 
   def __init__(self, in_features: int, features: int, strides: int, *, rngs: nnx.Rngs,
-               dtype=jnp.float32, zero_init_residual: bool = False):
+               dtype=jnp.float32, zero_init_residual: bool = False, conv_algorithm="xla"):
     out = features * self.expansion
-    self.conv1 = _conv(in_features, features, 3, strides, rngs, dtype)
+    self.conv1 = _conv(in_features, features, 3, strides, rngs, dtype, conv_algorithm)
     self.bn1 = _batch_norm(features, rngs, dtype)
-    self.conv2 = _conv(features, out, 3, 1, rngs, dtype)
+    self.conv2 = _conv(features, out, 3, 1, rngs, dtype, conv_algorithm)
     self.bn2 = _batch_norm(out, rngs, dtype, zero_scale=zero_init_residual)
-    self.shortcut = _Projection(in_features, out, strides, rngs, dtype) if (
+    self.shortcut = _Projection(in_features, out, strides, rngs, dtype, conv_algorithm) if (
         strides != 1 or in_features != out) else None
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -68,15 +73,15 @@ class BottleneckBlock(nnx.Module):
   expansion = 4
 
   def __init__(self, in_features: int, features: int, strides: int, *, rngs: nnx.Rngs,
-               dtype=jnp.float32, zero_init_residual: bool = False):
+               dtype=jnp.float32, zero_init_residual: bool = False, conv_algorithm="xla"):
     out = features * self.expansion
-    self.conv1 = _conv(in_features, features, 1, 1, rngs, dtype)
+    self.conv1 = _conv(in_features, features, 1, 1, rngs, dtype, conv_algorithm)
     self.bn1 = _batch_norm(features, rngs, dtype)
-    self.conv2 = _conv(features, features, 3, strides, rngs, dtype)
+    self.conv2 = _conv(features, features, 3, strides, rngs, dtype, conv_algorithm)
     self.bn2 = _batch_norm(features, rngs, dtype)
-    self.conv3 = _conv(features, out, 1, 1, rngs, dtype)
+    self.conv3 = _conv(features, out, 1, 1, rngs, dtype, conv_algorithm)
     self.bn3 = _batch_norm(out, rngs, dtype, zero_scale=zero_init_residual)
-    self.shortcut = _Projection(in_features, out, strides, rngs, dtype) if (
+    self.shortcut = _Projection(in_features, out, strides, rngs, dtype, conv_algorithm) if (
         strides != 1 or in_features != out) else None
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -91,8 +96,8 @@ class _Projection(nnx.Module):
   """1x1 strided convolution + BatchNorm on the shortcut when shapes change."""
 
   def __init__(self, in_features: int, out_features: int, strides: int, rngs: nnx.Rngs,
-               dtype=jnp.float32):
-    self.conv = _conv(in_features, out_features, 1, strides, rngs, dtype)
+               dtype=jnp.float32, conv_algorithm: str = "xla"):
+    self.conv = _conv(in_features, out_features, 1, strides, rngs, dtype, conv_algorithm)
     self.bn = _batch_norm(out_features, rngs, dtype)
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -119,18 +124,20 @@ class ResNet(nnx.Module):
       default). torchvision's default is False (scale 1).
     dtype: what convolutions and BatchNorm compute in (bfloat16 for mixed precision);
       parameters and statistics stay float32, and the pooled features are float32.
+    conv_algorithm: 'xla' (XLA's convolution op) or 'patches' (patches x matmul, the same
+      parameters and sums: an option for CPUs, see patch_conv.py).
   """
 
   def __init__(self, depth: int = 50, width_multiplier: float = 1.0,
                small_image_stem: bool = False, zero_init_residual: bool = False, *,
-               rngs: nnx.Rngs, dtype=jnp.float32):
+               rngs: nnx.Rngs, dtype=jnp.float32, conv_algorithm: str = "xla"):
     if depth not in STAGE_SIZES:
       raise ValueError(f"ResNet depth must be one of {sorted(STAGE_SIZES)}, got {depth}.")
     block_cls = BottleneckBlock if depth in BOTTLENECK_DEPTHS else BasicBlock
     base = max(1, int(round(64 * width_multiplier)))
     self.small_image_stem = small_image_stem
     self.stem_conv = _conv(3, base, 3 if small_image_stem else 7,
-                           1 if small_image_stem else 2, rngs, dtype)
+                           1 if small_image_stem else 2, rngs, dtype, conv_algorithm)
     self.stem_bn = _batch_norm(base, rngs, dtype)
     blocks = []
     in_features = base
@@ -139,7 +146,8 @@ class ResNet(nnx.Module):
       for index in range(num_blocks):
         strides = 2 if stage > 0 and index == 0 else 1
         blocks.append(block_cls(in_features, features, strides, rngs=rngs, dtype=dtype,
-                                zero_init_residual=zero_init_residual))
+                                zero_init_residual=zero_init_residual,
+                                conv_algorithm=conv_algorithm))
         in_features = features * block_cls.expansion
     self.blocks = nnx.List(blocks)
     self.num_features = in_features
@@ -153,11 +161,12 @@ class ResNet(nnx.Module):
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
 
-def create(model_config, rngs: nnx.Rngs, dtype=jnp.float32) -> ResNet:
+def create(model_config, rngs: nnx.Rngs, dtype=jnp.float32,
+           conv_algorithm: str = "xla") -> ResNet:
   """The ResNet that `config.model` describes."""
   return ResNet(model_config.depth, model_config.width_multiplier,
                 model_config.small_image_stem, model_config.zero_init_residual, rngs=rngs,
-                dtype=dtype)
+                dtype=dtype, conv_algorithm=conv_algorithm)
 
 
 def check_config(config) -> None:
