@@ -155,6 +155,11 @@ def _move_aside(manager: ocp.CheckpointManager, damaged_steps: Sequence[int]) ->
   manager.reload()
 
 
+# A field that a checkpoint's config lacks (saved before the field existed) matches its
+# off value: a run resumes across a code update that adds a field it does not use.
+_OFF_VALUES = (None, False, "", [], ())
+
+
 def _check_same_fields(saved: dict[str, Any], current: dict[str, Any],
                        prefixes: Sequence[str], path) -> None:
   saved_flat, current_flat = (traverse_util.flatten_dict(tree, sep=".")
@@ -162,7 +167,8 @@ def _check_same_fields(saved: dict[str, Any], current: dict[str, Any],
   names = sorted(name for name in set(saved_flat) | set(current_flat)
                  if name.startswith(tuple(prefixes)))
   differing = [f"{name}: checkpoint {saved_flat.get(name)!r}, config {current_flat.get(name)!r}"
-               for name in names if saved_flat.get(name) != current_flat.get(name)]
+               for name in names if saved_flat.get(name) != current_flat.get(name)
+               and not (name not in saved_flat and current_flat.get(name) in _OFF_VALUES)]
   if differing:
     raise CheckpointMismatchError(
         f"The checkpoint {path} was made with a different config: {'; '.join(differing)}. "

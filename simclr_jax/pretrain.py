@@ -29,9 +29,9 @@ DIVERGED_ADVICE = ("Lower config.optimizer.base_learning_rate (or raise the meth
 
 
 def resume_fields(config) -> tuple[str, ...]:
-  """Config fields a resumed run must share with its checkpoint: the model's and the
-  optimiser's (its state's structure)."""
-  return (*model_fields(config), "optimizer.name")
+  """Config fields a resumed run must share with its checkpoint: the model's and those that
+  shape the optimiser's state."""
+  return (*model_fields(config), "optimizer.name", "optimizer.learning_rate_multipliers")
 
 
 def check_augmentations(config) -> None:

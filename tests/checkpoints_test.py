@@ -111,6 +111,26 @@ def test_a_checkpoint_of_another_model_names_the_differing_fields(two_step_workd
   assert "model.width_multiplier" not in message and "\n" not in message
 
 
+def test_learning_rate_multipliers_are_checked_and_a_field_newer_than_the_checkpoint_is_off(
+    two_step_workdir):
+  """Multipliers shape the optimiser's state: adding them to a run is a named mismatch. A
+  checkpoint saved before the field existed resumes while the field is off (empty)."""
+  config = tiny_food101_config()
+  config.optimizer.learning_rate_multipliers = (("^head/", 10.0),)
+  with pytest.raises(checkpoints.CheckpointMismatchError,
+                     match=r"optimizer.learning_rate_multipliers: checkpoint \[\], config "):
+    _restore(two_step_workdir, config)
+  saved = {"optimizer": {"name": "lars"}}  # No learning_rate_multipliers: an older config.
+  fields = ("optimizer.",)
+  checkpoints._check_same_fields(saved, {"optimizer": {"name": "lars",  # pylint: disable=protected-access
+                                                       "learning_rate_multipliers": []}},
+                                 fields, "ckpt")
+  with pytest.raises(checkpoints.CheckpointMismatchError, match="checkpoint None, config"):
+    checkpoints._check_same_fields(  # pylint: disable=protected-access
+        saved, {"optimizer": {"name": "lars", "learning_rate_multipliers": [["^p", 2.0]]}},
+        fields, "ckpt")
+
+
 def test_resuming_with_another_optimiser_is_named(two_step_workdir):
   config = tiny_food101_config()
   config.optimizer.name = "sgd"

@@ -31,12 +31,7 @@ def _results_of(method, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", [
-    pytest.param("byol", marks=pytest.mark.xfail(
-        strict=True, reason="BYOL's demo (settings h, chosen on validation) is 7.0 points "
-        "above random init with 5 labels on test (seed 0), below the 10-point target; open "
-        "in issue 14")),
-    "mocov3", "vicreg"])
+@pytest.mark.parametrize("method", ["byol", "mocov3", "vicreg"])
 def test_each_methods_demo_is_10_points_above_random_init_with_5_labels(tmp_path_factory,
                                                                        method):
   """The issue's label-efficiency target (README: the numbers)."""
@@ -46,11 +41,7 @@ def test_each_methods_demo_is_10_points_above_random_init_with_5_labels(tmp_path
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", [
-    pytest.param("byol", marks=pytest.mark.xfail(
-        strict=True, reason="BYOL's demo reaches 0.913 linear top-1 on test (seed 0), below "
-        "the 0.95 target (0.956 on validation); open in issue 14")),
-    "mocov3", "vicreg"])
+@pytest.mark.parametrize("method", ["byol", "mocov3", "vicreg"])
 def test_each_methods_demo_reaches_095_linear_top1(tmp_path_factory, method):
   assert _results_of(method, tmp_path_factory)["top1"] >= 0.95
 
