@@ -1,5 +1,5 @@
 """Convolutions as a patch extraction times one matmul: a CPU-only alternative to XLA's
-convolution op (`model.conv_algorithm = "patches"`).
+convolution op (`config.conv_algorithm = "patches"`).
 
 XLA's CPU backend runs its convolution op, and especially that op's gradients, far below the
 machine's matmul rate; the same k x k convolution written as k*k shifted, strided slices
