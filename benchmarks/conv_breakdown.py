@@ -11,17 +11,22 @@ in XLA (jax.lax.conv_general_dilated, NHWC / HWIO as the model runs them) or in 
 or `shifts` (k x k convolutions as the sum of k*k matmuls of shifted slices).
 Prints one JSON line per convolution shape and pass, then a total per pass weighted by how
 often ResNet-50 uses each shape (`count`), then `{"what": "matmul", "gflops_per_s"}`.
-Imports jax and numpy (or torch and numpy), nothing from the project.
+Imports jax, numpy and the project's `patch_conv` (or, with --framework=torch, only torch
+and numpy: it runs in the seed's environment).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import sys
 import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def resnet50_convs(size: int) -> list[dict]:
@@ -70,6 +75,7 @@ def jax_timers(conv: dict, batch: int, variant: str, return_outputs: bool = Fals
   (each returns its result when `return_outputs`, for tests)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from simclr_jax.backbones import patch_conv  # pylint: disable=g-import-not-at-top
   k, s, pad = conv["kernel"], conv["stride"], conv["kernel"] // 2
   x = jnp.asarray(np.random.default_rng(0).standard_normal(
       (batch, conv["spatial"], conv["spatial"], conv["cin"]), np.float32))
@@ -80,22 +86,14 @@ def jax_timers(conv: dict, batch: int, variant: str, return_outputs: bool = Fals
     return jax.lax.conv_general_dilated(x, w, (s, s), [(pad, pad), (pad, pad)],
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
-  def patches_conv(x, w):
-    if k == 1:
-      strided = x[:, ::s, ::s, :]
-      return jnp.einsum("bhwc,cd->bhwd", strided, w[0, 0])
-    padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    out = (conv["spatial"] + 2 * pad - k) // s + 1
-    # (B, out, out, k*k*C): the k*k shifted, strided windows side by side, HWIO order.
-    columns = jnp.concatenate(
-        [padded[:, i:i + s * out:s, j:j + s * out:s, :] for i in range(k) for j in range(k)],
-        axis=-1)
-    return jnp.einsum("bhwp,pd->bhwd", columns, w.reshape(k * k * conv["cin"], conv["cout"]))
+  def patches_conv(x, w):  # The project's `conv_algorithm="patches"` lowering.
+    return patch_conv.conv_general_dilated(x, w, (s, s), [(pad, pad), (pad, pad)],
+                                           dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
   def shifts_conv(x, w):
     # The k*k window offsets as k*k matmuls of shifted, strided slices, summed.
     if k == 1:
-      return patches_conv(x, w)
+      return patches_conv(x, w)  # A 1x1 convolution is one matmul either way.
     padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     out = (conv["spatial"] + 2 * pad - k) // s + 1
     return sum(jnp.einsum("bhwc,cd->bhwd", padded[:, i:i + s * out:s, j:j + s * out:s, :],

@@ -199,7 +199,8 @@ def feature_rank(features: np.ndarray) -> float:
   Centred, unlike RankMe (Garrido et al., 2023): ReLU features share a large mean, which
   would count as a direction of its own and hide a collapse.
   """
-  centred = np.asarray(features, np.float64) - np.mean(features, axis=0)
+  features = np.asarray(features, np.float64)
+  centred = features - features.mean(axis=0)
   variances = np.linalg.svd(centred, compute_uv=False) ** 2
   shares = variances / max(variances.sum(), 1e-30)
   shares = shares[shares > 0]
