@@ -637,7 +637,9 @@ def test_blur_sigma_is_uniform_in_its_range():
   assert scipy.stats.kstest(sigma, "uniform", args=(0.1, 1.9)).statistic < 0.04
 
 
-@pytest.mark.parametrize("size", [16, 64, 224])  # 16: the demo's.
+# 16 (the demo's) in the default suite; 64 and 224 (about 40 s together) in the slow step.
+@pytest.mark.parametrize("size", [16, pytest.param(64, marks=pytest.mark.slow),
+                                  pytest.param(224, marks=pytest.mark.slow)])
 def test_materialize_leaves_the_compiled_photometric_ops_bit_identical(monkeypatch, size):
   """The optimisation barriers in adjust_hue and the blur change only what XLA fuses: the
   compiled views are equal, bit for bit, to those compiled without them."""
@@ -788,6 +790,7 @@ def views_digest(views) -> str:
   return hashlib.sha256(f"{views.shape}{views.dtype}".encode() + views.tobytes()).hexdigest()
 
 
+@pytest.mark.slow  # About 25 s: it builds every pinned config's pipeline.
 def test_default_pipeline_views_are_bit_identical_to_before_per_view_settings():
   """Every existing (symmetric, solarize-free) config gives the views it gave before
   per-view settings and solarize existed, bit for bit: same draws, seeds and ops.

@@ -108,10 +108,10 @@ _PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000
                      "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082")
 
 
-# A process each (about 20 s): two in the default suite, the others with the slow ones (the
+# A process each (about 20 s): one in the default suite, the others with the slow ones (the
 # stages' own tests raise NoCheckpointError in-process).
 @pytest.mark.parametrize("mode", [pytest.param("linear_eval", marks=pytest.mark.slow),
-                                  "finetune", "export",
+                                  pytest.param("finetune", marks=pytest.mark.slow), "export",
                                   pytest.param("extract_features", marks=pytest.mark.slow)])
 def test_stages_without_a_pretraining_checkpoint_say_so_in_one_line(mode, tmp_path):
   result = run_main(DEMO, f"--mode={mode}", tmp_path=tmp_path)
