@@ -102,6 +102,16 @@ def init_model(config, mesh: Mesh, num_probe_classes: int = 0) -> dict[str, Any]
   return jax.jit(init, out_shardings=replicated(mesh))()
 
 
+def abstract_model(config, mesh: Mesh, num_probe_classes: int = 0) -> dict[str, Any]:
+  """`init_model`'s structure, shapes, dtypes and shardings as ShapeDtypeStructs, traced
+  but neither compiled nor run: a restore target costs no compile."""
+  sharding = replicated(mesh)
+  shapes = jax.eval_shape(lambda: dict(zip(("params", "batch_stats"),
+                                           _init_variables(config, num_probe_classes))))
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+                      shapes)
+
+
 def init_train_state(config, tx: optax.GradientTransformation, mesh: Mesh,
                      num_probe_classes: int = 0) -> TrainState:
   """Initialises the model from `config.seed`, replicated over the mesh (every process
@@ -157,8 +167,7 @@ def restore_model(config, pretrain_workdir: str, mesh: Mesh, num_probe_classes: 
     NoCheckpointError: there is none (at `step`).
   """
   directory = checkpoints.checkpoint_dir(pretrain_workdir)
-  # The random-init model is the restore target (structure, dtypes, shardings).
-  target = init_model(config, mesh, num_probe_classes)
+  target = abstract_model(config, mesh, num_probe_classes)
   if modules is not None:
     target = {kind: {name: tree[name] for name in modules if name in tree}
               for kind, tree in target.items()}

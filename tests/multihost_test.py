@@ -29,11 +29,14 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "multihost_worker.py")
 PRETRAIN_STEPS = 2  # multihost_worker.PRETRAIN_STEPS.
-# Pair vs one process after 3 fixed-batch steps (float32; the collectives sum in another
-# order): they differ by at most 3.6e-7 (within rtol 2e-6, atol 2e-7; not 1e-6, 1e-7), as
-# 1 process x 4 devices and 1 x 2 do; every leaf moves from its initial value by more
-# than 16x this tolerance.
-RTOL, ATOL = 3e-6, 3e-7
+# Pair vs one process, one fixed-batch step from the same state (float32; the collectives
+# sum in another order). On a 2-core AMD EPYC host (2026-12-02): the parameters,
+# statistics and optimiser state differ by 1e-5 of their move (L2) in steps 1 and 2 and by
+# 1.9e-3 / 4.6e-7 / 4.0e-3 in step 3, where a few leaves' gradients nearly cancel (a
+# BatchNorm bias 0.44% of its move, a kernel's LARS momentum 1.7%, at the kernel's float32
+# resolution). A sharding fault (statistics or keys of one process only) moves them O(1).
+LEAF_SHARE, TREE_SHARE = 0.05, 1e-2
+EPS32 = float(np.finfo(np.float32).eps)
 LOGGED_STEP = re.compile(r"\[(\d+)\] .*\bloss=")
 STOPPED = re.compile(r"stopped by a signal after step (\d+)")
 
@@ -112,9 +115,10 @@ def pair(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(pair, tmp_path_factory):
-  """One process x 4 devices: the same fixed-batch steps; restores the pair's checkpoint."""
+  """One process x 4 devices: each fixed-batch step from the pair's state before it;
+  restores the pair's checkpoint."""
   out = tmp_path_factory.mktemp("reference")
-  worker = _Worker("reference", "none", 0, 4, out, pair / "workdir")
+  worker = _Worker("reference", "none", 0, 4, out, pair)
   try:
     _check_exit([worker])
   finally:
@@ -149,6 +153,9 @@ def test_two_processes_train_and_evaluate_exactly(pair):
 
 @pytest.mark.slow
 def test_two_processes_take_the_same_steps_as_one(pair, reference):
+  """Each step of the pair equals one process's step from the same state on the same
+  global batch (stepping from the same state: run on apart over three steps, the two
+  grow one step's float32 rounding, which depends on the processor, by up to 1,000x)."""
   infos = [json.loads((pair / f"steps_{i}.json").read_text()) for i in range(2)]
   one = json.loads((reference / "steps_0.json").read_text())
   # The mesh orders the devices by process, so process k holds rows k*16:(k+1)*16 of
@@ -159,31 +166,48 @@ def test_two_processes_take_the_same_steps_as_one(pair, reference):
     assert info["rows"] == [16 * i, 16 * (i + 1)] and info["step"] == 3
   assert one["process_count"] == 1 and one["device_count"] == 4 and one["rows"] == [0, 32]
   assert one["step"] == 3
-
-  # Both processes: bitwise the same parameters, batch statistics and metrics.
-  final = [_load(pair / f"steps_{i}.npz") for i in range(2)]
-  _assert_bitwise_equal(final[0], final[1], "the processes' models differ")
   assert infos[0]["metrics"] == infos[1]["metrics"]
+  _assert_bitwise_equal(_load(reference / "state_0_0.npz"), _load(pair / "state_0_0.npz"),
+                        "initial states differ")
 
-  # One process with the same global batches: the same steps.
-  alone = _load(reference / "steps_0.npz")
-  assert sorted(alone) == sorted(final[0])
-  _assert_bitwise_equal({k: v for k, v in alone.items() if k.startswith("initial/")},
-                        {k: v for k, v in final[0].items() if k.startswith("initial/")},
-                        "initial models differ")
-  names = [name for name in alone if name.startswith("final/")]
-  assert any(name.startswith("final/params/") for name in names)
-  assert any(name.startswith("final/batch_stats/") for name in names)
-  for name in names:
-    initial = alone[name.replace("final/", "initial/", 1)]
-    # The steps moved every leaf well beyond the tolerance, so the comparison can fail.
-    assert not np.allclose(alone[name], initial, rtol=10 * RTOL, atol=10 * ATOL), name
-    np.testing.assert_allclose(final[0][name], alone[name], rtol=RTOL, atol=ATOL,
-                               err_msg=name)
+  for step in range(1, 4):
+    before = _load(pair / f"state_0_{step - 1}.npz")
+    # Both processes: bitwise the same state after every step.
+    after = [_load(pair / f"state_{i}_{step}.npz") for i in range(2)]
+    _assert_bitwise_equal(after[0], after[1], f"the processes' states differ at {step}")
+    alone = _load(reference / f"state_0_{step}.npz")
+    assert sorted(alone) == sorted(after[0])
+    _assert_same_step(before, after[0], alone, step)
   for pair_step, one_step in zip(infos[0]["metrics"], one["metrics"], strict=True):
     assert pair_step["learning_rate"] > 0 and pair_step["fault"] == 0
     for key in ("loss", "grad_norm", "probe_loss", "learning_rate"):
       np.testing.assert_allclose(pair_step[key], one_step[key], rtol=1e-5, err_msg=key)
+
+
+def _assert_same_step(before, pair_after, alone_after, step):
+  """One step of the pair and of one process from the same state `before` agree: every
+  float leaf within LEAF_SHARE of its own move (plus float32 resolution at its scale),
+  and the parameters, statistics and optimiser state each, as a whole, within TREE_SHARE
+  of their move (L2). Integer leaves (step, counts, rng) are bitwise equal."""
+  moves, diffs = {}, {}
+  for name, alone in alone_after.items():
+    if alone.dtype.kind != "f":
+      np.testing.assert_array_equal(pair_after[name], alone, err_msg=f"{name} at {step}")
+      continue
+    alone = alone.astype(np.float64)
+    move, diff = alone - before[name], pair_after[name] - alone
+    resolution = 4 * EPS32 * np.abs(alone).max()
+    if name.startswith(("params/", "batch_stats/")):
+      # Every leaf moved beyond float32 resolution, so that the comparison can fail.
+      assert np.abs(move).max() > resolution, f"{name} did not move at step {step}"
+    bound = LEAF_SHARE * np.abs(move).max() + resolution
+    assert np.abs(diff).max() <= bound, (name, step, np.abs(diff).max(), bound)
+    group = name.split("/")[0]
+    moves[group] = moves.get(group, 0.0) + np.sum(move ** 2)
+    diffs[group] = diffs.get(group, 0.0) + np.sum(diff ** 2)
+  assert sorted(moves) == ["batch_stats", "opt_state", "params"]
+  for group, move in moves.items():
+    assert np.sqrt(diffs[group]) <= TREE_SHARE * np.sqrt(move), (group, step)
 
 
 @pytest.mark.slow

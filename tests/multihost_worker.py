@@ -6,11 +6,15 @@ PORT 'none': a single process, no jax.distributed. Otherwise process PROCESS_ID 
 localhost:PORT (gloo collectives). DEVICES: simulated CPU devices in this process.
 
 Modes (OUT: a folder, the run's workdir or where this process writes its results):
-  pair       fixed-batch train steps (`steps_<process>.npz/.json`), then `pretrain.pretrain`
-             of the tiny demo config in OUT/workdir (what it checkpoints copied to
-             `saved_<process>_<step>.npz`) and `linear_eval.evaluate` there.
-  reference  the same fixed-batch train steps in one process (`steps_0.*`), then restores
-             the newest checkpoint of the pair's workdir ARG (`restored.npz`, `.json`).
+  pair       fixed-batch train steps, the state after each written to
+             `state_<process>_<step>.npz` (step 0: the initial one) with the metrics in
+             `steps_<process>.json`, then `pretrain.pretrain` of the tiny demo config in
+             OUT/workdir (what it checkpoints copied to `saved_<process>_<step>.npz`) and
+             `linear_eval.evaluate` there.
+  reference  in one process, each of the same fixed-batch steps from the pair's state
+             before it (ARG: the pair's OUT), the states after them written as the pair's
+             (`state_0_0.npz`: this process's own initial state); then restores the newest
+             checkpoint of ARG/workdir (`restored.npz`, `.json`).
   run        `runtime.run(config, OUT, 'pretrain')` of the tiny demo config with
              num_train_steps = ARG, as main.py runs it; SIMCLR_NO_DISTRIBUTED=1 in the
              environment, since the distributed set-up is done here.
@@ -42,9 +46,9 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs import demo
 from simclr_jax import checkpoints, linear_eval, runtime, pretrain, pretrain_step, state as state_lib
+from simclr_jax.data import input_pipeline
 
 # The fixed-batch steps: global batch, steps taken, steps the schedule spans, seed, and
-from simclr_jax.data import input_pipeline
 # learning rate (unscaled). At the demo's 0.075 * sqrt(32) = 0.42 these random images make
 # the steps chaotic: float32 reduction-order noise (2e-7 in the first step's gradient norm)
 # grows to 6e-2 in the parameters after 3 steps, even between 1 process x 4 devices and
@@ -67,12 +71,16 @@ def tiny_config(num_train_steps: int):
   return config
 
 
+def leaf_name(path) -> str:
+  return "/".join(str(getattr(key, "key", getattr(key, "name", key))) for key in path)
+
+
 def flat_arrays(tree) -> dict[str, np.ndarray]:
   """'params/encoder/...' -> this process's copy of each leaf of a replicated tree; every
   local device's copy must be bitwise the same."""
   flat = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    name = "/".join(str(getattr(key, "key", key)) for key in path)
+    name = leaf_name(path)
     if isinstance(leaf, jax.Array):
       copies = [np.asarray(shard.data) for shard in leaf.addressable_shards]
       for copy in copies[1:]:
@@ -81,6 +89,14 @@ def flat_arrays(tree) -> dict[str, np.ndarray]:
     else:
       flat[name] = np.asarray(leaf)
   return flat
+
+
+def load_state(template, path: str):
+  """The state saved by `flat_arrays` at `path`, placed as `template`'s leaves are."""
+  with np.load(path) as arrays:
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
+    return jax.tree.unflatten(treedef, [jax.device_put(arrays[leaf_name(p)], leaf.sharding)
+                                        for p, leaf in leaves])
 
 
 def fixed_batches():
@@ -92,9 +108,11 @@ def fixed_batches():
     yield {"views": views, "label": labels}
 
 
-def fixed_batch_steps(out: str) -> None:
+def fixed_batch_steps(out: str, pair_out: str | None = None) -> None:
   """NUM_STEPS train steps at a non-zero learning rate on `fixed_batches`; writes the
-  initial and final model and the per-step metrics."""
+  state after each (`state_<process>_<step>.npz`, step 0 the initial) and the metrics.
+  With `pair_out`, each step starts from the pair's state before it, so that the
+  comparison measures one step's float32 rounding, not its growth over three."""
   config = tiny_config(SCHEDULE_STEPS)
   config.optimizer.warmup_epochs = 0.0
   config.optimizer.base_learning_rate = LEARNING_RATE
@@ -104,8 +122,10 @@ def fixed_batch_steps(out: str) -> None:
   tx, schedule = state_lib.create_optimizer(config, 1347 // GLOBAL_BATCH, SCHEDULE_STEPS)
   graphdef = state_lib.model_graphdef(config, NUM_CLASSES)
   state = state_lib.init_train_state(config, tx, mesh, NUM_CLASSES)
-  initial = flat_arrays({"params": state.params, "batch_stats": state.batch_stats})
   step_fn = pretrain_step.compile_train_step(config, graphdef, tx, schedule, mesh)
+
+  def save(state, step):
+    np.savez(os.path.join(out, f"state_{jax.process_index()}_{step}.npz"), **flat_arrays(state))
 
   sharding = NamedSharding(mesh, P(state_lib.DATA_AXIS))
   ranges = [index[0].indices(GLOBAL_BATCH)[:2] for index in
@@ -113,16 +133,16 @@ def fixed_batch_steps(out: str) -> None:
   lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
   assert hi - lo == GLOBAL_BATCH // jax.process_count(), ranges  # One contiguous block.
   metrics = []
+  save(state, 0)
   with jax.set_mesh(mesh):
-    for batch in fixed_batches():
+    for step, batch in enumerate(fixed_batches(), start=1):
+      if pair_out is not None:
+        state = load_state(state, os.path.join(pair_out, f"state_0_{step - 1}.npz"))
       local = {key: value[lo:hi] for key, value in batch.items()}
       state, step_metrics = step_fn(state, jax.tree.map(
           lambda x: jax.make_array_from_process_local_data(sharding, x), local))
       metrics.append({k: float(v) for k, v in jax.device_get(step_metrics).items()})
-  final = flat_arrays({"params": state.params, "batch_stats": state.batch_stats})
-  np.savez(os.path.join(out, f"steps_{jax.process_index()}.npz"),
-           **{f"final/{k}": v for k, v in final.items()},
-           **{f"initial/{k}": v for k, v in initial.items()})
+      save(state, step)
   info = {"rows": [lo, hi], "step": int(jax.device_get(state.step)), "metrics": metrics,
           "mesh_processes": [d.process_index for d in mesh.devices.flat],
           "mesh_device_ids": [d.id for d in mesh.devices.flat],
@@ -176,9 +196,9 @@ def main():
     phase("pretrained")
     linear_eval.evaluate(config, workdir)
   elif MODE == "reference":
-    fixed_batch_steps(OUT)
+    fixed_batch_steps(OUT, sys.argv[6])
     phase("fixed-batch steps done")
-    restore_pair_checkpoint(sys.argv[6], OUT)
+    restore_pair_checkpoint(os.path.join(sys.argv[6], "workdir"), OUT)
   elif MODE == "run":
     config = tiny_config(int(sys.argv[6]))
     config.checkpoint_every_steps = 1000
