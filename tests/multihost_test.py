@@ -1,8 +1,8 @@
 """Two processes x 2 CPU devices on localhost (jax.distributed + gloo), each process one
 `tests/multihost_worker.py`:
 
-- the pair takes the same train steps as one process with the same global batches, and
-  both processes hold bitwise the same parameters;
+- each of the pair's train steps equals one process's step from the same state on the
+  same global batch, and both processes hold bitwise the same state after every step;
 - the data is split across processes, and evaluation counts every example exactly once
   though each process holds a different share;
 - the pair's checkpoint restores in one process;
