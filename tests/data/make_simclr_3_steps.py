@@ -1,4 +1,8 @@
-"""Generates tests/data/simclr_3_steps.npz with the pre-carve-out code (commit 7ea9cb0)."""
+"""Generates tests/data/simclr_3_steps.npz with the pre-carve-out code (commit 7ea9cb0).
+
+The `<tag>/step1/...` keys (the model after the first step) were added on 2026-12-02 by
+this script, run at 7ea9cb0 on another machine than the rest; the other keys are the
+original run's."""
 import os, sys
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 sys.path.insert(0, "/work/main")
@@ -29,6 +33,10 @@ for separately in (False, True):
                                   "label": jax.device_put(l, NamedSharding(mesh, P("data")))})
     m = jax.device_get(metrics)
     losses.append([m["loss"], m["probe_loss"], m["grad_norm"]])
+    if len(losses) == 1:  # The model after the first step too (added 2026-12-02).
+      first = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+      for k, v in traverse_util.flatten_dict(first).items():
+        out[f"{tag}/step1/" + "/".join(map(str, k))] = np.asarray(v)
   out[f"{tag}/metrics"] = np.array(losses, np.float32)
   model = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
   for k, v in traverse_util.flatten_dict(model).items():
