@@ -180,8 +180,11 @@ def test_two_processes_take_the_same_steps_as_one(pair, reference):
     _assert_same_step(before, after[0], alone, step)
   for pair_step, one_step in zip(infos[0]["metrics"], one["metrics"], strict=True):
     assert pair_step["learning_rate"] > 0 and pair_step["fault"] == 0
-    for key in ("loss", "grad_norm", "probe_loss", "learning_rate"):
-      np.testing.assert_allclose(pair_step[key], one_step[key], rtol=1e-5, err_msg=key)
+    # As the 8-vs-1-device step (train_test): the gradient norm within 1e-4 (3.5e-5 seen
+    # on a 2-core host, in the step whose gradients nearly cancel).
+    for key, rtol in (("loss", 1e-5), ("grad_norm", 1e-4), ("probe_loss", 1e-5),
+                      ("learning_rate", 1e-5)):
+      np.testing.assert_allclose(pair_step[key], one_step[key], rtol=rtol, err_msg=key)
 
 
 def _assert_same_step(before, pair_after, alone_after, step):
