@@ -98,6 +98,10 @@ def _byol(config):
   config.optimizer.lr_scaling = "linear"
   config.optimizer.weight_decay = 5e-5
   config.optimizer.learning_rate_multipliers = (("^predictor/", 10.0),)
+  # BYOL's own 10 warm-up epochs (42 steps, not 2 epochs' 9): on validation, seeds 0-2,
+  # linear top-1 0.967 / 0.952 / 0.970 and 5-label margins +18.8 / +17.1 / +12.7 points
+  # (n's 2 epochs: 0.963 on seed 0, and 0.949 on test, seed 0, on two machines; README).
+  config.optimizer.warmup_epochs = 10.0
 
 
 def _mocov3(config):

@@ -20,7 +20,6 @@ def _run_demo(workdir, method):
 
 
 _RESULTS = {}
-BYOL_FLOOR = 0.93  # Random init: 0.904 (README).
 FINETUNE_MARGIN = 0.2  # 0.931 against 0.493 on this machine (README).
 
 
@@ -42,17 +41,9 @@ def test_each_methods_demo_is_10_points_above_random_init_with_5_labels(tmp_path
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["mocov3", "vicreg"])
+@pytest.mark.parametrize("method", ["byol", "mocov3", "vicreg"])
 def test_each_methods_demo_reaches_095_linear_top1(tmp_path_factory, method):
   assert _results_of(method, tmp_path_factory)["top1"] >= 0.95
-
-
-@pytest.mark.slow
-def test_byols_demo_stays_above_its_floor(tmp_path_factory):
-  """Not issue 14's target: BYOL's demo does not reach linear top-1 0.95 robustly. Seed 0
-  gave 0.969 on one host and 0.949 on two others (CI's among them), seeds 1-2 0.958 and
-  0.960 (README). This floor catches a regression; 0.95 stays open."""
-  assert _results_of("byol", tmp_path_factory)["top1"] >= BYOL_FLOOR
 
 
 @pytest.mark.slow
