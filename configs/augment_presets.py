@@ -14,6 +14,10 @@ def use_byol_augmentations(augment_config):
 
   The crop (and image size, resize, normalisation) stay as the config has them; BYOL's is
   the default RandomResizedCrop, area (0.08, 1.0), ratio (3/4, 4/3).
+
+  The jitter ops are torchvision's ColorJitter (multiplicative brightness, contrast about the
+  grayscale mean), as MoCo v3's and VICReg's; BYOL's own are TensorFlow's (additive
+  brightness, per-channel contrast mean): same ranges and probabilities, other semantics.
   """
   aug = augment_config
   aug.flip_probability = 0.5

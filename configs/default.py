@@ -137,8 +137,13 @@ def get_config() -> ml_collections.ConfigDict:
   # training images are computed once and the classifier trains on them (much faster).
   config.linear_eval.precompute_features = False
   config.linear_eval.epochs = 90
+  # The classifier's SGD: learning_rate x batch_size / 256 with lr_scaling 'linear' (SimCLR's
+  # and MoCo v3's 0.1, BYOL's 0.2), as it is with 'none' (VICReg's); each method's protocol:
+  # configs/food101_linear.py.
   config.linear_eval.learning_rate = 0.1
+  config.linear_eval.lr_scaling = "linear"
   config.linear_eval.momentum = 0.9
+  config.linear_eval.nesterov = True
   config.linear_eval.weight_decay = 0.0
   config.linear_eval.standardize_features = True  # With precomputed features.
   config.linear_eval.few_shot_per_class = 0  # > 0: also a probe on k labels per class,

@@ -11,6 +11,14 @@ hyper-parameters: `--config=configs/demo.py:byol` (any registered method; SimCLR
 unset), `--config=configs/demo.py:byol,validation` pretrains on 80% of the training split
 and evaluates on the other 20% (the test split is then never seen). Each method's settings
 below were chosen that way (README: "Choosing the demo settings").
+
+Where the demos depart from the papers' recipes (docs/recipes.md has the recipes): the
+model, data, views, batch, steps and rates are the digits' (above and below); every demo
+starts its residual blocks at torchvision's scale 1 (configs/default.py), where the BYOL,
+MoCo v3 and VICReg codes zero-initialise the last BatchNorm scale; BYOL, MoCo v3 and VICReg
+pass both views through BatchNorm together, where their codes pass each view alone (the
+settings were chosen that way; per-view statistics were not tried on the digits); MoCo v3's
+projector has 3 layers (its ViT recipe's; the ResNet recipe's has 2).
 """
 
 from configs import default
@@ -84,7 +92,14 @@ def get_config(arg: str | None = None):
   return config
 
 
+def _joint_views(block):
+  """Both views through BatchNorm in one pass (a departure from BYOL's, MoCo v3's and
+  VICReg's per-view passes: the demos' settings were chosen with it)."""
+  block.forward_views_separately = False
+
+
 def _byol(config):
+  _joint_views(config.byol)
   config.byol.projector_widths = (256, 64)
   config.byol.predictor_widths = (256, 64)
   # 600 steps are short for BYOL: a target that follows faster (0.9, not the paper's 0.99),
@@ -110,7 +125,8 @@ def _mocov3(config):
   # validation (480 steps: linear 0.959, 5/class 0.864); on test, seeds 0-2, it meets
   # both targets (README: "The other methods' demos").
   config.num_train_steps = 480
-  config.mocov3.projector_widths = (256, 256, 64)
+  _joint_views(config.mocov3)
+  config.mocov3.projector_widths = (256, 256, 64)  # 3 layers: MoCo v3's ViT projector.
   config.mocov3.predictor_widths = (256, 64)
   config.mocov3.temperature = 0.2
   config.mocov3.base_target_momentum = 0.99
@@ -119,6 +135,7 @@ def _mocov3(config):
 
 
 def _vicreg(config):
+  _joint_views(config.vicreg)
   config.vicreg.expander_widths = (256, 256, 256)
   # The best validation scores of four settings (0.3, 0.6 and 1.0 x b/256, and 0.6 with 10
   # warm-up epochs; README).

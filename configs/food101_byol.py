@@ -3,14 +3,16 @@ v4-8 or 8 GPUs:
 
   python main.py --config=configs/food101_byol.py --workdir=gs://BUCKET/byol
 
-The paper's recipe (Section 3.3, Appendix B and C): ResNet-50; projector 4096 -> 256 and
-predictor 4096 -> 256, each Linear-BatchNorm-ReLU-Linear; target = EMA of the online encoder
-and projector, tau from 0.99 to 1 by cosine over training; the symmetric loss; LARS with
-BatchNorm and biases out of weight decay and the trust ratio, lr 0.2 x batch / 256,
-weight decay 1.5e-6, 10 warm-up epochs then cosine; BYOL's augmentations (colour (0.4, 0.4,
-0.2, 0.1) with p 0.8, grayscale 0.2, blur p 1.0 / 0.1, solarize p 0 / 0.2, ImageNet
-normalisation). 300 epochs, at the paper's 300-epoch tau_base of 0.99; batch 1024 (the
-paper's 4096; lr scales linearly).
+BYOL's 300-epoch preset, whole (byol/configs/byol.py: lr 0.3 x batch / 256, weight decay
+1e-6, tau_base 0.99; the 1000-epoch preset is 0.2 / 1.5e-6 / 0.996): ResNet-50 with
+BatchNorm scales initialised to 1 (the paper's; BYOL's README says its results were
+obtained without the code's zero-initialised block scales); projector 4096 -> 256 and
+predictor 4096 -> 256, each Linear-BatchNorm-ReLU-Linear; each view through the networks
+alone (per-view BatchNorm statistics); target = EMA of the online encoder and projector,
+tau from 0.99 to 1 by cosine; the symmetric loss; LARS with BatchNorm and biases out of
+weight decay and the trust ratio, 10 warm-up epochs then cosine to 0; BYOL's augmentation
+ranges (configs/augment_presets.py). Batch 1024 (the paper's 4096; the rate scales
+linearly). Every value with its source: docs/recipes.md.
 """
 
 from configs import augment_presets, default
@@ -24,11 +26,13 @@ def get_config():
   config.eval_split = "validation"
   config.batch_size = 1024
   config.num_epochs = 300
+  config.model.zero_init_residual = False  # BYOL README.md:109-111: the paper's gamma = 1.
   config.byol.base_target_momentum = 0.99
+  config.byol.forward_views_separately = True
   config.optimizer.name = "lars"
-  config.optimizer.base_learning_rate = 0.2
+  config.optimizer.base_learning_rate = 0.3
   config.optimizer.lr_scaling = "linear"
-  config.optimizer.weight_decay = 1.5e-6
+  config.optimizer.weight_decay = 1e-6
   config.optimizer.warmup_epochs = 10.0
   augment_presets.use_byol_augmentations(config.augment)
   return config

@@ -10,14 +10,20 @@ encoder matches the checkpoint) and `1pct` or `10pct` (default `10pct`); `100pct
 labels.
 
 SimCLR v2 (Chen et al., 2020b, Section 3 and Appendix B): the classifier on the first layer
-of the projection head (fine-tuned with the encoder), LARS with lr 0.005 * sqrt(batch) =
-0.16 at batch 1024, no weight decay, no warm-up, random crops and flips only, global
-BatchNorm; 60 epochs with 1% of the labels, 30 with 10% (and 100%). The classifier starts at
-zero and stays out of LARS's trust ratio (configs/default.py: finetune.optimizer.
-exclude_patterns), as the official code keeps its supervised head out. The labelled part is
-stratified (every class keeps its share, at least one image: 1% of Food-101's 75,750
-training images is 7-8 per class, 758 in all), drawn from config.seed. Top-1 / top-5 on all
-25,250 `validation` images after every epoch.
+of the projection head with 1% and 10% of the labels, on the encoder (the head's input) with
+100% (the paper's Section 4; the official code's ft_proj_selector), fine-tuned with the
+encoder; LARS with lr 0.005 * sqrt(batch) = 0.16 at batch 1024, no weight decay, no warm-up,
+random crops and flips only, global BatchNorm; 60 epochs with 1% of the labels, 30 with 10%
+(and 100%). The classifier starts at zero and stays out of LARS's trust ratio
+(configs/default.py: finetune.optimizer.exclude_patterns), as the official code keeps its
+supervised head out. The labelled part is stratified (every class keeps its share, at least
+one image: 1% of Food-101's 750 training images per class is round(7.5) = 8, 808 in all;
+10% is 75 per class, 7,575), drawn from config.seed. Top-1 / top-5 on all 25,250
+`validation` images after every epoch.
+
+Every method's encoder is fine-tuned with this one protocol, so that methods compare under
+the same one; BYOL's and VICReg's own semi-supervised protocols differ (SGD on the encoder,
+no projection head; docs/recipes.md), and MoCo v3 publishes none for ResNets.
 """
 
 import importlib
@@ -40,7 +46,7 @@ def get_config(arg: str | None = None):
   block = config.finetune
   block.label_fraction = fraction
   block.epochs = epochs
-  block.from_head_layer = True
+  block.from_head_layer = fraction < 1  # From the head's input with all labels.
   block.batch_size = 1024
   block.optimizer.name = "lars"
   block.optimizer.base_learning_rate = 0.005

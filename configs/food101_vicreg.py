@@ -1,12 +1,16 @@
-"""VICReg on Food-101 (Bardes, Ponce and LeCun, 2022; facebookresearch/vicreg), for a TPU
-v3-8 / v4-8 or 8 GPUs:
+"""VICReg on Food-101 (Bardes, Ponce and LeCun, 2022; facebookresearch/vicreg), its
+100-epoch ResNet-50 command, for a TPU v3-8 / v4-8 or 8 GPUs:
 
   python main.py --config=configs/food101_vicreg.py --workdir=gs://BUCKET/vicreg
 
-ResNet-50; expander 8192-8192-8192; invariance 25, variance 25, covariance 1, variance and
-covariance over the global batch; LARS (BatchNorm and biases excluded) lr 0.2 x batch /
-256, weight decay 1e-6, 10 warm-up epochs then cosine; BYOL's augmentations. 100 epochs
-(the paper's is 1000), batch 1024 (the paper's 2048; lr scales linearly).
+ResNet-50 with zero-initialised last BatchNorm scales in each residual block; expander
+8192-8192-8192 (the last Linear without bias); each view through the networks alone
+(per-view BatchNorm statistics); invariance 25, variance 25, covariance 1, variance and
+covariance over the global batch; LARS (BatchNorm and biases excluded) lr 0.3 x batch /
+256 (README.md:72's 100-epoch command; 0.2 is the 1000-epoch one's), weight decay 1e-6, 10
+warm-up epochs then cosine to 0 (VICReg's ends at 0.001 x the peak: a difference kept, the
+project's one schedule); BYOL's augmentation ranges. 100 epochs, batch 1024 (the command's
+512; lr scales linearly). Every value with its source: docs/recipes.md.
 """
 
 from configs import food101_byol
@@ -16,6 +20,8 @@ def get_config():
   config = food101_byol.get_config()  # Food-101, bfloat16, LARS, BYOL's augmentations.
   config.method = "vicreg"
   config.num_epochs = 100
-  config.optimizer.base_learning_rate = 0.2
+  config.model.zero_init_residual = True
+  config.vicreg.forward_views_separately = True
+  config.optimizer.base_learning_rate = 0.3  # Cosine to 0, not VICReg's 0.001 x peak.
   config.optimizer.weight_decay = 1e-6
   return config

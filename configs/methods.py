@@ -28,38 +28,47 @@ def simclr() -> ml_collections.ConfigDict:
 def byol() -> ml_collections.ConfigDict:
   """BYOL (Grill et al., 2020): projector 4096 -> 256 with BatchNorm, predictor 4096 ->
   256, target = EMA of the online encoder and projector with tau from 0.99 to 1 by cosine,
-  symmetric loss (both views predict the other's target projection)."""
+  symmetric loss (both views predict the other's target projection). Sources: docs/recipes.md."""
   block = ml_collections.ConfigDict()
+  # Linear-BN-ReLU-Linear, the last without bias (byol/utils/networks.py:40-45).
   block.projector_widths = (4096, 256)
   block.predictor_widths = (4096, 256)
-  block.base_target_momentum = 0.99
+  block.base_target_momentum = 0.99  # The 300-epoch preset (byol/configs/byol.py:23).
   block.final_target_momentum = 1.0
+  # One pass per view, online and target: BatchNorm statistics per view
+  # (byol/byol_experiment.py:183-184).
+  block.forward_views_separately = True
   return block
 
 
 def mocov3() -> ml_collections.ConfigDict:
   """MoCo v3, ResNet recipe (Chen, Xie and He, 2021; facebookresearch/moco-v3): projector
-  3 layers 4096 -> 256 (last BatchNorm without affine), predictor 2 layers 4096 -> 256,
-  momentum encoder + projector with momentum 0.99 -> 1 by cosine, symmetric InfoNCE at
-  temperature 1.0 with keys from every device."""
+  2 layers 4096 -> 256 (last BatchNorm without affine; 3 layers is its ViT recipe),
+  predictor 2 layers 4096 -> 256, momentum encoder + projector with momentum 0.99 -> 1 by
+  cosine, symmetric InfoNCE at temperature 1.0 with keys from every device. Sources:
+  docs/recipes.md."""
   block = ml_collections.ConfigDict()
-  block.projector_widths = (4096, 4096, 256)
-  block.predictor_widths = (4096, 256)
+  block.projector_widths = (4096, 256)  # MoCo_ResNet: _build_mlp(2, ...) (moco/builder.py:105).
+  block.predictor_widths = (4096, 256)  # _build_mlp(2, ..., last_bn=False) (moco/builder.py:109).
   block.temperature = 1.0
   block.base_target_momentum = 0.99
   block.final_target_momentum = 1.0
+  # base_encoder(x1), base_encoder(x2), likewise the momentum encoder (moco/builder.py:86-94).
+  block.forward_views_separately = True
   return block
 
 
 def vicreg() -> ml_collections.ConfigDict:
   """VICReg (Bardes, Ponce and LeCun, 2022; facebookresearch/vicreg): expander
-  8192-8192-8192; invariance 25, variance 25, covariance 1, variance and covariance over
-  the global batch."""
+  8192-8192-8192 (the last Linear without bias); invariance 25, variance 25, covariance 1,
+  variance and covariance over the global batch. Sources: docs/recipes.md."""
   block = ml_collections.ConfigDict()
   block.expander_widths = (8192, 8192, 8192)
   block.invariance_weight = 25.0
   block.variance_weight = 25.0
   block.covariance_weight = 1.0
+  # backbone(x), backbone(y): one pass per view (main_vicreg.py:195-196).
+  block.forward_views_separately = True
   return block
 
 

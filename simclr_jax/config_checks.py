@@ -97,6 +97,9 @@ def check_linear_eval_config(config) -> None:
   require(config.linear_eval.checkpoint_every_steps > 0,
           f"linear_eval.checkpoint_every_steps must be > 0, got "
           f"{config.linear_eval.checkpoint_every_steps}.")
+  require(config.linear_eval.lr_scaling in ("linear", "none"),
+          f"linear_eval.lr_scaling must be 'linear' or 'none', got "
+          f"{config.linear_eval.lr_scaling!r}.")
   require(config.linear_eval.epochs > 0,
           f"linear_eval.epochs must be > 0, got {config.linear_eval.epochs}.")
   require(config.linear_eval.few_shot_per_class >= 0,

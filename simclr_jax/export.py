@@ -9,7 +9,9 @@ needed to use them as JSON:
 An encoder torchvision has (a ResNet-18/34/50/101/152 at width 1 with the ImageNet stem)
 is written with torchvision's names and layouts (OIHW kernels), so that
 `torchvision.models.resnet50().load_state_dict(tensors, strict=False)` misses only `fc` and
-gives this project's features. Other encoders keep the project's names ('/'-joined module
+gives this project's features: to float32 rounding for an encoder pretrained in float32, to
+bfloat16 rounding for one pretrained with compute_dtype bfloat16 (`load_encoder` computes
+in it, torchvision in float32; encoder.json's `agreement` says which). Other encoders keep the project's names ('/'-joined module
 paths such as `blocks/0/bn1/mean`) and HWIO kernels (`"layout": "simclr_jax"`).
 
 `--mode=extract_features` (`extract_features`) writes the frozen encoder's features of
@@ -186,6 +188,15 @@ def pytorch_lines(layout: str, arch: str, norm: dict[str, Any], num_features: in
           "  features = model((x - mean) / std)"]
 
 
+def agreement(compute_dtype: str) -> str:
+  """How closely PyTorch's float32 features of the exported weights match load_encoder's."""
+  if compute_dtype == "float32":
+    return ("PyTorch's float32 features equal load_encoder's to float32 rounding (relative "
+            "1e-4 in tests/export_test.py).")
+  return (f"load_encoder computes in {compute_dtype}, as pretraining did, and PyTorch in "
+          f"float32: the two agree to {compute_dtype} rounding (relative about 1e-2).")
+
+
 def encoder_metadata(encoder: encoder_lib.Encoder, layout: str) -> dict[str, Any]:
   """encoder.json's content: what the weights are and how to feed them."""
   config, model_config = encoder.config, encoder.config.model
@@ -206,6 +217,7 @@ def encoder_metadata(encoder: encoder_lib.Encoder, layout: str) -> dict[str, Any
       "checkpoint_step": encoder.step,
       "pretraining_compute_dtype": config.compute_dtype,
       "normalize": norm,
+      "agreement": agreement(config.compute_dtype),
       "input": ("RGB uint8 / 255, then (x - mean) / std per channel, NCHW for torchvision "
                 "(NHWC in JAX); images of image_size px, as in pretraining."),
       "pytorch": pytorch_lines(layout, arch, norm, encoder.num_features),

@@ -13,7 +13,7 @@ from simclr_jax import config_checks
 # What normalises the last layer's output when `batch_norm` is on.
 #   'scale': BatchNorm with a scale and no shift (SimCLR v2's head).
 #   'standardize': BatchNorm with neither (MoCo v3's BatchNorm1d(affine=False)).
-#   'none': no BatchNorm; the last linear layer has a bias (BYOL's and VICReg's heads).
+#   'none': no BatchNorm (BYOL's and VICReg's heads, MoCo v3's predictor).
 LAST_NORMS = ("scale", "standardize", "none")
 
 
@@ -22,12 +22,14 @@ class MLP(nnx.Module):
 
   widths=(512, 128) without BatchNorm on 2048-d input is the seed's 2048-512-128 head (with
   biases); widths=(2048, 2048, 128) with batch_norm=True is SimCLR v2's 3-layer head. Linear
-  layers followed by BatchNorm drop their biases (the BatchNorm's shift replaces them).
-  `dtype` is what the layers compute in; the output is float32 (the losses are float32).
+  layers followed by BatchNorm drop their biases (the BatchNorm's shift replaces them); a
+  last layer without BatchNorm has one only with `last_bias` (the official BYOL, MoCo v3
+  and VICReg heads have none: their configs/methods.py blocks). `dtype` is what the layers compute in; the output is float32 (the losses are float32).
   """
 
   def __init__(self, in_features: int, widths: Sequence[int], batch_norm: bool, *,
-               rngs: nnx.Rngs, dtype=jnp.float32, last_norm: str = "scale"):
+               rngs: nnx.Rngs, dtype=jnp.float32, last_norm: str = "scale",
+               last_bias: bool = True):
     if not widths:
       raise ValueError("An MLP head needs at least one layer width.")
     if last_norm not in LAST_NORMS:
@@ -37,7 +39,8 @@ class MLP(nnx.Module):
     self.last_normed = batch_norm and last_norm != "none"
     dims = [in_features, *widths]
     self.linears = nnx.List([
-        nnx.Linear(d_in, d_out, use_bias=not batch_norm or (i == last and not self.last_normed),
+        nnx.Linear(d_in, d_out, use_bias=(not batch_norm or (i == last and not self.last_normed))
+                   and (i != last or last_bias),
                    dtype=dtype, rngs=rngs)
         for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:]))])
     if batch_norm:

@@ -3,7 +3,7 @@
 Restores a pretraining checkpoint, drops the projection head and runs the encoder with
 BatchNorm in inference mode. Features of both splits are computed with deterministic
 preprocessing, every example exactly once (padded batches with a mask). A linear classifier
-(SGD, Nesterov momentum, cosine decay) is trained either on randomly cropped and flipped
+(SGD with momentum, Nesterov's or not, cosine decay) is trained either on randomly cropped and flipped
 training images through the frozen encoder (the SimCLR protocol) or on the precomputed
 features; top-1 / top-5 on the evaluation split, beside weighted kNN on the same features.
 """
@@ -31,14 +31,25 @@ from simclr_jax.sharding import batch_sharded, replicated
 def classifier_fields(config) -> tuple[str, ...]:
   """Config fields a resumed classifier training must share with its checkpoint."""
   return (*state.model_fields(config), "linear_eval.batch_size", "linear_eval.epochs",
-          "linear_eval.learning_rate", "linear_eval.momentum", "linear_eval.weight_decay",
+          "linear_eval.learning_rate", "linear_eval.lr_scaling", "linear_eval.momentum",
+          "linear_eval.nesterov", "linear_eval.weight_decay",
           "train_split", "augment.")
+
+
+def peak_learning_rate(le_config) -> float:
+  """The classifier's learning rate after its batch-size rule (`lr_scaling`): 'linear',
+  learning_rate x batch_size / 256; 'none', learning_rate."""
+  if le_config.lr_scaling == "linear":
+    return le_config.learning_rate * le_config.batch_size / 256
+  config_checks.require(le_config.lr_scaling == "none", f"linear_eval.lr_scaling must be "
+                        f"'linear' or 'none', got {le_config.lr_scaling!r}.")
+  return le_config.learning_rate
 
 
 def train_linear_classifier(features: np.ndarray, labels: np.ndarray, num_classes: int,
                             num_steps: int, le_config, seed: int,
                             weight_decay: float | None = None) -> dict[str, Any]:
-  """Softmax regression on (n, F) features with SGD + Nesterov momentum, cosine decay.
+  """Softmax regression on (n, F) features with SGD (+ Nesterov) momentum, cosine decay.
 
   Features are standardised with the training mean and std (stored in the result) when
   `le_config.standardize_features`. Each step's minibatch is a fresh random sample.
@@ -51,19 +62,20 @@ def train_linear_classifier(features: np.ndarray, labels: np.ndarray, num_classe
   params = _fit_softmax_regression(
       jnp.asarray((features - mean) / std), jnp.asarray(labels), jax.random.PRNGKey(seed),
       num_classes=num_classes, num_steps=num_steps,
-      batch=min(le_config.batch_size, len(labels)), learning_rate=le_config.learning_rate,
-      momentum=le_config.momentum,
-      weight_decay=le_config.weight_decay if weight_decay is None else weight_decay)
+      batch=min(le_config.batch_size, len(labels)),
+      learning_rate=peak_learning_rate(le_config), momentum=le_config.momentum,
+      nesterov=le_config.nesterov, weight_decay=le_config.weight_decay if weight_decay is None else weight_decay)
   return {**jax.device_get(params), "mean": mean, "std": std}
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "num_steps", "batch",
-                                             "learning_rate", "momentum", "weight_decay"))
+                                             "learning_rate", "momentum", "nesterov",
+                                             "weight_decay"))
 def _fit_softmax_regression(x, y, key, *, num_classes, num_steps, batch, learning_rate,
-                            momentum, weight_decay):
+                            momentum, nesterov, weight_decay):
   """(n, F) features, (n,) labels -> {'kernel': (F, C), 'bias': (C,)}, one compiled scan."""
   n, dim = x.shape
-  tx = _classifier_optimizer(learning_rate, momentum, weight_decay, num_steps)
+  tx = _classifier_optimizer(learning_rate, momentum, nesterov, weight_decay, num_steps)
 
   def step(carry, key):
     params, opt_state = carry
@@ -78,13 +90,13 @@ def _fit_softmax_regression(x, y, key, *, num_classes, num_steps, batch, learnin
   return params
 
 
-def _classifier_optimizer(learning_rate: float, momentum: float, weight_decay: float,
-                          num_steps: int) -> optax.GradientTransformation:
-  """SGD with Nesterov momentum, cosine decay to 0, weight decay on the kernel only."""
+def _classifier_optimizer(learning_rate: float, momentum: float, nesterov: bool,
+                          weight_decay: float, num_steps: int) -> optax.GradientTransformation:
+  """SGD with (Nesterov) momentum, cosine decay to 0, weight decay on the kernel only."""
   return optax.chain(
       optax.add_decayed_weights(weight_decay, mask={"kernel": True, "bias": False}),
       optax.sgd(optax.cosine_decay_schedule(learning_rate, num_steps), momentum=momentum,
-                nesterov=True))
+                nesterov=nesterov))
 
 
 def _softmax_loss(params, features, labels):
@@ -109,8 +121,8 @@ def train_linear_classifier_on_images(config, encode, encoder, mesh, source, num
   le_config = config.linear_eval
   steps_per_epoch = max(1, source.num_examples(config.train_split) // le_config.batch_size)
   num_steps = le_config.epochs * steps_per_epoch
-  tx = _classifier_optimizer(le_config.learning_rate, le_config.momentum,
-                             le_config.weight_decay, num_steps)
+  tx = _classifier_optimizer(peak_learning_rate(le_config), le_config.momentum,
+                             le_config.nesterov, le_config.weight_decay, num_steps)
 
   @functools.partial(jax.jit, donate_argnums=(0,))
   def step(classifier, encoder_params, batch_stats, images, labels):

@@ -94,6 +94,9 @@ def _base_optimizer(opt_config, schedule: optax.Schedule) -> optax.GradientTrans
   patterns = tuple(opt_config.exclude_patterns)
   mask = (lambda params: decay_mask(params, patterns)) if opt_config.exclude_bn_and_bias else True
   if opt_config.name == "lars":
+    # optax.lars scales by the rate before the momentum trace, as SimCLR's LARS; BYOL's,
+    # MoCo v3's and VICReg's scale the trace after it. The two differ only while the rate
+    # changes (warm-up, cosine), a second-order effect at momentum 0.9 (docs/recipes.md).
     return optax.lars(schedule, weight_decay=opt_config.weight_decay, weight_decay_mask=mask,
                       trust_coefficient=opt_config.trust_coefficient, trust_ratio_mask=mask,
                       momentum=opt_config.momentum)

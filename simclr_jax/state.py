@@ -64,9 +64,11 @@ def check_model_config(config) -> None:
 
 
 def model_fields(config) -> tuple[str, ...]:
-  """Config fields (dotted prefixes) that shape the model: a checkpoint restores only
-  into a config that agrees on them."""
-  return ("method", "model.", "online_probe", *methods.get(config).model_fields)
+  """Config fields (dotted prefixes) that shape the model, or its input: a checkpoint
+  restores only into a config that agrees on them (an encoder pretrained on raw [0, 1]
+  pixels fed normalised ones would give wrong features without a word)."""
+  return ("method", "model.", "online_probe", "augment.normalize",
+          *methods.get(config).model_fields)
 
 
 def probe_classes(config, source) -> int:

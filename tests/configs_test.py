@@ -125,7 +125,8 @@ def test_finetune_config_carries_simclr_v2_s_protocols_on_the_method_s_encoder(
     assert value(config, field) == value(pretraining, field), field
   block = config.finetune
   assert (block.label_fraction, block.epochs) == (fraction, epochs)
-  assert block.from_head_layer and block.optimizer.name == "lars"
+  # SimCLR v2: from the head's first layer with 1% and 10% of the labels, its input with all.
+  assert block.from_head_layer == (fraction < 1) and block.optimizer.name == "lars"
   assert block.optimizer.base_learning_rate * 1024**0.5 == pytest.approx(0.16)
   assert block.optimizer.weight_decay == 0 and block.optimizer.warmup_epochs == 0
   finetune.check_config(config)

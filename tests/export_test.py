@@ -157,6 +157,7 @@ def test_resnet18_exports_as_torchvisions_and_computes_its_features(tmp_path):
                                "std": list(precision.IMAGENET_STD)}
   assert (meta["num_features"], meta["checkpoint_step"], meta["image_size"]) == (512, 7, 64)
   assert meta["method"] == "simclr" and meta["depth"] == 18 and not meta["small_image_stem"]
+  assert "float32 rounding" in meta["agreement"]  # The tolerance asserted below.
   assert "model = torchvision.models.resnet18()" in meta["pytorch"]
   assert json.loads((tmp_path / "out" / "export.json").read_text()) == summary
   assert summary["layout"] == "torchvision" and summary["num_tensors"] == len(tensors)

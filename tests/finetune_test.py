@@ -150,7 +150,7 @@ def test_finetune_writes_its_results_and_resumes_exactly_after_a_stop(
   results = _finetune(head_config, tmp_path / "whole")
   written = json.loads((tmp_path / "whole" / "finetune.json").read_text())
   assert written == pytest.approx(results)
-  for key in ("top1", "top5", "random_init_top1", "random_init_top5", "best_epoch",
+  for key in ("top1", "top5", "random_init_top1", "random_init_top5", "eval_selected_epoch",
               "num_labelled_examples", "num_eval_examples", "label_fraction"):
     assert key in written
   assert written["num_eval_examples"] == 450  # The digits' test split.

@@ -23,6 +23,7 @@ def tiny_food101_config(**overrides):
   config.checkpoint_every_steps = 1
   config.linear_eval.batch_size = 16
   config.linear_eval.epochs = 2
+  config.linear_eval.lr_scaling = "none"  # The rate as written, at these tiny batches.
   config.update(overrides)
   return config
 

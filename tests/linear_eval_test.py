@@ -90,8 +90,8 @@ def test_linear_classifier_fits_separable_data_and_topk_is_exact():
   labels = rng.integers(0, 5, 200).astype(np.int32)
   features = (centers[labels] + rng.normal(size=(200, 8))).astype(np.float32)
   le_config = ml_collections.ConfigDict(dict(
-      batch_size=32, learning_rate=0.1, momentum=0.9, weight_decay=0.0,
-      standardize_features=True))
+      batch_size=32, learning_rate=0.1, lr_scaling="none", momentum=0.9, nesterov=True,
+      weight_decay=0.0, standardize_features=True))
   classifier = linear_eval.train_linear_classifier(features, labels, 5, 300, le_config, 0)
   assert linear_eval.top_k_accuracy(classifier, features, labels, 1) > 0.97
   # An explicit weight decay (the few-shot probe's) overrides the config's and shrinks
@@ -111,6 +111,37 @@ def test_linear_classifier_fits_separable_data_and_topk_is_exact():
   assert linear_eval.top_k_accuracy(manual, x, y, 1) == 0.25
   assert linear_eval.top_k_accuracy(manual, x, y, 2) == 0.5
   assert linear_eval.top_k_accuracy(manual, x, y, 3) == 1.0
+
+
+@pytest.mark.parametrize("nesterov, lr_scaling", [(True, "linear"), (False, "none")])
+def test_linear_classifier_follows_the_protocol_s_sgd_against_numpy(nesterov, lr_scaling):
+  """Full-batch steps against a NumPy softmax regression with PyTorch's SGD momentum
+  (v = m v + g; Nesterov steps along g + m v), cosine decay from the rate after its batch
+  rule (x 64 / 256 for 'linear'), weight decay on the kernel only."""
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(64, 6)).astype(np.float32)
+  y = rng.integers(0, 3, 64).astype(np.int32)
+  le_config = ml_collections.ConfigDict(dict(
+      batch_size=64, learning_rate=0.8, lr_scaling=lr_scaling, momentum=0.9,
+      nesterov=nesterov, weight_decay=0.01, standardize_features=False))
+  steps = 12
+  result = linear_eval.train_linear_classifier(x, y, 3, steps, le_config, 0)
+
+  peak = 0.8 * (64 / 256 if lr_scaling == "linear" else 1.0)
+  w, b = np.zeros((6, 3)), np.zeros(3)
+  vw, vb = np.zeros_like(w), np.zeros_like(b)
+  for t in range(steps):
+    logits = x @ w + b
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    p[np.arange(64), y] -= 1
+    gw, gb = x.T @ p / 64 + 0.01 * w, p.mean(0)
+    vw, vb = 0.9 * vw + gw, 0.9 * vb + gb
+    lr = peak * 0.5 * (1 + np.cos(np.pi * t / steps))
+    w -= lr * (gw + 0.9 * vw if nesterov else vw)
+    b -= lr * (gb + 0.9 * vb if nesterov else vb)
+  np.testing.assert_allclose(result["kernel"], w, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(result["bias"], b, rtol=1e-4, atol=1e-6)
 
 
 def test_feature_rank_counts_the_directions_the_features_vary_in():
@@ -158,11 +189,12 @@ def test_a_chosen_checkpoint_step_is_evaluated_or_reported_missing(pretrained_wo
 
 
 def test_food101_linear_config_carries_the_protocol():
+  """SimCLR's (the default); every method's: tests/official_recipes_test.py."""
   from configs import food101_linear  # pylint: disable=g-import-not-at-top
   config = food101_linear.get_config()
   assert (config.train_split, config.eval_split) == ("train", "validation")
   assert config.model.depth == 50 and config.linear_eval.epochs == 90
-  assert config.linear_eval.learning_rate == 0.4
+  assert linear_eval.peak_learning_rate(config.linear_eval) == pytest.approx(0.4)
 
 
 def test_classifier_on_augmented_images_learns_and_leaves_the_encoder_frozen():

@@ -165,3 +165,61 @@ def test_the_loss_sends_no_gradient_to_the_target(name):
                                                                     target_params)
   assert all(np.all(np.asarray(g) == 0) for g in jax.tree.leaves(target_grads))
   assert any(np.abs(np.asarray(g)).max() > 0 for g in jax.tree.leaves(online_grads["predictor"]))
+
+
+def _view_outputs(name, separately, *batches):
+  """A method's outputs for each of `batches` ((N, 2, H, W, 3) views), one pass per view
+  or one for both: the features its loss returns, and its heads' outputs through `base`'s
+  two-view passes (BYOL's and MoCo v3's predictions and target projections). One compile."""
+  config = tiny_method_config(name)
+  config[name].forward_views_separately = separately
+  method = methods.METHODS[name]
+  mesh = state_lib.create_mesh()
+  graphdef = state_lib.model_graphdef(config)
+  item = state_lib.init_model(config, mesh)
+
+  @jax.jit
+  def outputs(views):
+    model = nnx.merge(graphdef, item["params"], item["batch_stats"])
+    target = nnx.merge(graphdef, item["params"], item["batch_stats"])
+    features = method.loss(model, target, views, config[name], mesh)[1]
+    if method.target_modules:
+      heads = base.predictions_and_targets(model, target, views, separately)[1:]
+    else:
+      heads = base.forward_views(base.encoder_then(model, method.projection_head), views,
+                                 separately)[1:]
+    return (features, *heads)
+
+  with jax.set_mesh(mesh):
+    return [[np.asarray(x) for x in outputs(views)] for views in batches]
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_with_a_pass_per_view_a_view_s_outputs_ignore_the_other_view(name):
+  """Per-view BatchNorm statistics (the BYOL, MoCo v3 and VICReg codes): view 1's outputs
+  are the same whatever view 2 holds; in one joint pass (SimCLR's, checked on SimCLR: a
+  compile per setting) they are not."""
+  rng = np.random.default_rng(0)
+  views = rng.uniform(size=(8, 2, 8, 8, 3)).astype(np.float32)
+  other = views.copy()
+  other[:, 1] = rng.uniform(size=other[:, 1].shape)
+  for separately in (True, False) if name == "simclr" else (True,):
+    outputs, outputs_other = _view_outputs(name, separately, views, other)
+    for a, b in zip(outputs, outputs_other):
+      if separately:
+        np.testing.assert_array_equal(a[:, 0], b[:, 0])
+      else:
+        assert np.abs(a[:, 0] - b[:, 0]).max() > 1e-4
+  assert methods.METHODS[name] and (name == "simclr") != tiny_method_config(name)[
+      name].forward_views_separately  # Each recipe's default: SimCLR joint, the rest apart.
+
+
+@pytest.mark.parametrize("name, heads", [("byol", ("projector", "predictor")),
+                                          ("mocov3", ("projector", "predictor")),
+                                          ("vicreg", ("expander",))])
+def test_the_heads_end_without_a_bias_as_the_official_ones(name, heads):
+  model = nnx.eval_shape(lambda: state_lib.build_model(tiny_method_config(name), nnx.Rngs(0)))
+  for head in heads:
+    linears = getattr(model, head).linears
+    assert linears[-1].bias is None, head
+    assert all(linear.bias is None for linear in linears[:-1])  # BatchNorm's shift instead.

@@ -105,18 +105,19 @@ def build_with_predictor(config, block, rngs: nnx.Rngs, num_probe_classes: int,
   dtype = precision.compute_dtype(config)
   encoder = backbones.create(config, rngs)
   projector = heads.MLP(encoder.num_features, tuple(block.projector_widths), True, rngs=rngs,
-                        dtype=dtype, last_norm=projector_last_norm)
+                        dtype=dtype, last_norm=projector_last_norm, last_bias=False)
   predictor = heads.MLP(block.projector_widths[-1], tuple(block.predictor_widths), True,
-                        rngs=rngs, dtype=dtype, last_norm="none")
+                        rngs=rngs, dtype=dtype, last_norm="none", last_bias=False)
   return Model(encoder, create_probe(encoder, num_probe_classes, rngs), projector=projector,
                predictor=predictor)
 
 
-def predictions_and_targets(model: Model, target: Model,
-                            views: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+def predictions_and_targets(model: Model, target: Model, views: jax.Array,
+                            separately: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
   """For (N, 2, H, W, 3) views: the online features (N, 2, F), the online predictions
   predictor(projector(encoder(x))) (N, 2, D) and the target projections
-  projector'(encoder'(x)) (N, 2, D), the last as constants (stop_gradient)."""
+  projector'(encoder'(x)) (N, 2, D), the last as constants (stop_gradient). `separately`:
+  one pass per view (`forward_views`), for the online and the target network alike."""
 
   def online(images):
     features = model.encoder(images, train=True)
@@ -125,8 +126,8 @@ def predictions_and_targets(model: Model, target: Model,
   def projected_by_target(images):
     return (target.projector(target.encoder(images, train=True), train=True),)
 
-  features, predictions = forward_views(online, views, separately=False)
-  (targets,) = forward_views(projected_by_target, views, separately=False)
+  features, predictions = forward_views(online, views, separately)
+  (targets,) = forward_views(projected_by_target, views, separately)
   return features, predictions, jax.lax.stop_gradient(targets)
 
 

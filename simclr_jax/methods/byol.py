@@ -3,7 +3,9 @@ predictor regress the target network's projection of the other view; the target 
 exponential moving average of the online encoder and projector (never differentiated).
 
 Config block `config.byol`: projector_widths, predictor_widths, base_target_momentum,
-final_target_momentum. The heads are BYOL's: Linear -> BatchNorm -> ReLU -> Linear.
+final_target_momentum, forward_views_separately (BYOL's own: one pass per view, so BatchNorm
+statistics are per view). The heads are BYOL's: Linear -> BatchNorm -> ReLU -> Linear
+(no bias).
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ def loss(model: base.Model, target: base.Model, views: jax.Array, method_config,
          mesh: Mesh) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
   """The symmetric BYOL loss of (N, 2, H, W, 3) views: view 1's prediction regresses view
   2's target projection and the other way round (the paper's L + L~)."""
-  del method_config, mesh  # A per-example loss: GSPMD reduces its batch mean.
-  features, predictions, targets = base.predictions_and_targets(model, target, views)
+  del mesh  # A per-example loss: GSPMD reduces its batch mean.
+  features, predictions, targets = base.predictions_and_targets(
+      model, target, views, method_config.forward_views_separately)
   value = (losses.byol_loss(predictions[:, 0], targets[:, 1]) +
            losses.byol_loss(predictions[:, 1], targets[:, 0]))
   return value, features, {"loss": value}

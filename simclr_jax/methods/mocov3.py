@@ -4,10 +4,10 @@ encoder, projector and predictor; keys from the momentum encoder and projector (
 the online ones); a symmetric InfoNCE with each device's queries against the keys of every
 device.
 
-Config block `config.mocov3`: projector_widths (3 layers, the last BatchNorm without
-affine), predictor_widths (2 layers), temperature, base_target_momentum,
-final_target_momentum. Differs from the official heads in one detail: the predictor's last
-linear layer has a bias (the official one has none).
+Config block `config.mocov3`: projector_widths (the ResNet recipe's 2 layers, the last
+BatchNorm without affine; 3 in its ViT recipe), predictor_widths (2 layers), temperature,
+base_target_momentum, final_target_momentum, forward_views_separately (moco-v3's own: one
+pass per view). Linear layers without bias, as moco-v3's `_build_mlp`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ def build(config, rngs: nnx.Rngs, num_probe_classes: int = 0) -> base.Model:
 def loss(model: base.Model, target: base.Model, views: jax.Array, method_config,
          mesh: Mesh) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
   """ctr(q1, k2) + ctr(q2, k1) for (N, 2, H, W, 3) views (moco-v3's forward)."""
-  features, q, k = base.predictions_and_targets(model, target, views)
+  features, q, k = base.predictions_and_targets(
+      model, target, views, method_config.forward_views_separately)
   temperature = method_config.temperature
   loss_1, accuracy_1 = losses.sharded_infonce(q[:, 0], k[:, 1], temperature, mesh, DATA_AXIS)
   loss_2, accuracy_2 = losses.sharded_infonce(q[:, 1], k[:, 0], temperature, mesh, DATA_AXIS)

@@ -5,8 +5,8 @@ the two views' embeddings close (invariance), each dimension's standard deviatio
 batch, gathered across devices with gradients through the gather.
 
 Config block `config.vicreg`: expander_widths, invariance_weight, variance_weight,
-covariance_weight. The expander is Linear -> BatchNorm -> ReLU per hidden layer, then a
-Linear.
+covariance_weight, forward_views_separately (VICReg's own: one pass per view). The expander
+is Linear -> BatchNorm -> ReLU per hidden layer, then a Linear without bias (VICReg's).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from simclr_jax.sharding import DATA_AXIS
 def build(config, rngs: nnx.Rngs, num_probe_classes: int = 0) -> base.Model:
   encoder = backbones.create(config, rngs)
   expander = heads.MLP(encoder.num_features, tuple(config.vicreg.expander_widths), True,
-                       rngs=rngs, dtype=precision.compute_dtype(config), last_norm="none")
+                       rngs=rngs, dtype=precision.compute_dtype(config), last_norm="none",
+                       last_bias=False)
   return base.Model(encoder, base.create_probe(encoder, num_probe_classes, rngs),
                     expander=expander)
 
@@ -34,7 +35,7 @@ def loss(model: base.Model, target, views: jax.Array, method_config,
   del target  # VICReg has no target network.
 
   features, z = base.forward_views(base.encoder_then(model, "expander"), views,
-                                   separately=False)
+                                   method_config.forward_views_separately)
   terms = losses.sharded_vicreg_terms(z[:, 0], z[:, 1], mesh, DATA_AXIS)
   value = losses.combine_vicreg_terms(terms, method_config.invariance_weight,
                                       method_config.variance_weight,
