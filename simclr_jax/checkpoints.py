@@ -117,6 +117,13 @@ def restore(manager: ocp.CheckpointManager, targets: Mapping[str, Any], config,
       raise
     except Exception as e:  # pylint: disable=broad-except  Orbax raises many types.
       reason = _one_line(e)
+      if "tree structures do not match" in str(e):
+        # Readable, but of another model than this config builds: not damage to move aside.
+        raise CheckpointMismatchError(
+            f"The checkpoint {path} holds a model of another structure than this config "
+            f"builds ({reason}). It was made by another version of simclr_jax (BYOL's, MoCo "
+            f"v3's and VICReg's heads lost their last bias on 2026-12-03) or another model: "
+            f"use the version that made it, or pretrain again in a fresh --workdir.") from e
       failures.append(f"step {candidate}: {reason}")
       logging.warning("Checkpoint %s is unreadable (%s)%s", path, reason,
                       "; trying an older one." if candidate != steps[-1] else ".")

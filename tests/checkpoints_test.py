@@ -111,6 +111,21 @@ def test_a_checkpoint_of_another_model_names_the_differing_fields(two_step_workd
   assert "model.width_multiplier" not in message and "\n" not in message
 
 
+def test_a_checkpoint_of_another_structure_is_a_mismatch_not_damage(two_step_workdir, tmp_path):
+  """The same config fields but another tree (a checkpoint of an older version's heads):
+  one error naming it, and no readable step moved aside as damaged."""
+  workdir = _copy(two_step_workdir, tmp_path)
+  config = tiny_food101_config()
+  tx, _ = state_lib.create_optimizer(config, 2, 3)
+  items = state_lib.init_train_state(config, tx, state_lib.create_mesh()).checkpoint_items()
+  items["model"]["params"]["head"]["extra_bias"] = jax.numpy.zeros(2)
+  with checkpoints.create_manager(checkpoints.checkpoint_dir(workdir)) as manager:
+    with pytest.raises(checkpoints.CheckpointMismatchError, match="another structure"):
+      checkpoints.restore(manager, items, config, check_fields=pretrain.resume_fields(config),
+                          move_damaged=True)
+    assert sorted(manager.all_steps()) == [1, 2]
+
+
 def test_learning_rate_multipliers_are_checked_and_a_field_newer_than_the_checkpoint_is_off(
     two_step_workdir):
   """Multipliers shape the optimiser's state: adding them to a run is a named mismatch. A
