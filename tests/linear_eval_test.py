@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from simclr_jax import encoding, linear_eval, pretrain, state as state_lib
+from simclr_jax import checkpoints, encoding, linear_eval, pretrain, state as state_lib
 from tests.conftest import MOCK_EXAMPLES
 from tests.helpers import ArraySource, tiny_food101_config
 
@@ -186,6 +186,19 @@ def test_a_chosen_checkpoint_step_is_evaluated_or_reported_missing(pretrained_wo
     results = linear_eval.evaluate(config, str(tmp_path))
   assert results["checkpoint_step"] == 1
   assert (tmp_path / "linear_eval.json").exists() and not (tmp_path / "tsne.png").exists()
+
+
+def test_evaluating_with_another_input_normalisation_is_a_named_mismatch(pretrained_workdir,
+                                                                        tmp_path):
+  """The encoder was pretrained on raw [0, 1] pixels (food101's paper details): evaluating
+  it on normalised ones would give wrong features without a word."""
+  config = tiny_food101_config()
+  config.augment.normalize = not config.augment.normalize
+  config.linear_eval.pretrain_workdir = str(pretrained_workdir)
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    with pytest.raises(checkpoints.CheckpointMismatchError,
+                       match="augment.normalize: checkpoint False, config True"):
+      linear_eval.evaluate(config, str(tmp_path))
 
 
 def test_food101_linear_config_carries_the_protocol():
