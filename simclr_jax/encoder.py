@@ -69,9 +69,8 @@ class Encoder:
     return self._encode(self.params, self.batch_stats, images)
 
   def __repr__(self) -> str:
-    model = self.config.model
-    return (f"Encoder({model.name}{model.depth}, width {model.width_multiplier}, "
-            f"{self.num_features} features, {self.config.method} step {self.step})")
+    return (f"Encoder({backbones.describe(self.config.model)}, {self.num_features} "
+            f"features, {self.config.method} step {self.step})")
 
 
 def load_encoder(workdir, step: int | None = None) -> Encoder:

@@ -6,13 +6,15 @@ needed to use them as JSON:
   workdir/export/encoder.safetensors   float32 tensors (BatchNorm step counts int64)
   workdir/export/encoder.json          layout, architecture, input preprocessing, loading
 
-An encoder torchvision has (a ResNet-18/34/50/101/152 at width 1 with the ImageNet stem)
-is written with torchvision's names and layouts (OIHW kernels), so that
+When the backbone family has a PyTorch model of the encoder's layers
+(`backbones.pytorch_weights`; ResNet-18/34/50/101/152 at width 1 with the ImageNet stem:
+torchvision's), the weights are written with its names and layouts (OIHW kernels), so that
 `torchvision.models.resnet50().load_state_dict(tensors, strict=False)` misses only `fc` and
 gives this project's features: to float32 rounding for an encoder pretrained in float32, to
-bfloat16 rounding for one pretrained with compute_dtype bfloat16 (`load_encoder` computes
-in it, torchvision in float32; encoder.json's `agreement` says which). Other encoders keep the project's names ('/'-joined module
-paths such as `blocks/0/bn1/mean`) and HWIO kernels (`"layout": "simclr_jax"`).
+bfloat16 rounding for one pretrained with compute_dtype bfloat16 (`load_encoder` computes in
+it, PyTorch in float32; encoder.json's `agreement` says which). Other encoders keep the
+project's names ('/'-joined module paths such as `blocks/0/bn1/mean`) and HWIO kernels
+(`"layout": "simclr_jax"`). No backbone names here: the registry answers.
 
 `--mode=extract_features` (`extract_features`) writes the frozen encoder's features of
 whole splits, every example once, as NumPy arrays:
@@ -37,85 +39,18 @@ import numpy as np
 import safetensors.numpy
 from absl import logging
 
-from simclr_jax import (config_checks, encoder as encoder_lib, encoding, precision, state,
-                        storage, summaries)
-from simclr_jax.backbones import resnet
+from simclr_jax import (backbones, config_checks, encoder as encoder_lib, encoding, precision,
+                        state, storage, summaries)
 from simclr_jax.data import input_pipeline
 
 EXPORT_DIR = "export"
 WEIGHTS_FILE = "encoder.safetensors"
 METADATA_FILE = "encoder.json"
 FEATURES_DIR = "features"
-TORCHVISION, SIMCLR_JAX = "torchvision", "simclr_jax"
-# This project's BatchNorm variables -> torchvision's BatchNorm2d names.
-BN_NAMES = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
+SIMCLR_JAX = "simclr_jax"  # The layout of encoders PyTorch has no model for.
 
 
 # --------------------------------------------------------------------------- the weights
-
-
-def torchvision_mismatch(model_config) -> str | None:
-  """None when torchvision's `resnet{depth}` has exactly this encoder's layers, else why
-  not (one sentence)."""
-  if model_config.name != "resnet":
-    return f"torchvision has no '{model_config.name}' backbone of this project's layout."
-  if model_config.depth not in resnet.STAGE_SIZES:
-    return f"torchvision has no ResNet-{model_config.depth}."
-  if model_config.width_multiplier != 1.0:
-    return (f"width_multiplier={model_config.width_multiplier}: torchvision's ResNets are "
-            f"width 1 (its wide_resnet* widen only the bottleneck's inner layers).")
-  if model_config.small_image_stem:
-    return ("the small-image stem (3x3 stride-1 convolution, no max-pool) is not "
-            "torchvision's (7x7 stride-2 convolution and 3x3 max-pool).")
-  return None
-
-
-def torchvision_name_table(depth: int) -> list[tuple[tuple[Any, ...], str, str]]:
-  """(this project's module path, torchvision's module name, 'conv' or 'bn') for every
-  layer of torchvision's `resnet{depth}` but `fc`, following its ResNet._make_layer: a
-  stage's first block has a `downsample` (1x1 conv, BatchNorm) when it is strided or
-  changes the width."""
-  bottleneck = depth in resnet.BOTTLENECK_DEPTHS
-  expansion, num_convs = (4, 3) if bottleneck else (1, 2)
-  table = [(("stem_conv",), "conv1", "conv"), (("stem_bn",), "bn1", "bn")]
-  in_planes, index = 64, 0
-  for stage, num_blocks in enumerate(resnet.STAGE_SIZES[depth]):
-    planes = 64 * 2**stage
-    for block in range(num_blocks):
-      prefix, path = f"layer{stage + 1}.{block}", ("blocks", index)
-      for k in range(1, num_convs + 1):
-        table += [((*path, f"conv{k}"), f"{prefix}.conv{k}", "conv"),
-                  ((*path, f"bn{k}"), f"{prefix}.bn{k}", "bn")]
-      strides = 2 if stage > 0 and block == 0 else 1
-      if block == 0 and (strides != 1 or in_planes != planes * expansion):
-        table += [((*path, "shortcut", "conv"), f"{prefix}.downsample.0", "conv"),
-                  ((*path, "shortcut", "bn"), f"{prefix}.downsample.1", "bn")]
-      in_planes, index = planes * expansion, index + 1
-  return table
-
-
-def _get(tree, path: tuple[Any, ...]):
-  for key in path:
-    tree = tree[key]
-  return tree
-
-
-def torchvision_state_dict(params, batch_stats, depth: int, step: int) -> dict[str, np.ndarray]:
-  """The encoder's params and batch_stats (this project's nested dicts) as torchvision's
-  `resnet{depth}` state_dict without `fc`: conv kernels (kh, kw, in, out) -> weight
-  (out, in, kh, kw); BatchNorm scale, bias, mean, var -> weight, bias, running_mean,
-  running_var (C,) float32, and num_batches_tracked () int64 = `step`."""
-  tensors = {}
-  for path, name, kind in torchvision_name_table(depth):
-    if kind == "conv":
-      kernel = np.asarray(_get(params, path)["kernel"], np.float32)
-      tensors[f"{name}.weight"] = np.ascontiguousarray(kernel.transpose(3, 2, 0, 1))
-      continue
-    variables = {**_get(params, path), **_get(batch_stats, path)}
-    for ours, theirs in BN_NAMES.items():
-      tensors[f"{name}.{theirs}"] = np.asarray(variables[ours], np.float32)
-    tensors[f"{name}.num_batches_tracked"] = np.array(step, np.int64)
-  return tensors
 
 
 def flat_state_dict(params, batch_stats) -> dict[str, np.ndarray]:
@@ -131,28 +66,18 @@ def flat_state_dict(params, batch_stats) -> dict[str, np.ndarray]:
   return tensors
 
 
-def encoder_tensors(encoder: encoder_lib.Encoder) -> tuple[str, dict[str, np.ndarray]]:
-  """(layout, {name: array}) of a loaded encoder: torchvision's when it has the encoder."""
-  model_config = encoder.config.model
-  if torchvision_mismatch(model_config) is None:
-    return TORCHVISION, torchvision_state_dict(encoder.params, encoder.batch_stats,
-                                               model_config.depth, encoder.step)
-  return SIMCLR_JAX, flat_state_dict(encoder.params, encoder.batch_stats)
+def encoder_tensors(encoder: encoder_lib.Encoder):
+  """(layout, {name: array}, the PyTorch weights or why there are none) of a loaded encoder:
+  the PyTorch library's layout when the backbone family has a PyTorch model of these layers
+  (ResNets: torchvision's), else this project's."""
+  weights = backbones.pytorch_weights(encoder.config.model, encoder.params,
+                                      encoder.batch_stats, encoder.step)
+  if isinstance(weights, str):
+    return SIMCLR_JAX, flat_state_dict(encoder.params, encoder.batch_stats), weights
+  return weights.library, weights.tensors, weights
 
 
 # --------------------------------------------------------------------------- the metadata
-
-
-def architecture(model_config) -> str:
-  """'resnet50', or a description for encoders torchvision lacks."""
-  name = f"{model_config.name}{model_config.depth}"
-  if torchvision_mismatch(model_config) is None:
-    return name
-  stem = ("small-image stem (3x3 stride-1 convolution, no max-pool)"
-          if model_config.small_image_stem else "ImageNet stem (7x7 stride-2 convolution, "
-          "3x3 stride-2 max-pool)")
-  width = max(1, int(round(64 * model_config.width_multiplier)))
-  return f"{name}, width x{model_config.width_multiplier} ({width} stem channels), {stem}"
 
 
 def normalization(config) -> dict[str, Any]:
@@ -164,22 +89,24 @@ def normalization(config) -> dict[str, Any]:
           "std": list(precision.IMAGENET_STD) if enabled else [1.0, 1.0, 1.0]}
 
 
-def pytorch_lines(layout: str, arch: str, norm: dict[str, Any], num_features: int) -> list[str]:
-  """Python lines that load encoder.safetensors in PyTorch and, for torchvision's layout,
-  compute the features of (B, H, W, 3) uint8 RGB `images`."""
-  if layout == SIMCLR_JAX:
+def pytorch_lines(weights, norm: dict[str, Any], num_features: int) -> list[str]:
+  """Python lines that load encoder.safetensors in PyTorch and, for a PyTorch layout,
+  compute the features of (B, H, W, 3) uint8 RGB `images`. `weights`: the backbone's
+  PyTorchWeights, or the reason it has none (then this project's layout)."""
+  if isinstance(weights, str):
     return ["from safetensors.torch import load_file",
-            "tensors = load_file('encoder.safetensors')  # this project's names; kernels HWIO",
-            "stem = tensors['stem_conv/kernel'].permute(3, 2, 0, 1)  # HWIO -> torch's OIHW",
-            "# No torchvision model has this layout: in JAX, "
+            "tensors = load_file('encoder.safetensors')  # this project's names",
+            "# Convolution kernels are HWIO (.permute(3, 2, 0, 1) gives torch's OIHW), dense "
+            "kernels (in, out). No PyTorch model has this layout: in JAX, "
             "simclr_jax.load_encoder(<pretraining workdir>)(images) gives the features."]
-  return ["import torch, torchvision",
+  head = weights.head
+  return [f"import torch, {weights.library}",
           "from safetensors.torch import load_file",
-          f"model = torchvision.models.{arch}()",
+          f"model = {weights.constructor}",
           "missing, unexpected = model.load_state_dict(load_file('encoder.safetensors'), "
           "strict=False)",
-          "assert sorted(missing) == ['fc.bias', 'fc.weight'] and not unexpected",
-          f"model.fc = torch.nn.Identity()  # (B, 3, H, W) -> (B, {num_features}) features",
+          f"assert sorted(missing) == ['{head}.bias', '{head}.weight'] and not unexpected",
+          f"model.{head} = torch.nn.Identity()  # (B, 3, H, W) -> (B, {num_features}) features",
           "model.eval()",
           "x = torch.as_tensor(images).permute(0, 3, 1, 2).float() / 255  # NCHW in [0, 1]",
           f"mean = torch.tensor({norm['mean']}).view(1, 3, 1, 1)",
@@ -197,20 +124,19 @@ def agreement(compute_dtype: str) -> str:
           f"float32: the two agree to {compute_dtype} rounding (relative about 1e-2).")
 
 
-def encoder_metadata(encoder: encoder_lib.Encoder, layout: str) -> dict[str, Any]:
-  """encoder.json's content: what the weights are and how to feed them."""
-  config, model_config = encoder.config, encoder.config.model
-  arch, norm = architecture(model_config), normalization(config)
-  reason = torchvision_mismatch(model_config)
+def encoder_metadata(encoder: encoder_lib.Encoder, layout: str, weights) -> dict[str, Any]:
+  """encoder.json's content: what the weights are and how to feed them (`layout` and
+  `weights` as `encoder_tensors` gives them)."""
+  config = encoder.config
+  norm = normalization(config)
   return {
       "layout": layout,
-      "layout_reason": (f"torchvision.models.{arch} has this encoder's layers: its names and "
-                        f"OIHW kernels." if reason is None else
-                        f"This project's names and HWIO kernels, because {reason}"),
-      "architecture": arch,
-      "depth": model_config.depth,
-      "width_multiplier": model_config.width_multiplier,
-      "small_image_stem": bool(model_config.small_image_stem),
+      "layout_reason": (f"This project's names and HWIO kernels, because {weights}"
+                        if isinstance(weights, str) else
+                        f"{weights.constructor} has this encoder's layers: its names and "
+                        f"OIHW kernels."),
+      "architecture": backbones.describe(config.model),
+      "backbone": config.model.to_dict(),
       "image_size": config.augment.image_size,
       "num_features": encoder.num_features,
       "method": config.method,
@@ -218,9 +144,9 @@ def encoder_metadata(encoder: encoder_lib.Encoder, layout: str) -> dict[str, Any
       "pretraining_compute_dtype": config.compute_dtype,
       "normalize": norm,
       "agreement": agreement(config.compute_dtype),
-      "input": ("RGB uint8 / 255, then (x - mean) / std per channel, NCHW for torchvision "
+      "input": ("RGB uint8 / 255, then (x - mean) / std per channel, NCHW for PyTorch "
                 "(NHWC in JAX); images of image_size px, as in pretraining."),
-      "pytorch": pytorch_lines(layout, arch, norm, encoder.num_features),
+      "pytorch": pytorch_lines(weights, norm, encoder.num_features),
       "jax": ["from simclr_jax import load_encoder",
               f"encoder = load_encoder({str(encoder.workdir)!r})",
               "features = encoder(images)  # (B, H, W, 3) uint8 RGB -> (B, F) float32"],
@@ -232,14 +158,14 @@ def export_encoder(config, workdir: str) -> dict[str, Any]:
   the pretrained encoder (config.export); returns and writes export.json."""
   pretrain_workdir = config.export.pretrain_workdir or workdir
   encoder = encoder_lib.load_encoder(pretrain_workdir, config.export.checkpoint_step)
-  layout, tensors = encoder_tensors(encoder)
-  metadata = encoder_metadata(encoder, layout)
+  layout, tensors, pytorch_weights = encoder_tensors(encoder)
+  metadata = encoder_metadata(encoder, layout, pytorch_weights)
   folder = storage.path(workdir) / EXPORT_DIR
   weights, json_path = folder / WEIGHTS_FILE, folder / METADATA_FILE
   if jax.process_index() == 0:
     logging.info("Writing %d tensors (%s layout) to %s.", len(tensors), layout, weights)
     header = {"layout": layout, "architecture": metadata["architecture"]}
-    if layout == TORCHVISION:
+    if layout != SIMCLR_JAX:
       header["format"] = "pt"  # What PyTorch tools expect of a state_dict's file.
     storage.write_bytes(weights, safetensors.numpy.save(tensors, metadata=header))
     storage.write_json(json_path, metadata)

@@ -14,6 +14,7 @@ from jax.sharding import Mesh
 
 from simclr_jax import (backbones, checkpoints, encoder as encoder_lib, encoding, export,
                         precision, state as state_lib)
+from simclr_jax.backbones import resnet
 from simclr_jax.data import input_pipeline
 from tests.conftest import MOCK_EXAMPLES
 from tests.helpers import tiny_food101_config
@@ -156,7 +157,9 @@ def test_resnet18_exports_as_torchvisions_and_computes_its_features(tmp_path):
   assert meta["normalize"] == {"enabled": True, "mean": list(precision.IMAGENET_MEAN),
                                "std": list(precision.IMAGENET_STD)}
   assert (meta["num_features"], meta["checkpoint_step"], meta["image_size"]) == (512, 7, 64)
-  assert meta["method"] == "simclr" and meta["depth"] == 18 and not meta["small_image_stem"]
+  backbone = meta["backbone"]
+  assert meta["method"] == "simclr" and backbone["depth"] == 18
+  assert backbone["name"] == "resnet" and not backbone["small_image_stem"]
   assert "float32 rounding" in meta["agreement"]  # The tolerance asserted below.
   assert "model = torchvision.models.resnet18()" in meta["pytorch"]
   assert json.loads((tmp_path / "out" / "export.json").read_text()) == summary
@@ -175,7 +178,7 @@ def test_resnet18_exports_as_torchvisions_and_computes_its_features(tmp_path):
 
 @pytest.mark.parametrize("depth", sorted(TORCHVISION_RESNETS))
 def test_name_table_covers_torchvisions_resnets(depth):
-  names = [name for _, name, _ in export.torchvision_name_table(depth)]
+  names = [name for _, name, _ in resnet.torchvision_name_table(depth)]
   expected = {key.rsplit(".", 1)[0] for key in torchvision_keys(depth)}
   assert len(names) == len(set(names)) and set(names) == expected
 
@@ -187,7 +190,7 @@ def test_resnet50_names_shapes_and_parameter_count():
   abstract = nnx.eval_shape(lambda: backbones.create(config, nnx.Rngs(0)))
   _, params, stats = nnx.split(abstract, nnx.Param, nnx.BatchStat)
   zeros = lambda tree: jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), nnx.to_pure_dict(tree))
-  tensors = export.torchvision_state_dict(zeros(params), zeros(stats), 50, 3)
+  tensors = resnet.torchvision_state_dict(zeros(params), zeros(stats), 50, 3)
   assert sorted(tensors) == sorted(torchvision_keys(50))
   assert tensors["layer1.0.downsample.0.weight"].shape == (256, 64, 1, 1)
   assert tensors["layer3.5.conv3.weight"].shape == (1024, 256, 1, 1)
@@ -219,15 +222,16 @@ def test_other_encoders_keep_the_projects_names(tmp_path):
   assert meta["layout"] == summary["layout"] == "simclr_jax"
   assert "width_multiplier=0.125" in meta["layout_reason"]
   assert meta["normalize"] == {"enabled": False, "mean": [0.0] * 3, "std": [1.0] * 3}
-  assert meta["num_features"] == 64 and meta["width_multiplier"] == 0.125
-  assert meta["small_image_stem"] and meta["image_size"] == 16 and meta["checkpoint_step"] == 3
+  assert meta["num_features"] == 64 and meta["backbone"]["width_multiplier"] == 0.125
+  assert meta["backbone"]["small_image_stem"] and meta["image_size"] == 16
+  assert meta["checkpoint_step"] == 3
 
 
 def test_torchvision_mismatch_names_the_reason():
   config = _resnet18_config()
-  assert export.torchvision_mismatch(config.model) is None
+  assert resnet.torchvision_mismatch(config.model) is None
   config.model.small_image_stem = True
-  assert "small-image stem" in export.torchvision_mismatch(config.model)
+  assert "small-image stem" in resnet.torchvision_mismatch(config.model)
 
 
 def test_feature_splits_and_their_file_names():

@@ -1,9 +1,9 @@
 """The backbone registry: `config.model.name` -> the module that builds that family.
 
 Every backbone maps (B, H, W, 3) images to (B, num_features) float32 features, has a
-`num_features` attribute and takes `train` (BatchNorm mode). A family's module provides
-`create(model_config, rngs, dtype, conv_algorithm)` and `check_config(config)`; adding one
-(a ViT) is a file and a line here.
+`num_features` attribute and takes `train` (BatchNorm mode); what a family's module provides
+is backbones/contract.py. Adding one (a ViT) is a file and a line here: export,
+`load_encoder` and every stage reach it only through the functions below.
 """
 
 from __future__ import annotations
@@ -11,13 +11,17 @@ from __future__ import annotations
 from flax import nnx
 
 from simclr_jax import config_checks, precision
-from simclr_jax.backbones import patch_conv, resnet
+from simclr_jax.backbones import contract, patch_conv, resnet
 
 BACKBONES = {"resnet": resnet}
 
 
 def _family(config):
-  name = config.model.name
+  return _family_of(config.model)
+
+
+def _family_of(model_config):
+  name = model_config.name
   config_checks.require(name in BACKBONES,
                         f"model.name must be one of {sorted(BACKBONES)}, got {name!r}.")
   return BACKBONES[name]
@@ -37,3 +41,18 @@ def check_config(config) -> None:
                         f"conv_algorithm must be one of {list(patch_conv.ALGORITHMS)}, got "
                         f"{algorithm!r}.")
   _family(config).check_config(config)
+
+
+def describe(model_config) -> str:
+  """What the backbone `model_config` describes is (e.g. 'resnet50'), for logs and files."""
+  return _family_of(model_config).describe(model_config)
+
+
+def pytorch_weights(model_config, params, batch_stats,
+                    step: int) -> contract.PyTorchWeights | str:
+  """The encoder's weights (its params and batch_stats) as a PyTorch model's state_dict,
+  or the sentence saying why PyTorch has no model of these layers."""
+  family = _family_of(model_config)
+  if not hasattr(family, "pytorch_weights"):
+    return f"PyTorch has no model of the '{model_config.name}' backbone's layout."
+  return family.pytorch_weights(model_config, params, batch_stats, step)

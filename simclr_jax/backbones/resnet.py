@@ -1,4 +1,5 @@
-"""ResNet backbones (He et al., 2016) in Flax NNX: (B, H, W, 3) -> (B, num_features).
+"""ResNet backbones (He et al., 2016) in Flax NNX: (B, H, W, 3) -> (B, num_features), and
+their weights as torchvision's ResNets (`pytorch_weights`).
 
 Layouts are NHWC. Parameter counts match torchvision's ResNets (convolutions without
 bias, BatchNorm with scale and bias): ResNet-50's trunk has 23,508,032 parameters.
@@ -6,12 +7,15 @@ bias, BatchNorm with scale and bias): ResNet-50's trunk has 23,508,032 parameter
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from simclr_jax import config_checks
-from simclr_jax.backbones import patch_conv
+from simclr_jax.backbones import contract, patch_conv
 
 # Blocks per stage for each depth (He et al., 2016, Table 1).
 STAGE_SIZES = {
@@ -185,3 +189,94 @@ def check_config(config) -> None:
       f"the {stem} stem, which downsamples by {minimum}: use at least {minimum}"
       + ("" if model.small_image_stem else
          " (or --config.model.small_image_stem=True for images down to 8 px)") + ".")
+
+
+def describe(model_config) -> str:
+  """'resnet50' for torchvision's layers, else what differs (width, stem)."""
+  name = f"resnet{model_config.depth}"
+  if torchvision_mismatch(model_config) is None:
+    return name
+  stem = ("small-image stem (3x3 stride-1 convolution, no max-pool)"
+          if model_config.small_image_stem else "ImageNet stem (7x7 stride-2 convolution, "
+          "3x3 stride-2 max-pool)")
+  width = max(1, int(round(64 * model_config.width_multiplier)))
+  return f"{name}, width x{model_config.width_multiplier} ({width} stem channels), {stem}"
+
+
+# --------------------------------------------------------------- as torchvision's ResNets
+
+# This project's BatchNorm variables -> torchvision's BatchNorm2d names.
+BN_NAMES = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
+
+
+def torchvision_mismatch(model_config) -> str | None:
+  """None when torchvision's `resnet{depth}` has exactly this encoder's layers, else why
+  not (one sentence)."""
+  if model_config.depth not in STAGE_SIZES:
+    return f"torchvision has no ResNet-{model_config.depth}."
+  if model_config.width_multiplier != 1.0:
+    return (f"width_multiplier={model_config.width_multiplier}: torchvision's ResNets are "
+            f"width 1 (its wide_resnet* widen only the bottleneck's inner layers).")
+  if model_config.small_image_stem:
+    return ("the small-image stem (3x3 stride-1 convolution, no max-pool) is not "
+            "torchvision's (7x7 stride-2 convolution and 3x3 max-pool).")
+  return None
+
+
+def torchvision_name_table(depth: int) -> list[tuple[tuple[Any, ...], str, str]]:
+  """(this project's module path, torchvision's module name, 'conv' or 'bn') for every
+  layer of torchvision's `resnet{depth}` but `fc`, following its ResNet._make_layer: a
+  stage's first block has a `downsample` (1x1 conv, BatchNorm) when it is strided or
+  changes the width."""
+  bottleneck = depth in BOTTLENECK_DEPTHS
+  expansion, num_convs = (4, 3) if bottleneck else (1, 2)
+  table = [(("stem_conv",), "conv1", "conv"), (("stem_bn",), "bn1", "bn")]
+  in_planes, index = 64, 0
+  for stage, num_blocks in enumerate(STAGE_SIZES[depth]):
+    planes = 64 * 2**stage
+    for block in range(num_blocks):
+      prefix, path = f"layer{stage + 1}.{block}", ("blocks", index)
+      for k in range(1, num_convs + 1):
+        table += [((*path, f"conv{k}"), f"{prefix}.conv{k}", "conv"),
+                  ((*path, f"bn{k}"), f"{prefix}.bn{k}", "bn")]
+      strides = 2 if stage > 0 and block == 0 else 1
+      if block == 0 and (strides != 1 or in_planes != planes * expansion):
+        table += [((*path, "shortcut", "conv"), f"{prefix}.downsample.0", "conv"),
+                  ((*path, "shortcut", "bn"), f"{prefix}.downsample.1", "bn")]
+      in_planes, index = planes * expansion, index + 1
+  return table
+
+
+def _get(tree, path: tuple[Any, ...]):
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
+def torchvision_state_dict(params, batch_stats, depth: int, step: int) -> dict[str, np.ndarray]:
+  """The encoder's params and batch_stats (this project's nested dicts) as torchvision's
+  `resnet{depth}` state_dict without `fc`: conv kernels (kh, kw, in, out) -> weight
+  (out, in, kh, kw); BatchNorm scale, bias, mean, var -> weight, bias, running_mean,
+  running_var (C,) float32, and num_batches_tracked () int64 = `step`."""
+  tensors = {}
+  for path, name, kind in torchvision_name_table(depth):
+    if kind == "conv":
+      kernel = np.asarray(_get(params, path)["kernel"], np.float32)
+      tensors[f"{name}.weight"] = np.ascontiguousarray(kernel.transpose(3, 2, 0, 1))
+      continue
+    variables = {**_get(params, path), **_get(batch_stats, path)}
+    for ours, theirs in BN_NAMES.items():
+      tensors[f"{name}.{theirs}"] = np.asarray(variables[ours], np.float32)
+    tensors[f"{name}.num_batches_tracked"] = np.array(step, np.int64)
+  return tensors
+
+
+def pytorch_weights(model_config, params, batch_stats, step: int):
+  """The backbone contract's export: (torchvision's model, its state_dict without `fc`,
+  the head to replace) when torchvision has these layers, else the reason it has not."""
+  reason = torchvision_mismatch(model_config)
+  if reason is not None:
+    return reason
+  return contract.PyTorchWeights(
+      library="torchvision", constructor=f"torchvision.models.resnet{model_config.depth}()", head="fc",
+      tensors=torchvision_state_dict(params, batch_stats, model_config.depth, step))

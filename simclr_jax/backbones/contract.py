@@ -1,0 +1,34 @@
+"""What a backbone family is to the rest of the project (the registry in __init__.py).
+
+A family is one module with:
+  create(model_config, rngs, dtype, conv_algorithm) -> nnx.Module: (B, H, W, 3) images ->
+    (B, num_features) float32 features, `train` for BatchNorm's mode, a `num_features`
+    attribute, computing in `dtype` with float32 parameters;
+  check_config(config): ConfigError for a `config.model` it cannot build;
+  describe(model_config) -> str: what it is, for logs, `repr(load_encoder(...))` and
+    encoder.json;
+  pytorch_weights(model_config, params, batch_stats, step) (optional) -> PyTorchWeights, or
+    a sentence saying why PyTorch has no such model: how export writes its weights.
+Export, `load_encoder` and every stage reach a family only through the registry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class PyTorchWeights:
+  """A backbone's weights as a PyTorch model's state_dict.
+
+  library: the Python package of the model (also export's layout name), e.g. 'torchvision';
+  constructor: Python that builds the model, e.g. 'torchvision.models.resnet50()';
+  head: the model's classifier attribute, absent from `tensors` and replaced by Identity
+    to give features; tensors: {state_dict key: array} without the head.
+  """
+  library: str
+  constructor: str
+  head: str
+  tensors: dict[str, np.ndarray]

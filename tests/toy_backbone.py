@@ -1,0 +1,38 @@
+"""A toy backbone family for the backbone contract's test (simclr_jax/backbones/contract.py):
+images pooled to 4x4, flattened, then Linear -> BatchNorm -> ReLU -> Linear. Nothing outside
+the registry knows it; it has no PyTorch model."""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+GRID, HIDDEN, FEATURES = 4, 32, 16
+
+
+class PooledPixelMLP(nnx.Module):
+  """(B, H, W, 3) -> (B, FEATURES) float32, any H and W."""
+
+  def __init__(self, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    self.hidden = nnx.Linear(GRID * GRID * 3, HIDDEN, use_bias=False, dtype=dtype, rngs=rngs)
+    self.norm = nnx.BatchNorm(HIDDEN, momentum=0.9, dtype=dtype, rngs=rngs)
+    self.out = nnx.Linear(HIDDEN, FEATURES, dtype=dtype, rngs=rngs)
+    self.num_features = FEATURES
+
+  def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+    x = jax.image.resize(x, (x.shape[0], GRID, GRID, x.shape[-1]), "linear")
+    h = nnx.relu(self.norm(self.hidden(x.reshape(x.shape[0], -1)),
+                           use_running_average=not train))
+    return self.out(h).astype(jnp.float32)
+
+
+def create(model_config, rngs: nnx.Rngs, dtype=jnp.float32, conv_algorithm: str = "xla"):
+  del model_config, conv_algorithm  # No fields; no convolutions.
+  return PooledPixelMLP(rngs=rngs, dtype=dtype)
+
+
+def check_config(config) -> None:
+  del config
+
+
+def describe(model_config) -> str:
+  return f"{model_config.name}: {GRID}x{GRID} pooled pixels, MLP {HIDDEN}-{FEATURES}"
