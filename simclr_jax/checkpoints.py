@@ -41,6 +41,10 @@ class CheckpointMismatchError(CheckpointError):
   """A checkpoint was made with a config whose model (or optimiser) differs."""
 
 
+class NoCheckpointError(FileNotFoundError):
+  """A stage needs a pretraining checkpoint and there is none."""
+
+
 def checkpoint_dir(workdir) -> epath.Path:
   """`<workdir>/checkpoints`, the workdir kept as given (gs:// stays gs://)."""
   return storage.path(workdir) / "checkpoints"
@@ -69,7 +73,33 @@ def save(manager: ocp.CheckpointManager, step: int, items: Mapping[str, Any], co
   manager.save(step, args=ocp.args.Composite(**args), force=True)
 
 
-def restore(manager: ocp.CheckpointManager, targets: Mapping[str, Any], config,
+def restore_pretrained(workdir, targets, config=None, step: int | None = None,
+                       check_fields: Sequence[str] = (),
+                       partial: bool = False) -> tuple[int, dict[str, Any]]:
+  """The one way to a pretraining checkpoint: `restore` over `workdir`'s checkpoints, read
+  only (a stage never writes there), its newest readable step or `step`.
+
+  Returns and raises as `restore`, and NoCheckpointError when there is no checkpoint (at
+  `step`), with the command that makes one.
+  """
+  directory = checkpoint_dir(workdir)
+  restored, steps = None, []
+  if directory.exists():
+    with create_manager(directory, read_only=True) as manager:
+      steps = sorted(manager.all_steps())
+      if step is None or step in steps:
+        restored = restore(manager, targets, config, step, check_fields=check_fields,
+                           partial=partial)
+  if restored is None:
+    raise NoCheckpointError(
+        f"No pretraining checkpoint{'' if step is None else f' at step {step}'} in "
+        f"{directory} (it has steps {steps}). Run `python main.py --config=... "
+        f"--workdir={workdir}` (pretraining) first, or pick another checkpoint step (the "
+        f"stage's checkpoint_step field; load_encoder's step).")
+  return restored
+
+
+def restore(manager: ocp.CheckpointManager, targets, config,
             step: int | None = None,
             check_fields: Sequence[str] = (),
             move_damaged: bool = False,
@@ -78,9 +108,11 @@ def restore(manager: ocp.CheckpointManager, targets: Mapping[str, Any], config,
 
   Args:
     manager: from `create_manager`.
-    targets: item name -> a pytree like the one saved (values or ShapeDtypeStructs).
+    targets: item name -> a pytree like the one saved (values or ShapeDtypeStructs); or
+      a function of the step's saved config (a dict) that returns them, for a target that
+      the checkpoint's own config shapes (`load_encoder`).
     config: the config of the run that restores; its `check_fields` must equal the
-      checkpoint's.
+      checkpoint's (None with no `check_fields`).
     step: that step only (damage is then an error); None: the newest readable step.
     check_fields: prefixes of dotted config names that must match.
     move_damaged: move the damaged steps newer than the one restored to `damaged_dir`
@@ -89,7 +121,8 @@ def restore(manager: ocp.CheckpointManager, targets: Mapping[str, Any], config,
       the rest is not read.
 
   Returns:
-    (step, {name: restored pytree}), or None when there is no checkpoint at all.
+    (step, {name: restored pytree, and CONFIG_ITEM: the step's saved config (a dict)}), or
+    None when there is no checkpoint at all.
 
   Raises:
     CheckpointMismatchError: the checkpoint's config differs in `check_fields`.
@@ -99,20 +132,24 @@ def restore(manager: ocp.CheckpointManager, targets: Mapping[str, Any], config,
   steps = sorted(manager.all_steps(), reverse=True) if step is None else [step]
   if not steps:
     return None
-  abstract = {name: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
-              for name, tree in targets.items()}
   failures = []
   for candidate in steps:
     path = epath.Path(manager.directory) / str(candidate)
     try:
       saved_config = manager.restore(
           candidate, args=ocp.args.Composite(**{CONFIG_ITEM: ocp.args.JsonRestore()}))
-      _check_same_fields(saved_config[CONFIG_ITEM], config_json(config), check_fields, path)
+      if check_fields:
+        _check_same_fields(saved_config[CONFIG_ITEM], config_json(config), check_fields,
+                           path)
+      step_targets = targets(saved_config[CONFIG_ITEM]) if callable(targets) else targets
+      abstract = {name: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+                  for name, tree in step_targets.items()}
       restored = manager.restore(candidate, args=ocp.args.Composite(
           **{name: _restore_args(tree, partial) for name, tree in abstract.items()}))
       if failures and move_damaged:
         _move_aside(manager, steps[:steps.index(candidate)])
-      return candidate, {name: restored[name] for name in targets}
+      return candidate, {**{name: restored[name] for name in step_targets},
+                         CONFIG_ITEM: saved_config[CONFIG_ITEM]}
     except CheckpointMismatchError:
       raise
     except Exception as e:  # pylint: disable=broad-except  Orbax raises many types.

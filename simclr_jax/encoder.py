@@ -15,16 +15,15 @@ This module imports no TensorFlow, TFDS or CLU: it runs on a machine without the
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
 
-from simclr_jax import backbones, checkpoints, precision, state
+from simclr_jax import backbones, checkpoints, precision
 
 MODEL_ITEM = "model"  # The checkpoint item holding {'params', 'batch_stats'} of the model.
 ENCODER_KEY = "encoder"  # The backbone's sub-tree in it, for every method.
@@ -50,14 +49,7 @@ class Encoder:
     self.config, self.step, self.workdir = config, step, workdir
     self.num_features = num_features
     self.params, self.batch_stats = params, batch_stats
-    normalize = bool(config.augment.normalize)
-
-    @jax.jit
-    def encode(params, batch_stats, images):
-      images = precision.to_model_input(images, normalize)
-      return nnx.merge(graphdef, params, batch_stats)(images, train=False)
-
-    self._encode = encode
+    self._encode = jit_encode(graphdef, bool(config.augment.normalize))
 
   def __call__(self, images) -> jax.Array:
     """(B, H, W, 3) uint8 images -> (B, num_features) float32 features."""
@@ -73,64 +65,58 @@ class Encoder:
             f"features, {self.config.method} step {self.step})")
 
 
+def jit_encode(graphdef: nnx.GraphDef, normalize: bool,
+               select: Callable[[Any], Any] = lambda module: module):
+  """The one jitted encode: (params, batch_stats, (B, H, W, 3) uint8 images) -> (B, F)
+  float32 features of `select(module)` (the backbone; a stage's model gives `.encoder`),
+  BatchNorm in inference mode, input as in pretraining (`normalize`:
+  config.augment.normalize)."""
+
+  @jax.jit
+  def encode(params, batch_stats, images):
+    images = precision.to_model_input(images, normalize)
+    return select(nnx.merge(graphdef, params, batch_stats))(images, train=False)
+
+  return encode
+
+
 def load_encoder(workdir, step: int | None = None) -> Encoder:
   """The encoder pretrained in `workdir` (local or gs://), from its newest readable
   checkpoint or the one at `step`; needs no config file.
 
+  The checkpoint's own config names the backbone: only the encoder's params and
+  batch_stats are read, onto this process's first device (the heads and the probe, whose
+  size is unknown here, stay unread).
+
   Raises:
-    state.NoCheckpointError: there is no checkpoint (at `step`).
+    checkpoints.NoCheckpointError: there is no checkpoint (at `step`).
     checkpoints.CheckpointError: checkpoints exist but none of those tried is readable.
   """
-  directory = checkpoints.checkpoint_dir(workdir)
-  steps = []
-  if directory.exists():
-    with checkpoints.create_manager(directory, read_only=True) as manager:
-      steps = sorted(manager.all_steps(), reverse=True)
-      candidates = steps if step is None else [s for s in steps if s == step]
-      if candidates:
-        return _restore_newest(manager, candidates, str(workdir))
-  raise state.NoCheckpointError(
-      f"No pretraining checkpoint{'' if step is None else f' at step {step}'} in "
-      f"{directory} (it has steps {sorted(steps)}). Pretrain there first (python main.py "
-      f"--config=... --workdir={workdir}), or pick another step.")
+  step, items = checkpoints.restore_pretrained(workdir, _encoder_target, step=step,
+                                               partial=True)
+  config = ml_collections.ConfigDict(items[checkpoints.CONFIG_ITEM])
+  graphdef, _, _, num_features = _abstract_encoder(config)
+  model = items[MODEL_ITEM]
+  logging.info("Loaded the %s encoder of %s at pretraining step %d.", config.method,
+               workdir, step)
+  return Encoder(config, step, str(workdir), graphdef, model["params"][ENCODER_KEY],
+                 model["batch_stats"][ENCODER_KEY], num_features)
 
 
-def _restore_newest(manager: ocp.CheckpointManager, candidates: list[int],
-                    workdir: str) -> Encoder:
-  """The encoder of the first readable step of `candidates` (newest first)."""
-  failures = []
-  for candidate in candidates:
-    try:
-      return _restore_step(manager, candidate, workdir)
-    except Exception as e:  # pylint: disable=broad-except  Orbax raises many types.
-      reason = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
-      failures.append(f"step {candidate}: {reason}")
-      logging.warning("Checkpoint step %d in %s is unreadable (%s)%s", candidate,
-                      manager.directory, reason,
-                      "; trying an older one." if candidate != candidates[-1] else ".")
-  raise checkpoints.CheckpointError(
-      f"No readable checkpoint in {manager.directory} ({'; '.join(failures)}).")
-
-
-def _restore_step(manager: ocp.CheckpointManager, step: int, workdir: str) -> Encoder:
-  """Reads the config at `step`, builds the backbone it names (abstractly) and restores
-  only the encoder's params and batch_stats onto this process's first device."""
-  saved = manager.restore(
-      step, args=ocp.args.Composite(**{checkpoints.CONFIG_ITEM: ocp.args.JsonRestore()}))
-  config = ml_collections.ConfigDict(saved[checkpoints.CONFIG_ITEM])
+def _abstract_encoder(config):
+  """(graphdef, params, batch_stats, num_features) of the backbone `config` names, built
+  without allocating it."""
   abstract = nnx.eval_shape(lambda: backbones.create(config, nnx.Rngs(0)))
   graphdef, params, batch_stats = nnx.split(abstract, nnx.Param, nnx.BatchStat)
+  return graphdef, params, batch_stats, abstract.num_features
+
+
+def _encoder_target(saved_config: dict[str, Any]) -> dict[str, Any]:
+  """The checkpoint items to read, shaped by the step's saved config: the encoder's part
+  of the model item, placed on this process's first device."""
+  _, params, batch_stats, _ = _abstract_encoder(ml_collections.ConfigDict(saved_config))
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree.map(
+  return {MODEL_ITEM: jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
       {"params": {ENCODER_KEY: nnx.to_pure_dict(params)},
-       "batch_stats": {ENCODER_KEY: nnx.to_pure_dict(batch_stats)}})
-  # partial_restore: the heads and the probe (whose size is unknown here) stay unread.
-  model = ocp.args.PyTreeRestore(
-      item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-      partial_restore=True)
-  restored = manager.restore(step, args=ocp.args.Composite(**{MODEL_ITEM: model}))[MODEL_ITEM]
-  logging.info("Loaded the %s encoder of %s at pretraining step %d.", config.method,
-               manager.directory, step)
-  return Encoder(config, step, workdir, graphdef, restored["params"][ENCODER_KEY],
-                 restored["batch_stats"][ENCODER_KEY], abstract.num_features)
+       "batch_stats": {ENCODER_KEY: nnx.to_pure_dict(batch_stats)}})}

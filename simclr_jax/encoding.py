@@ -13,7 +13,7 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from simclr_jax import precision, preemption
+from simclr_jax import encoder as encoder_lib, preemption
 from simclr_jax.data import input_pipeline
 from simclr_jax.sharding import batch_sharded, replicated
 
@@ -26,8 +26,8 @@ class EncoderState:
   batch_stats: Any
 
 
-def extract_features(config, encode, encoder, mesh, source,
-                     split: str) -> tuple[np.ndarray, np.ndarray]:
+def split_features(config, encode, encoder, mesh, source,
+                   split: str) -> tuple[np.ndarray, np.ndarray]:
   """Frozen-encoder features of every example of `split`, on every process.
 
   `encode` comes from `make_encoder`; one serves every split and state of a model.
@@ -63,15 +63,9 @@ def extract_features(config, encode, encoder, mesh, source,
 
 def make_encoder(graphdef: nnx.GraphDef, normalize: bool):
   """jit-compiled (params, batch_stats, (B, H, W, 3) uint8 images) -> (B, F) features of
-  the encoder alone (projection head dropped), BatchNorm in inference mode; `normalize` as
-  config.augment.normalize."""
-
-  @jax.jit
-  def encode(params, batch_stats, images):
-    images = precision.to_model_input(images, normalize)
-    return nnx.merge(graphdef, params, batch_stats).encoder(images, train=False)
-
-  return encode
+  a model's encoder alone (projection head dropped), BatchNorm in inference mode;
+  `normalize` as config.augment.normalize (encoder.jit_encode)."""
+  return encoder_lib.jit_encode(graphdef, normalize, lambda model: model.encoder)
 
 
 def to_host(arrays):

@@ -231,7 +231,7 @@ def extract_features(config, workdir: str) -> dict[str, Any]:
   folder = storage.path(workdir) / FEATURES_DIR
   written = {}
   for split in splits:
-    features, labels = encoding.extract_features(config, encode, encoder, mesh, source, split)
+    features, labels = encoding.split_features(config, encode, encoder, mesh, source, split)
     paths = {kind: folder / f"{file_stem(split)}_{kind}.npy" for kind in ("features", "labels")}
     if jax.process_index() == 0:
       _write_npy(paths["features"], features)

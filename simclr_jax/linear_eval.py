@@ -268,10 +268,10 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
                                                 collection="linear_eval")
   results: dict[str, Any] = {"method": config.method, "checkpoint_step": step}
   for prefix, encoder in encoders.items():
-    train_x, train_y = encoding.extract_features(config, encode, encoder, mesh, source,
-                                                 config.train_split)
-    eval_x, eval_y = encoding.extract_features(config, encode, encoder, mesh, source,
-                                               config.eval_split)
+    train_x, train_y = encoding.split_features(config, encode, encoder, mesh, source,
+                                               config.train_split)
+    eval_x, eval_y = encoding.split_features(config, encode, encoder, mesh, source,
+                                             config.eval_split)
     logging.info("%sfeatures: train %s, eval %s.", prefix or "pretrained ", train_x.shape,
                  eval_x.shape)
     classifier = None

@@ -23,8 +23,7 @@ from simclr_jax.methods import base
 from simclr_jax.sharding import DATA_AXIS, create_mesh, replicated  # pylint: disable=unused-import
 
 
-class NoCheckpointError(FileNotFoundError):
-  """A stage needs a pretraining checkpoint and there is none."""
+NoCheckpointError = checkpoints.NoCheckpointError  # What the stages and runtime catch.
 
 
 @flax.struct.dataclass
@@ -168,23 +167,11 @@ def restore_model(config, pretrain_workdir: str, mesh: Mesh, num_probe_classes: 
   Raises:
     NoCheckpointError: there is none (at `step`).
   """
-  directory = checkpoints.checkpoint_dir(pretrain_workdir)
   target = abstract_model(config, mesh, num_probe_classes)
   if modules is not None:
     target = {kind: {name: tree[name] for name in modules if name in tree}
               for kind, tree in target.items()}
-  restored, steps = None, []
-  if directory.exists():
-    with checkpoints.create_manager(directory, read_only=True) as manager:
-      steps = list(manager.all_steps())
-      if step is None or step in steps:
-        restored = checkpoints.restore(manager, {"model": target}, config, step,
-                                       check_fields=model_fields(config),
-                                       partial=modules is not None)
-  if restored is None:
-    raise NoCheckpointError(
-        f"No pretraining checkpoint{'' if step is None else f' at step {step}'} in "
-        f"{directory} (it has steps {steps}). Run `python main.py --config=... "
-        f"--workdir={pretrain_workdir}` (pretraining) first, or pick another checkpoint "
-        f"step (the stage's checkpoint_step field).")
+  restored = checkpoints.restore_pretrained(pretrain_workdir, {"model": target}, config, step,
+                                            check_fields=model_fields(config),
+                                            partial=modules is not None)
   return restored[0], restored[1]["model"]

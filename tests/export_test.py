@@ -251,8 +251,8 @@ def test_extract_features_writes_every_example_of_each_split(pretrained_workdir,
     source = input_pipeline.create_source(config)
     encode = encoding.make_encoder(state_lib.model_graphdef(config), config.augment.normalize)
     _, model = state_lib.restore_model(config, str(pretrained_workdir), mesh)
-    expected = {split: encoding.extract_features(config, encode, encoding.EncoderState(**model),
-                                                 mesh, source, split)
+    expected = {split: encoding.split_features(config, encode, encoding.EncoderState(**model),
+                                               mesh, source, split)
                 for split in ("train", "validation")}
 
   assert summary["checkpoint_step"] == 1 and summary["num_features"] == 32

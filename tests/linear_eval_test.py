@@ -57,7 +57,7 @@ def test_features_count_every_example_once_and_leave_encoder_untouched():
   source = ArraySource(images, labels)
 
   encode = encoding.make_encoder(state_lib.model_graphdef(config), config.augment.normalize)
-  features, seen_labels = encoding.extract_features(config, encode, state, mesh, source, "x")
+  features, seen_labels = encoding.split_features(config, encode, state, mesh, source, "x")
 
   assert features.shape == (37, 32)
   np.testing.assert_array_equal(np.sort(seen_labels), np.sort(labels))
@@ -65,8 +65,8 @@ def test_features_count_every_example_once_and_leave_encoder_untouched():
   for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
     np.testing.assert_array_equal(a, b)  # Bit-identical: BatchNorm in inference mode.
   # Padding did not change the features of real examples: batch-of-one reference.
-  single, _ = encoding.extract_features(config, encode, state, mesh,
-                                           ArraySource(images[:1], labels[:1]), "x")
+  single, _ = encoding.split_features(config, encode, state, mesh,
+                                         ArraySource(images[:1], labels[:1]), "x")
   np.testing.assert_allclose(features[np.flatnonzero(seen_labels == 0)[0]], single[0],
                              rtol=1e-5, atol=1e-5)
 
@@ -81,7 +81,7 @@ def test_lost_examples_are_an_error_not_a_smaller_denominator():
   source.num_examples = lambda split: 6  # The split claims one more than the pipeline yields.
   with pytest.raises(RuntimeError, match="Encoded 5 examples of split 'x' but it has 6"):
     encode = encoding.make_encoder(state_lib.model_graphdef(config), config.augment.normalize)
-    encoding.extract_features(config, encode, state, mesh, source, "x")
+    encoding.split_features(config, encode, state, mesh, source, "x")
 
 
 def test_linear_classifier_fits_separable_data_and_topk_is_exact():
@@ -229,7 +229,7 @@ def test_classifier_on_augmented_images_learns_and_leaves_the_encoder_frozen():
 
   classifier = linear_eval.train_linear_classifier_on_images(config, encode, state, mesh,
                                                              source, 32)
-  features, seen = encoding.extract_features(config, encode, state, mesh, source, "x")
+  features, seen = encoding.split_features(config, encode, state, mesh, source, "x")
   assert linear_eval.top_k_accuracy(classifier, features, seen, 1) >= 0.9
   for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(jax.device_get(state))):
     np.testing.assert_array_equal(a, b)

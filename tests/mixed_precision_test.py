@@ -80,8 +80,8 @@ def test_linear_and_knn_results_under_bfloat16_agree_with_float32():
     source = input_pipeline.create_source(config)
     state = encoding.EncoderState(**state_lib.init_model(config, mesh, num_probe_classes=10))
     encode = encoding.make_encoder(state_lib.model_graphdef(config, 10), config.augment.normalize)
-    train_x, train_y = encoding.extract_features(config, encode, state, mesh, source, "train")
-    test_x, test_y = encoding.extract_features(config, encode, state, mesh, source, "test")
+    train_x, train_y = encoding.split_features(config, encode, state, mesh, source, "train")
+    test_x, test_y = encoding.split_features(config, encode, state, mesh, source, "test")
     assert train_x.dtype == np.float32
     features[dtype] = test_x
     results[dtype] = linear_eval.probe(train_x, train_y, test_x, test_y, 10,
