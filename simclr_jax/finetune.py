@@ -98,14 +98,9 @@ def check_config(config) -> None:
   config_checks.require(block.epochs > 0, f"finetune.epochs must be > 0, got {block.epochs}.")
   config_checks.require(0 <= block.label_smoothing < 1, f"finetune.label_smoothing must be in "
                         f"[0, 1), got {block.label_smoothing}.")
-  config_checks.require(block.optimizer.name in ("lars", "sgd"), f"finetune.optimizer.name "
-                        f"must be 'lars' or 'sgd', got {block.optimizer.name!r}.")
-  config_checks.require(block.optimizer.lr_scaling in ("sqrt", "linear", "none"),
-                        f"finetune.optimizer.lr_scaling must be 'sqrt', 'linear' or 'none', "
-                        f"got {block.optimizer.lr_scaling!r}.")
-  config_checks.check_learning_rate_multipliers("finetune.optimizer", block.optimizer)
-  for name in ("log_every_steps", "checkpoint_every_steps"):
-    config_checks.require(block[name] > 0, f"finetune.{name} must be > 0, got {block[name]}.")
+  optim.check_config("finetune.optimizer", block.optimizer)
+  config_checks.check_positive_ints(block, ("log_every_steps", "checkpoint_every_steps"),
+                                    "finetune.")
   if block.from_head_layer:
     head = methods.get(config).projection_head
     model = nnx.eval_shape(lambda: state.build_model(config, nnx.Rngs(0)))

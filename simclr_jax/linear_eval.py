@@ -22,10 +22,25 @@ import optax
 from absl import logging
 from clu import metric_writers
 
-from simclr_jax import (checkpoints, config_checks, encoding, knn, preemption, state, storage,
-                        summaries, visualize)
+from simclr_jax import (checkpoints, config_checks, encoding, knn, precision, preemption, state,
+                        storage, summaries, visualize)
 from simclr_jax.data import input_pipeline
 from simclr_jax.sharding import batch_sharded, replicated
+
+
+def check_config(config) -> None:
+  """ConfigError for a `config.linear_eval` that cannot work."""
+  block, require = config.linear_eval, config_checks.require
+  config_checks.check_batch_size("linear_eval.batch_size", block.batch_size)
+  precision.check_compute_dtype(config)
+  config_checks.check_positive_ints(block, ("checkpoint_every_steps", "epochs", "knn_k",
+                                            "few_shot_trials"), "linear_eval.")
+  require(block.lr_scaling in ("linear", "none"),
+          f"linear_eval.lr_scaling must be 'linear' or 'none', got {block.lr_scaling!r}.")
+  require(block.few_shot_per_class >= 0, "linear_eval.few_shot_per_class must be >= 0.")
+  require(block.knn_temperature > 0, "linear_eval.knn_temperature must be > 0.")
+  for name in ("weight_decay", "few_shot_weight_decay"):
+    require(block[name] >= 0, f"linear_eval.{name} must be >= 0, got {block[name]}.")
 
 
 def classifier_fields(config) -> tuple[str, ...]:
@@ -41,9 +56,7 @@ def peak_learning_rate(le_config) -> float:
   learning_rate x batch_size / 256; 'none', learning_rate."""
   if le_config.lr_scaling == "linear":
     return le_config.learning_rate * le_config.batch_size / 256
-  config_checks.require(le_config.lr_scaling == "none", f"linear_eval.lr_scaling must be "
-                        f"'linear' or 'none', got {le_config.lr_scaling!r}.")
-  return le_config.learning_rate
+  return le_config.learning_rate  # 'none' (check_config allows no other).
 
 
 def train_linear_classifier(features: np.ndarray, labels: np.ndarray, num_classes: int,
@@ -258,7 +271,7 @@ def probe(train_features, train_labels, eval_features, eval_labels, num_classes:
 
 def evaluate(config, workdir: str) -> dict[str, Any]:
   """Runs the linear evaluation stage; returns and writes linear_eval.json."""
-  config_checks.check_linear_eval_config(config)
+  check_config(config)
   state.check_model_config(config)
   input_pipeline.configure_tensorflow()
   mesh = state.create_mesh()

@@ -9,6 +9,34 @@ from typing import Sequence
 import jax
 import optax
 
+from simclr_jax import config_checks
+
+OPTIMIZERS = ("lars", "sgd")
+LR_SCALINGS = ("sqrt", "linear", "none")
+SCHEDULE_UNITS = ("step", "epoch")
+
+
+def check_config(name: str, opt_config) -> None:
+  """ConfigError for an optimiser block (`config.<name>`: config.optimizer,
+  config.finetune.optimizer) that cannot work."""
+  for field, choices in (("name", OPTIMIZERS), ("lr_scaling", LR_SCALINGS),
+                         ("schedule_unit", SCHEDULE_UNITS)):
+    config_checks.require(opt_config[field] in choices,
+                          f"{name}.{field} must be one of {list(choices)}, got "
+                          f"{opt_config[field]!r}.")
+  for pair in opt_config.get("learning_rate_multipliers", ()):
+    example = f'e.g. --config.{name}.learning_rate_multipliers=\'(("^predictor/", 10.0),)\''
+    config_checks.require(
+        isinstance(pair, (tuple, list)) and len(pair) == 2 and isinstance(pair[0], str)
+        and isinstance(pair[1], (int, float)) and pair[1] >= 0,
+        f"{name}.learning_rate_multipliers must hold (regex, factor >= 0) pairs, got "
+        f"{pair!r}: {example}.")
+    try:
+      re.compile(pair[0])
+    except re.error as error:
+      raise config_checks.ConfigError(f"{name}.learning_rate_multipliers: {pair[0]!r} is not "
+                                      f"a regex ({error}).") from None
+
 
 def scaled_learning_rate(opt_config, batch_size: int) -> float:
   """Peak learning rate after the batch-size scaling rule."""
@@ -19,8 +47,8 @@ def scaled_learning_rate(opt_config, batch_size: int) -> float:
     return base * batch_size / 256
   if opt_config.lr_scaling == "none":
     return base
-  raise ValueError(f"config.optimizer.lr_scaling must be 'sqrt', 'linear' or 'none', "
-                   f"got {opt_config.lr_scaling!r}.")
+  raise ValueError(f"lr_scaling must be one of {list(LR_SCALINGS)}, got "
+                   f"{opt_config.lr_scaling!r}.")
 
 
 def learning_rate_schedule(opt_config, batch_size: int, steps_per_epoch: int,
@@ -34,8 +62,8 @@ def learning_rate_schedule(opt_config, batch_size: int, steps_per_epoch: int,
     num_epochs = max(1, math.ceil(num_train_steps / steps_per_epoch))
     by_epoch = _warmup_cosine(peak, int(round(opt_config.warmup_epochs)), num_epochs)
     return lambda step: by_epoch(step // steps_per_epoch)
-  raise ValueError(f"config.optimizer.schedule_unit must be 'step' or 'epoch', "
-                   f"got {opt_config.schedule_unit!r}.")
+  raise ValueError(f"schedule_unit must be one of {list(SCHEDULE_UNITS)}, got "
+                   f"{opt_config.schedule_unit!r}.")
 
 
 def _warmup_cosine(peak: float, warmup: int, total: int) -> optax.Schedule:
@@ -107,4 +135,4 @@ def _base_optimizer(opt_config, schedule: optax.Schedule) -> optax.GradientTrans
                                   mask=mask if opt_config.exclude_bn_and_bias else None),
         optax.sgd(schedule, momentum=opt_config.momentum or None,
                   nesterov=bool(opt_config.get("nesterov", False))))
-  raise ValueError(f"config.optimizer.name must be 'lars' or 'sgd', got {opt_config.name!r}.")
+  raise ValueError(f"name must be one of {list(OPTIMIZERS)}, got {opt_config.name!r}.")

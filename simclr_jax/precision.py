@@ -9,10 +9,18 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from simclr_jax import config_checks
+
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def check_compute_dtype(config) -> None:
+  config_checks.require(config.compute_dtype in COMPUTE_DTYPES,
+                        f"compute_dtype must be one of {sorted(COMPUTE_DTYPES)}, got "
+                        f"{config.compute_dtype!r}.")
 
 
 def compute_dtype(config) -> jnp.dtype:

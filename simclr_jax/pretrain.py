@@ -13,7 +13,8 @@ from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 from jax.sharding import Mesh
 
-from simclr_jax import checkpoints, config_checks, faults, preemption, summaries, visualize
+from simclr_jax import (checkpoints, config_checks, faults, optim, preemption, summaries,
+                        visualize)
 from simclr_jax.data import augmentations, input_pipeline
 # The step and the state live in TensorFlow-free modules.
 from simclr_jax.pretrain_step import compile_train_step
@@ -34,12 +35,17 @@ def resume_fields(config) -> tuple[str, ...]:
   return (*model_fields(config), "optimizer.name", "optimizer.learning_rate_multipliers")
 
 
-def check_augmentations(config) -> None:
-  """ConfigError for per-view augmentation settings that cannot work."""
-  try:
-    augmentations.check_augment_config(config.augment)
-  except ValueError as e:
-    raise config_checks.ConfigError(str(e)) from e
+def check_config(config) -> None:
+  """ConfigError for a pretraining config that would fail later or silently do the wrong
+  thing: the stage's own fields, then each block's own check."""
+  config_checks.check_batch_size("batch_size", config.batch_size)
+  config_checks.require(config.num_epochs > 0 or config.num_train_steps > 0,
+                        "Set num_epochs > 0 or num_train_steps > 0.")
+  config_checks.check_positive_ints(
+      config, ("log_every_steps", "checkpoint_every_steps", "max_checkpoints_to_keep"))
+  optim.check_config("optimizer", config.optimizer)
+  augmentations.check_augment_config(config.augment)
+  check_model_config(config)
 
 
 def param_counts(params) -> dict[str, int]:
@@ -50,9 +56,7 @@ def param_counts(params) -> dict[str, int]:
 
 def pretrain(config, workdir: str) -> dict[str, Any]:
   """Pretrains (or resumes) in `workdir`; returns and writes pretrain_summary.json."""
-  config_checks.check_pretrain_config(config)
-  check_model_config(config)
-  check_augmentations(config)
+  check_config(config)
   input_pipeline.configure_tensorflow()
   mesh = create_mesh()
   source = input_pipeline.create_source(config)

@@ -18,7 +18,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from simclr_jax import backbones, checkpoints, config_checks, methods, optim
+from simclr_jax import backbones, checkpoints, config_checks, methods, optim, precision
 from simclr_jax.methods import base
 from simclr_jax.sharding import DATA_AXIS, create_mesh, replicated  # pylint: disable=unused-import
 
@@ -57,7 +57,7 @@ class TrainState:
 
 def check_model_config(config) -> None:
   """ConfigError for a backbone or method block that cannot work."""
-  config_checks.check_compute_dtype(config)
+  precision.check_compute_dtype(config)
   backbones.check_config(config)
   methods.check_config(config)
 

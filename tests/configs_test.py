@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from simclr_jax import config_checks, finetune, state
+from simclr_jax import config_checks, finetune, linear_eval, pretrain, state
 from simclr_jax.data import augmentations
 
 # Every file of configs/ with a get_config (the others hold blocks and presets they use).
@@ -23,8 +23,8 @@ def test_the_full_configs_are_found():
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_is_valid(name):
   config = importlib.import_module(f"configs.{name}").get_config()
-  config_checks.check_pretrain_config(config)
-  config_checks.check_linear_eval_config(config)
+  pretrain.check_config(config)
+  linear_eval.check_config(config)
   state.check_model_config(config)
   finetune.check_config(config)
 
@@ -63,7 +63,7 @@ def test_negative_probe_weight_decay_is_a_config_error(field):
   config = importlib.import_module("configs.food101_linear").get_config()
   config.linear_eval[field] = -0.1
   with pytest.raises(config_checks.ConfigError, match=f"linear_eval.{field} must be >= 0"):
-    config_checks.check_linear_eval_config(config)
+    linear_eval.check_config(config)
 
 
 @pytest.mark.parametrize("multipliers, message", [
@@ -75,11 +75,11 @@ def test_bad_learning_rate_multipliers_are_config_errors(multipliers, message):
   config = importlib.import_module("configs.demo").get_config("byol")
   config.optimizer.learning_rate_multipliers = multipliers
   with pytest.raises(config_checks.ConfigError, match="optimizer.learning_rate_multipliers"):
-    config_checks.check_pretrain_config(config)
+    pretrain.check_config(config)
   with pytest.raises(config_checks.ConfigError, match=message):
-    config_checks.check_pretrain_config(config)
+    pretrain.check_config(config)
   config.optimizer.learning_rate_multipliers = (("^predictor/", 10.0),)
-  config_checks.check_pretrain_config(config)
+  pretrain.check_config(config)
 
 
 @pytest.mark.parametrize("method", ["simclr", "byol", "mocov3", "vicreg"])

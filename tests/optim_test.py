@@ -397,3 +397,19 @@ def test_unknown_schedule_unit_raises():
   opt_config.schedule_unit = "batch"
   with pytest.raises(ValueError):
     optim.learning_rate_schedule(opt_config, 256, 10, 100)
+
+
+@pytest.mark.parametrize("field, value", [("name", "adam"), ("lr_scaling", "cube"),
+                                          ("schedule_unit", "minute")])
+@pytest.mark.parametrize("block", ["optimizer", "finetune.optimizer"])
+def test_one_optimiser_check_names_the_block_and_the_choices(block, field, value):
+  """Pretraining's and fine-tuning's optimiser blocks go through the one check."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from simclr_jax import config_checks  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  opt_config = config.optimizer if block == "optimizer" else config.finetune.optimizer
+  optim.check_config(block, opt_config)
+  opt_config[field] = value
+  with pytest.raises(config_checks.ConfigError, match=rf"{block}\.{field} must be one of .* "
+                                                      rf"got '{value}'"):
+    optim.check_config(block, opt_config)

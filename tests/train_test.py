@@ -131,7 +131,7 @@ def test_train_step_on_8_devices_equals_1_device(separately):
 def test_batch_size_must_divide_across_devices():
   config = tiny_food101_config(batch_size=12)
   with pytest.raises(config_checks.ConfigError, match="does not divide across 8 devices"):
-    config_checks.check_pretrain_config(config)
+    pretrain.check_config(config)
 
 
 @pytest.mark.parametrize("temperature", [0.0, -0.5])

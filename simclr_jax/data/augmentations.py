@@ -30,6 +30,8 @@ from typing import Sequence
 import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla as tfxla  # XLA's optimisation barrier.
 
+from simclr_jax import config_checks
+
 GRAYSCALE_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601-2, as torchvision and PIL use.
 
 
@@ -111,30 +113,40 @@ def view_settings(aug) -> tuple[ViewAugment, ViewAugment]:
 
 
 def check_augment_config(aug) -> None:
-  """Raises ValueError (a one-line message naming the field) for an invalid setting of the
-  photometric fields of `config.augment`, shared or per view (`PER_VIEW_FIELDS`):
-  probabilities in [0, 1], colour strength >= 0, color_jitter four numbers >= 0 with the
-  hue <= 0.5 (torchvision's ColorJitter's limit), blur_sigma_range 0 < low <= high."""
+  """The one check of `config.augment`: ConfigError (a one-line message naming the field)
+  for the crop (0 < low <= high <= 1 of the area, increasing positive ratios), the image
+  size, the evaluation crop, and the photometric fields, shared or per view
+  (`PER_VIEW_FIELDS`): probabilities in [0, 1], colour strength >= 0, color_jitter four
+  numbers >= 0 with the hue <= 0.5 (torchvision's ColorJitter's limit), blur_sigma_range
+  0 < low <= high."""
+  require = config_checks.require
+  low, high = aug.crop_area_range
+  require(0 < low <= high <= 1, f"augment.crop_area_range must satisfy 0 < low <= high <= 1, "
+          f"got {aug.crop_area_range}.")
+  require(0 < aug.crop_ratio_range[0] <= aug.crop_ratio_range[1],
+          f"augment.crop_ratio_range must be increasing and positive, got "
+          f"{aug.crop_ratio_range}.")
+  require(aug.image_size > 0, f"augment.image_size must be positive, got {aug.image_size}.")
+  require(0 < aug.eval_crop_fraction <= 1,
+          f"augment.eval_crop_fraction must be in (0, 1], got {aug.eval_crop_fraction}.")
+
   def check(prefix, block, name):
     value = block.get(name)
     field = f"augment.{prefix}{name}"
     if value is None:
-      if prefix or name == "color_jitter":  # Unset: the shared value (or the strength).
-        return
-      raise ValueError(f"{field} must be set, got None.")
-    if name in PROBABILITY_FIELDS:
-      if not 0 <= value <= 1:
-        raise ValueError(f"{field} must be in [0, 1], got {value}.")
+      # Unset: the shared value (or the strength).
+      require(bool(prefix) or name == "color_jitter", f"{field} must be set, got None.")
+    elif name in PROBABILITY_FIELDS:
+      require(0 <= value <= 1, f"{field} must be in [0, 1], got {value}.")
     elif name == "color_jitter_strength":
-      if not value >= 0:
-        raise ValueError(f"{field} must be >= 0, got {value}.")
+      require(value >= 0, f"{field} must be >= 0, got {value}.")
     elif name == "color_jitter":
-      if len(value) != 4 or not all(x >= 0 for x in value) or not value[3] <= 0.5:
-        raise ValueError(f"{field} must be (brightness, contrast, saturation, hue), each >= 0 "
-                         f"and hue <= 0.5, got {value}.")
+      require(len(value) == 4 and all(x >= 0 for x in value) and value[3] <= 0.5,
+              f"{field} must be (brightness, contrast, saturation, hue), each >= 0 and hue "
+              f"<= 0.5, got {value}.")
     elif name == "blur_sigma_range":
-      if len(value) != 2 or not 0 < value[0] <= value[1]:
-        raise ValueError(f"{field} must be (low, high) with 0 < low <= high, got {value}.")
+      require(len(value) == 2 and 0 < value[0] <= value[1],
+              f"{field} must be (low, high) with 0 < low <= high, got {value}.")
 
   for name in PER_VIEW_FIELDS:
     if name != "solarize_probability" or name in aug:
@@ -144,9 +156,8 @@ def check_augment_config(aug) -> None:
     if block is None:
       continue
     unknown = sorted(set(block.keys()) - set(PER_VIEW_FIELDS))
-    if unknown:
-      raise ValueError(f"augment.{view}.{unknown[0]} is not a per-view setting; those are "
-                       f"{', '.join(PER_VIEW_FIELDS)}.")
+    require(not unknown, f"augment.{view}.{unknown[0] if unknown else ''} is not a per-view "
+            f"setting; those are {', '.join(PER_VIEW_FIELDS)}.")
     for name in PER_VIEW_FIELDS:
       check(f"{view}.", block, name)
 
