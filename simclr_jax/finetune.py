@@ -289,7 +289,8 @@ def resume_fields(config) -> tuple[str, ...]:
 def _finetune_from(config, data, source, model_item, mesh, writer, prefix: str,
                    directory) -> dict[str, Any]:
   """Fine-tunes from `model_item` (a pretrained or random-init model) with checkpoints in
-  `directory`; returns the run's result fields (top1, top5, the evaluation-selected epoch, history)."""
+  `directory`; returns the run's result fields (top1, top5, the evaluation-selected epoch,
+  history)."""
   block = config.finetune
   num_classes = source.num_classes
   steps_per_epoch, num_steps = training_length(config, source.num_examples(data.train_split))

@@ -24,7 +24,8 @@ class MLP(nnx.Module):
   biases); widths=(2048, 2048, 128) with batch_norm=True is SimCLR v2's 3-layer head. Linear
   layers followed by BatchNorm drop their biases (the BatchNorm's shift replaces them); a
   last layer without BatchNorm has one only with `last_bias` (the official BYOL, MoCo v3
-  and VICReg heads have none: their configs/methods.py blocks). `dtype` is what the layers compute in; the output is float32 (the losses are float32).
+  and VICReg heads have none: their method files pass False). `dtype` is what the layers
+  compute in; the output is float32 (the losses are float32).
   """
 
   def __init__(self, in_features: int, widths: Sequence[int], batch_norm: bool, *,

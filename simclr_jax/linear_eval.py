@@ -3,9 +3,10 @@
 Restores a pretraining checkpoint, drops the projection head and runs the encoder with
 BatchNorm in inference mode. Features of both splits are computed with deterministic
 preprocessing, every example exactly once (padded batches with a mask). A linear classifier
-(SGD with momentum, Nesterov's or not, cosine decay) is trained either on randomly cropped and flipped
-training images through the frozen encoder (the SimCLR protocol) or on the precomputed
-features; top-1 / top-5 on the evaluation split, beside weighted kNN on the same features.
+(SGD with momentum, Nesterov's or not, cosine decay) is trained either on randomly cropped
+and flipped training images through the frozen encoder (each method's protocol:
+configs/food101_linear.py) or on the precomputed features; top-1 / top-5 on the evaluation
+split, beside weighted kNN on the same features.
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ def train_linear_classifier(features: np.ndarray, labels: np.ndarray, num_classe
       num_classes=num_classes, num_steps=num_steps,
       batch=min(le_config.batch_size, len(labels)),
       learning_rate=peak_learning_rate(le_config), momentum=le_config.momentum,
-      nesterov=le_config.nesterov, weight_decay=le_config.weight_decay if weight_decay is None else weight_decay)
+      nesterov=le_config.nesterov,
+      weight_decay=le_config.weight_decay if weight_decay is None else weight_decay)
   return {**jax.device_get(params), "mean": mean, "std": std}
 
 

@@ -278,5 +278,6 @@ def pytorch_weights(model_config, params, batch_stats, step: int):
   if reason is not None:
     return reason
   return contract.PyTorchWeights(
-      library="torchvision", constructor=f"torchvision.models.resnet{model_config.depth}()", head="fc",
+      library="torchvision", head="fc",
+      constructor=f"torchvision.models.resnet{model_config.depth}()",
       tensors=torchvision_state_dict(params, batch_stats, model_config.depth, step))
