@@ -5,9 +5,12 @@ after it is written. Imports no TensorFlow, TFDS or CLU."""
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 # Bits of the per-step `fault` metric: which values were not finite.
 FAULT_LOSS, FAULT_GRADIENTS, FAULT_PARAMETERS = 1, 2, 4
@@ -24,6 +27,20 @@ def fault_code(loss: jax.Array, grad_norm: jax.Array, new_params) -> jax.Array:
   return (jnp.where(jnp.isfinite(loss), 0, FAULT_LOSS)
           + jnp.where(jnp.isfinite(grad_norm), 0, FAULT_GRADIENTS)
           + jnp.where(params_finite, 0, FAULT_PARAMETERS)).astype(jnp.int32)
+
+
+def guarded_update(loss_fn: Callable[[Any], tuple[jax.Array, Any]], params, opt_state,
+                   tx: optax.GradientTransformation):
+  """The update every training step shares: gradients of `loss_fn` (params -> (loss, aux)),
+  the optimiser's step and the gradients' global norm.
+
+  Returns:
+    (loss, aux, new params, new optimiser state, gradient norm): the caller builds its new
+    state from them and passes it to `apply_unless_faulty` with `fault_code`.
+  """
+  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+  updates, opt_state = tx.update(grads, opt_state, params)
+  return loss, aux, optax.apply_updates(params, updates), opt_state, optax.global_norm(grads)
 
 
 def apply_unless_faulty(fault: jax.Array, new_state, old_state):

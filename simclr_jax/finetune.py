@@ -162,11 +162,8 @@ def train_step(train_state: FinetuneState, batch: dict[str, jax.Array], *, graph
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
     return loss, (nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)), accuracy)
 
-  (loss, (batch_stats, accuracy)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      train_state.params)
-  updates, opt_state = tx.update(grads, train_state.opt_state, train_state.params)
-  params = optax.apply_updates(train_state.params, updates)
-  grad_norm = optax.global_norm(grads)
+  loss, (batch_stats, accuracy), params, opt_state, grad_norm = faults.guarded_update(
+      loss_fn, train_state.params, train_state.opt_state, tx)
   new_state = train_state.replace(step=train_state.step + 1, params=params,
                                   batch_stats=batch_stats, opt_state=opt_state)
   fault = faults.fault_code(loss, grad_norm, (params, batch_stats))

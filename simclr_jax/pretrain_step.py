@@ -16,7 +16,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from simclr_jax import methods, precision
-from simclr_jax.faults import apply_unless_faulty, fault_code
+from simclr_jax.faults import apply_unless_faulty, fault_code, guarded_update
 from simclr_jax.methods import base
 from simclr_jax.sharding import batch_sharded, replicated
 from simclr_jax.state import TrainState
@@ -53,11 +53,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, method: base.M
                                      modules) if modules else None)
     return total, (metrics, batch_stats, target_stats)
 
-  (total, (metrics, batch_stats, target_stats)), grads = jax.value_and_grad(
-      loss_fn, has_aux=True)(state.params)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  grad_norm = optax.global_norm(grads)
+  total, (metrics, batch_stats, target_stats), params, opt_state, grad_norm = guarded_update(
+      loss_fn, state.params, state.opt_state, tx)
   metrics.update(learning_rate=schedule(state.step), grad_norm=grad_norm)
   new_target = None
   if modules:
