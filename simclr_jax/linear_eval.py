@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 from typing import Any
 
 import jax
@@ -61,13 +60,14 @@ def peak_learning_rate(le_config) -> float:
 
 
 def train_linear_classifier(features: np.ndarray, labels: np.ndarray, num_classes: int,
-                            num_steps: int, le_config, seed: int,
+                            epochs: int, le_config, seed: int,
                             weight_decay: float | None = None) -> dict[str, Any]:
   """Softmax regression on (n, F) features with SGD (+ Nesterov) momentum, cosine decay.
 
   Features are standardised with the training mean and std (stored in the result) when
-  `le_config.standardize_features`. Each step's minibatch is a fresh random sample.
-  `weight_decay` defaults to `le_config.weight_decay`.
+  `le_config.standardize_features`. Every epoch visits the examples in a fresh random order,
+  n // batch minibatches (the remainder is left to the next epoch's draw, as a loader that
+  drops the last partial batch). `weight_decay` defaults to `le_config.weight_decay`.
 
   Returns:
     {'kernel': (F, C), 'bias': (C,), 'mean': (F,), 'std': (F,)}.
@@ -75,34 +75,45 @@ def train_linear_classifier(features: np.ndarray, labels: np.ndarray, num_classe
   mean, std = _feature_stats(features, le_config.standardize_features)
   params = _fit_softmax_regression(
       jnp.asarray((features - mean) / std), jnp.asarray(labels), jax.random.PRNGKey(seed),
-      num_classes=num_classes, num_steps=num_steps,
-      batch=min(le_config.batch_size, len(labels)),
+      num_classes=num_classes, epochs=epochs, batch=min(le_config.batch_size, len(labels)),
       learning_rate=peak_learning_rate(le_config), momentum=le_config.momentum,
       nesterov=le_config.nesterov,
       weight_decay=le_config.weight_decay if weight_decay is None else weight_decay)
   return {**jax.device_get(params), "mean": mean, "std": std}
 
 
-@functools.partial(jax.jit, static_argnames=("num_classes", "num_steps", "batch",
+@functools.partial(jax.jit, static_argnames=("num_classes", "epochs", "batch",
                                              "learning_rate", "momentum", "nesterov",
                                              "weight_decay"))
-def _fit_softmax_regression(x, y, key, *, num_classes, num_steps, batch, learning_rate,
+def _fit_softmax_regression(x, y, key, *, num_classes, epochs, batch, learning_rate,
                             momentum, nesterov, weight_decay):
-  """(n, F) features, (n,) labels -> {'kernel': (F, C), 'bias': (C,)}, one compiled scan."""
+  """(n, F) features, (n,) labels -> {'kernel': (F, C), 'bias': (C,)}, one compiled scan
+  over epochs, each a permutation of the n examples (O(n log n) once an epoch, so a step
+  costs O(batch), whatever n is) and a scan over its minibatches."""
   n, dim = x.shape
-  tx = _classifier_optimizer(learning_rate, momentum, nesterov, weight_decay, num_steps)
+  tx = _classifier_optimizer(learning_rate, momentum, nesterov, weight_decay,
+                             epochs * (n // batch))
 
-  def step(carry, key):
+  def step(carry, index):
     params, opt_state = carry
-    index = jax.random.choice(key, n, (batch,), replace=False)
     grads = jax.grad(_softmax_loss)(params, x[index], y[index])
     updates, opt_state = tx.update(grads, opt_state, params)
     return (optax.apply_updates(params, updates), opt_state), None
 
+  def epoch(carry, key):
+    return jax.lax.scan(step, carry, epoch_minibatches(key, n, batch))[0], None
+
   params = {"kernel": jnp.zeros((dim, num_classes)), "bias": jnp.zeros((num_classes,))}
-  (params, _), _ = jax.lax.scan(step, (params, tx.init(params)),
-                                jax.random.split(key, num_steps))
+  (params, _), _ = jax.lax.scan(epoch, (params, tx.init(params)), jax.random.split(key, epochs))
   return params
+
+
+def epoch_minibatches(key, num_examples: int, batch: int) -> jax.Array:
+  """(num_examples // batch, batch) indices: one epoch's minibatches, a random permutation
+  of the examples without its last partial batch."""
+  num_batches = num_examples // batch
+  order = jax.random.permutation(key, num_examples)[:num_batches * batch]
+  return order.reshape(num_batches, batch)
 
 
 def _classifier_optimizer(learning_rate: float, momentum: float, nesterov: bool,
@@ -195,6 +206,11 @@ def _checkpoint_classifier(manager, step: int, classifier, config, last: bool) -
                                str(storage.path(manager.directory) / str(step)))
 
 
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+  """Minibatches of `train_linear_classifier` in one epoch over `num_examples`."""
+  return max(1, num_examples // min(batch_size, num_examples))
+
+
 def _feature_stats(features: np.ndarray, standardize: bool):
   if not standardize:
     return np.zeros(features.shape[1], np.float32), np.ones(features.shape[1], np.float32)
@@ -241,14 +257,13 @@ def probe(train_features, train_labels, eval_features, eval_labels, num_classes:
   `classifier`, if given, is the all-labels linear classifier (trained on augmented images);
   otherwise it is fitted on the precomputed `train_features`.
   """
-  n = len(train_labels)
-  steps_per_epoch = math.ceil(n / min(le_config.batch_size, n))
-  num_steps = le_config.epochs * steps_per_epoch
+  updates = le_config.epochs * steps_per_epoch(len(train_labels), le_config.batch_size)
 
   def measure(features, labels, trial_seed, classifier=None, weight_decay=None):
-    if classifier is None:
-      classifier = train_linear_classifier(features, labels, num_classes, num_steps,
-                                           le_config, trial_seed, weight_decay)
+    if classifier is None:  # As many updates as the all-labels probe, whatever len(labels).
+      epochs = -(-updates // steps_per_epoch(len(labels), le_config.batch_size))
+      classifier = train_linear_classifier(features, labels, num_classes, epochs, le_config,
+                                           trial_seed, weight_decay)
     return {"top1": top_k_accuracy(classifier, eval_features, eval_labels, 1),
             "top5": top_k_accuracy(classifier, eval_features, eval_labels, 5),
             "knn_top1": knn.knn_accuracy(features, labels, eval_features, eval_labels,

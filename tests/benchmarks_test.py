@@ -79,3 +79,16 @@ def test_conv_breakdown_variants_compute_xlas_convolution(variant):
   other = conv_breakdown.jax_timers(conv, 2, variant, return_outputs=True)
   for name in ("forward", "input_grad", "weight_grad"):
     np.testing.assert_allclose(other[name](), xla[name](), rtol=1e-4, atol=1e-5)
+
+
+def test_linear_probe_benchmark_prints_a_line_per_size():
+  command = [sys.executable, os.path.join(ROOT, "benchmarks", "linear_probe.py"),
+             "--sizes", "600,1200", "--epochs", "2", "--classes", "5", "--eval_examples", "50"]
+  env = {**os.environ, "SIMCLR_NO_DISTRIBUTED": "1"}
+  out = subprocess.run(command, capture_output=True, text=True, check=True, env=env,
+                       timeout=300).stdout
+  lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+  assert [line["train_examples"] for line in lines] == [600, 1200]
+  # 2 epochs of n // 1024 minibatches, at least one (batch min(1024, n)).
+  assert [line["classifier_steps"] for line in lines] == [2, 2]
+  assert all(line["classifier_s"] > 0 and 0 <= line["top1"] <= 1 for line in lines)

@@ -92,15 +92,15 @@ def test_linear_classifier_fits_separable_data_and_topk_is_exact():
   le_config = ml_collections.ConfigDict(dict(
       batch_size=32, learning_rate=0.1, lr_scaling="none", momentum=0.9, nesterov=True,
       weight_decay=0.0, standardize_features=True))
-  classifier = linear_eval.train_linear_classifier(features, labels, 5, 300, le_config, 0)
+  classifier = linear_eval.train_linear_classifier(features, labels, 5, 50, le_config, 0)
   assert linear_eval.top_k_accuracy(classifier, features, labels, 1) > 0.97
   # An explicit weight decay (the few-shot probe's) overrides the config's and shrinks
   # the kernel; the run is otherwise the same.
-  decayed = linear_eval.train_linear_classifier(features, labels, 5, 300, le_config, 0,
+  decayed = linear_eval.train_linear_classifier(features, labels, 5, 50, le_config, 0,
                                                 weight_decay=0.1)
   assert np.linalg.norm(decayed["kernel"]) < 0.5 * np.linalg.norm(classifier["kernel"])
   np.testing.assert_array_equal(
-      linear_eval.train_linear_classifier(features, labels, 5, 300, le_config, 0,
+      linear_eval.train_linear_classifier(features, labels, 5, 50, le_config, 0,
                                           weight_decay=0.0)["kernel"], classifier["kernel"])
 
   # top-k against a direct NumPy count on hand-made logits.
@@ -283,3 +283,37 @@ def test_classifier_training_stops_on_a_signal_and_resumes_exactly(tmp_path, mon
   for key in ("kernel", "bias"):
     assert np.abs(straight[key]).max() > 0  # It learned: the comparison can fail.
     np.testing.assert_array_equal(resumed[key], straight[key])
+
+
+def test_each_epoch_of_the_probe_visits_examples_once_in_a_fresh_order():
+  """The probe's minibatches (a permutation an epoch, not a sample per step): 10 examples in
+  batches of 3 give 3 disjoint batches; another epoch's key gives another order."""
+  first = np.asarray(linear_eval.epoch_minibatches(jax.random.PRNGKey(0), 10, 3))
+  second = np.asarray(linear_eval.epoch_minibatches(jax.random.PRNGKey(1), 10, 3))
+  assert first.shape == second.shape == (3, 3)
+  assert len(set(first.ravel())) == 9 and set(first.ravel()) <= set(range(10))
+  assert not np.array_equal(first, second)
+  full = np.asarray(linear_eval.epoch_minibatches(jax.random.PRNGKey(2), 12, 4))
+  np.testing.assert_array_equal(np.sort(full.ravel()), np.arange(12))
+
+
+def test_few_shot_probe_makes_as_many_updates_as_the_all_labels_probe(monkeypatch):
+  """1,000 examples in batches of 256 are 3 steps an epoch, 30 in 10 epochs; a 5-per-class
+  subset (20 examples, 1 minibatch an epoch) gets 30 epochs, so it is fitted as fully."""
+  calls = []
+  real = linear_eval.train_linear_classifier
+
+  def recording(features, labels, num_classes, epochs, *args, **kwargs):
+    calls.append((len(labels), epochs))
+    return real(features, labels, num_classes, epochs, *args, **kwargs)
+
+  monkeypatch.setattr(linear_eval, "train_linear_classifier", recording)
+  rng = np.random.default_rng(0)
+  labels = np.repeat(np.arange(4, dtype=np.int32), 250)
+  features = rng.normal(size=(1000, 3)).astype(np.float32)
+  le_config = ml_collections.ConfigDict(dict(
+      batch_size=256, epochs=10, learning_rate=0.1, lr_scaling="none", momentum=0.9,
+      nesterov=True, weight_decay=0.0, standardize_features=True, few_shot_per_class=5,
+      few_shot_trials=2, few_shot_weight_decay=0.0, knn_k=5, knn_temperature=0.07))
+  linear_eval.probe(features, labels, features[:8], labels[:8], 4, le_config, seed=0)
+  assert calls == [(1000, 10), (20, 30), (20, 30)]
