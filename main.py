@@ -6,15 +6,10 @@ Any config field can be overridden, e.g. --config.batch_size=512.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from simclr_jax.stages import STAGES
+
 FLAGS = flags.FLAGS
-MODES = {
-    "pretrain": "self-supervised pretraining (resumes)",
-    "linear_eval": "linear and kNN probes on the frozen encoder",
-    "pretrain_and_eval": "both",
-    "finetune": "fine-tune the encoder with labels (config.finetune)",
-    "export": "the encoder as safetensors (torchvision's names) and JSON in workdir/export",
-    "extract_features": "a split's features and labels as .npy in workdir/features",
-}
+MODES = {name: mode.help for name, mode in STAGES.items()}
 config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard and summaries.")

@@ -75,6 +75,7 @@ def jax_timers(conv: dict, batch: int, variant: str, return_outputs: bool = Fals
   (each returns its result when `return_outputs`, for tests)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   from simclr_jax.backbones import patch_conv  # pylint: disable=g-import-not-at-top
   k, s, pad = conv["kernel"], conv["stride"], conv["kernel"] // 2
   x = jnp.asarray(np.random.default_rng(0).standard_normal(

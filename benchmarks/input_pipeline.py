@@ -55,8 +55,10 @@ import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from configs import food101_seed  # pylint: disable=g-import-not-at-top,wrong-import-position
-from simclr_jax.data import augmentations  # pylint: disable=g-import-not-at-top,wrong-import-position
-from simclr_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
+from simclr_jax.data import (
+  augmentations,  # pylint: disable=g-import-not-at-top,wrong-import-position
+  input_pipeline,  # pylint: disable=g-import-not-at-top,wrong-import-position
+)
 
 
 def usable_cores() -> int:

@@ -2,7 +2,7 @@
 
     python benchmarks/linear_probe.py [--sizes=10000,100000,1000000] [--dim=64]
 
-The stage's work after feature extraction (`linear_eval.probe` with configs/default.py's
+The stage's work after feature extraction (`linear_probe.probe` with configs/default.py's
 linear_eval block: 90 epochs, batch 1024, kNN k=200): the linear classifier and the kNN, each
 compile included as a user waits for them, then the whole probe again once compiled. One JSON line a
 size, so the growth with the training set is seen: the classifier costs O(epochs x n), the kNN
@@ -23,7 +23,7 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from configs import default  # pylint: disable=g-import-not-at-top,wrong-import-position
-from simclr_jax import knn, linear_eval  # pylint: disable=g-import-not-at-top,wrong-import-position
+from simclr_jax.evaluation import knn, linear_probe  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def synthetic_features(num_examples: int, dim: int, num_classes: int, seed: int):
@@ -53,17 +53,17 @@ def main() -> None:
     train_x, train_y = features[:size], labels[:size]
     eval_x, eval_y = features[size:], labels[size:]
     start = time.perf_counter()
-    classifier = linear_eval.train_linear_classifier(train_x, train_y, args.classes,
-                                                     le_config.epochs, le_config, seed=0)
+    linear_probe.train_linear_classifier(train_x, train_y, args.classes,
+                                         le_config.epochs, le_config, seed=0)
     classifier_s = time.perf_counter() - start
     start = time.perf_counter()
     knn.knn_accuracy(train_x, train_y, eval_x, eval_y, args.classes, le_config.knn_k,
                      le_config.knn_temperature)
     knn_s = time.perf_counter() - start
     start = time.perf_counter()
-    results = linear_eval.probe(train_x, train_y, eval_x, eval_y, args.classes, le_config, 0)
+    results = linear_probe.probe(train_x, train_y, eval_x, eval_y, args.classes, le_config, 0)
     probe_s = time.perf_counter() - start  # Compiled already: the two parts' running time.
-    steps = le_config.epochs * linear_eval.steps_per_epoch(size, le_config.batch_size)
+    steps = le_config.epochs * linear_probe.steps_per_epoch(size, le_config.batch_size)
     print(json.dumps({
         "what": "simclr_jax linear_eval probe on precomputed features",
         "device_kind": jax.devices()[0].device_kind, "train_examples": size,

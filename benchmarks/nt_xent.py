@@ -20,9 +20,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
-from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jax.sharding import NamedSharding  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jax.sharding import PartitionSpec as P
 
-from simclr_jax import losses, state as state_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from simclr_jax import losses, sharding
 
 
 def main() -> None:
@@ -33,14 +34,14 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=20)
   args = parser.parse_args()
 
-  mesh = state_lib.create_mesh()
-  sharding = NamedSharding(mesh, P(state_lib.DATA_AXIS))
+  mesh = sharding.create_mesh()
+  batch_sharding = NamedSharding(mesh, P(sharding.DATA_AXIS))
   rng = np.random.default_rng(0)
   z1, z2 = (jax.device_put(rng.normal(size=(args.global_batch, args.dim)).astype(np.float32),
-                           sharding) for _ in range(2))
+                           batch_sharding) for _ in range(2))
 
   def loss(a, b):
-    return losses.sharded_nt_xent(a, b, args.temperature, mesh, state_lib.DATA_AXIS)[0]
+    return losses.sharded_nt_xent(a, b, args.temperature, mesh, sharding.DATA_AXIS)[0]
 
   start = time.perf_counter()
   compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(z1, z2).compile()

@@ -33,10 +33,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app, flags  # pylint: disable=g-import-not-at-top,wrong-import-position
-from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jax.sharding import NamedSharding  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from simclr_jax import pretrain_step, state as state_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from simclr_jax import sharding
+from simclr_jax.training import pretrain_step  # pylint: disable=g-import-not-at-top,wrong-import-position
+from simclr_jax.training import state as state_lib
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/food101_seed.py", "A config file.",
@@ -51,7 +54,7 @@ flags.DEFINE_list("compute_dtypes", [], "Cases to run; empty: the config's compu
 def measure(config, batch_per_device: int, image_size: int, steps: int,
             warmup: int) -> dict:
   """One case: the config's step at this batch, size and dtype; the JSON line's fields."""
-  mesh = state_lib.create_mesh()
+  mesh = sharding.create_mesh()
   global_batch = batch_per_device * jax.device_count()
   config.batch_size = global_batch
   tx, schedule = state_lib.create_optimizer(config, steps_per_epoch=1000,
@@ -61,7 +64,7 @@ def measure(config, batch_per_device: int, image_size: int, steps: int,
                                           schedule, mesh, num_train_steps=100_000)
   views = np.random.default_rng(0).integers(
       0, 256, (global_batch, 2, image_size, image_size, 3), dtype=np.uint8)
-  batch = {"views": jax.device_put(views, NamedSharding(mesh, P(state_lib.DATA_AXIS)))}
+  batch = {"views": jax.device_put(views, NamedSharding(mesh, P(sharding.DATA_AXIS)))}
 
   start = time.perf_counter()
   compiled = step.lower(state, batch).compile()

@@ -132,6 +132,7 @@ def get_config() -> ml_collections.ConfigDict:
   # The classifier trained on augmented images is checkpointed this often (and on a stop
   # signal) in workdir/linear_eval_checkpoints, and resumes from there.
   config.linear_eval.checkpoint_every_steps = 1000
+  config.linear_eval.log_every_steps = 100  # The classifier on images: its loss and rate.
   # False: the SimCLR protocol, the classifier sees randomly cropped and flipped training
   # images through the frozen encoder every step. True: features of the centre-cropped
   # training images are computed once and the classifier trains on them (much faster).

@@ -23,7 +23,8 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from simclr_jax import backbones, checkpoints, precision
+from simclr_jax import backbones, precision
+from simclr_jax.training import checkpoints
 
 MODEL_ITEM = "model"  # The checkpoint item holding {'params', 'batch_stats'} of the model.
 ENCODER_KEY = "encoder"  # The backbone's sub-tree in it, for every method.

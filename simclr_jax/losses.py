@@ -18,7 +18,8 @@ import functools
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 
 def l2_normalize(x: jax.Array) -> jax.Array:

@@ -1,4 +1,5 @@
-"""Process-level set-up and dispatch of the stages (what main.py calls)."""
+"""Process-level set-up (multi-host, logging, storage checks, stop signals, errors as one
+line) around the stages of a `--mode` (`stages.STAGES`): what main.py calls."""
 
 from __future__ import annotations
 
@@ -10,13 +11,13 @@ import sys
 import jax
 from absl import logging
 
-from simclr_jax import (checkpoints, config_checks, export, faults, finetune, linear_eval,
-                        preemption, pretrain, state, storage)
+from simclr_jax import config_checks, stages, storage
 from simclr_jax.data import input_pipeline, sources
+from simclr_jax.training import checkpoints, faults, preemption
 
 # Errors a user can fix: one `Error: ...` line and exit status 1, no traceback.
 USER_ERRORS = (config_checks.ConfigError, sources.DatasetNotFoundError,
-               checkpoints.CheckpointError, state.NoCheckpointError,
+               checkpoints.CheckpointError, checkpoints.NoCheckpointError,
                storage.StorageError, faults.TrainingDivergedError)
 
 
@@ -71,13 +72,4 @@ def _run_stages(config, workdir: str, mode: str) -> None:
                jax.device_count(), jax.devices()[0].platform)
   check_storage(config, workdir)
   with preemption.handle_stop_signals():
-    if mode in ("pretrain", "pretrain_and_eval"):
-      pretrain.pretrain(config, workdir)
-    if mode in ("linear_eval", "pretrain_and_eval"):
-      linear_eval.evaluate(config, workdir)
-    if mode == "finetune":
-      finetune.finetune(config, workdir)
-    if mode == "export":
-      export.export_encoder(config, workdir)
-    if mode == "extract_features":
-      export.extract_features(config, workdir)
+    stages.run(mode, config, workdir)

@@ -9,8 +9,9 @@ import pytest
 from flax import nnx
 
 from configs import default as default_config
-from simclr_jax import heads, state as state_lib
 from simclr_jax.backbones import resnet
+from simclr_jax.methods import heads
+from simclr_jax.training import state as state_lib
 from tests.helpers import count_params
 
 
@@ -282,9 +283,12 @@ def test_a_registered_toy_backbone_runs_every_stage(monkeypatch, tmp_path):
   linear evaluation, fine-tuning, export and load_encoder work for it with no other change
   (tests/toy_backbone.py: pooled pixels through an MLP, no PyTorch model)."""
   import json  # pylint: disable=g-import-not-at-top
+
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from simclr_jax import (backbones, encoder as encoder_lib, export, finetune, linear_eval,
-                          pretrain)  # pylint: disable=g-import-not-at-top
+
+  from simclr_jax import backbones
+  from simclr_jax import encoder as encoder_lib
+  from simclr_jax.stages import export, finetune, linear_eval, pretrain  # pylint: disable=g-import-not-at-top
   from tests import toy_backbone  # pylint: disable=g-import-not-at-top
   from tests.conftest import MOCK_EXAMPLES  # pylint: disable=g-import-not-at-top
   from tests.helpers import tiny_food101_config  # pylint: disable=g-import-not-at-top

@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from simclr_jax import checkpoints, pretrain, state as state_lib
+from simclr_jax import sharding
+from simclr_jax.stages import pretrain
+from simclr_jax.training import checkpoints
+from simclr_jax.training import state as state_lib
 from tests.conftest import MOCK_EXAMPLES
 from tests.helpers import tiny_food101_config
 
@@ -34,7 +37,7 @@ def _restore(workdir, config=None, step=None):
   """(step, TrainState) restored by the code that pretraining uses to resume."""
   config = config or tiny_food101_config()
   tx, _ = state_lib.create_optimizer(config, 2, 3)
-  target = state_lib.init_train_state(config, tx, state_lib.create_mesh())
+  target = state_lib.init_train_state(config, tx, sharding.create_mesh())
   with checkpoints.create_manager(checkpoints.checkpoint_dir(workdir)) as manager:
     restored = checkpoints.restore(manager, target.checkpoint_items(), config, step,
                                    check_fields=pretrain.resume_fields(config))
@@ -117,7 +120,7 @@ def test_a_checkpoint_of_another_structure_is_a_mismatch_not_damage(two_step_wor
   workdir = _copy(two_step_workdir, tmp_path)
   config = tiny_food101_config()
   tx, _ = state_lib.create_optimizer(config, 2, 3)
-  items = state_lib.init_train_state(config, tx, state_lib.create_mesh()).checkpoint_items()
+  items = state_lib.init_train_state(config, tx, sharding.create_mesh()).checkpoint_items()
   items["model"]["params"]["head"]["extra_bias"] = jax.numpy.zeros(2)
   with checkpoints.create_manager(checkpoints.checkpoint_dir(workdir)) as manager:
     with pytest.raises(checkpoints.CheckpointMismatchError, match="another structure"):

@@ -6,8 +6,10 @@ import os
 
 import pytest
 
-from simclr_jax import config_checks, finetune, linear_eval, pretrain, state
+from simclr_jax import config_checks
 from simclr_jax.data import augmentations
+from simclr_jax.stages import finetune, linear_eval, pretrain
+from simclr_jax.training import state
 
 # Every file of configs/ with a get_config (the others hold blocks and presets they use).
 CONFIGS = sorted(

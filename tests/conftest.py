@@ -25,8 +25,8 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from tests import helpers  # pylint: disable=g-import-not-at-top,wrong-import-position
 from simclr_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tests import helpers  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 input_pipeline.configure_tensorflow()  # As every entry point does, before TensorFlow runs.
 
@@ -36,7 +36,7 @@ MOCK_EXAMPLES = 21  # Divides neither the batch (16) nor the 8 devices.
 @pytest.fixture(scope="session")
 def pretrained_workdir(tmp_path_factory):
   """A workdir holding one pretraining step of the tiny food101 config on mock data."""
-  from simclr_jax import pretrain  # pylint: disable=g-import-not-at-top
+  from simclr_jax.stages import pretrain  # pylint: disable=g-import-not-at-top
   workdir = tmp_path_factory.mktemp("pretrained")
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
     pretrain.pretrain(helpers.tiny_food101_config(), str(workdir))

@@ -48,6 +48,7 @@ def test_png_grayscale_and_alpha_images_become_rgb_views():
 
 def test_cmyk_jpeg_decodes_to_its_rgb_colours():
   import io  # pylint: disable=g-import-not-at-top
+
   from PIL import Image  # pylint: disable=g-import-not-at-top
   buffer = io.BytesIO()
   Image.fromarray(np.full((20, 30, 3), [200, 50, 10], np.uint8)).convert("CMYK").save(

@@ -13,7 +13,12 @@ import pytest
 import tensorflow_datasets as tfds
 
 import simclr_jax
-from simclr_jax import checkpoints, encoder as encoder_lib, encoding, pretrain, state as state_lib
+from simclr_jax import encoder as encoder_lib
+from simclr_jax import sharding
+from simclr_jax.evaluation import encoding
+from simclr_jax.stages import pretrain
+from simclr_jax.training import checkpoints
+from simclr_jax.training import state as state_lib
 from tests.conftest import MOCK_EXAMPLES
 from tests.helpers import tiny_food101_config, tiny_method_config
 
@@ -55,7 +60,7 @@ def _images(n=5, size=16, seed=0):
 
 def _stage_features(config, workdir, images, num_probe_classes=0, step=None):
   """(step, features) of the encoder as linear_eval restores and runs it (8 devices)."""
-  mesh = state_lib.create_mesh()
+  mesh = sharding.create_mesh()
   restored_step, model = state_lib.restore_model(config, str(workdir), mesh, num_probe_classes,
                                                  step)
   encode = encoding.make_encoder(state_lib.model_graphdef(config, num_probe_classes),
@@ -104,9 +109,9 @@ def test_load_encoder_of_byol_with_a_probe_at_a_given_step(byol_workdir):
 
 
 def test_no_checkpoint_is_a_no_checkpoint_error(tmp_path, pretrained_workdir):
-  with pytest.raises(state_lib.NoCheckpointError, match="No pretraining checkpoint in"):
+  with pytest.raises(checkpoints.NoCheckpointError, match="No pretraining checkpoint in"):
     encoder_lib.load_encoder(str(tmp_path))
-  with pytest.raises(state_lib.NoCheckpointError, match=r"at step 99 .*steps \[1\]"):
+  with pytest.raises(checkpoints.NoCheckpointError, match=r"at step 99 .*steps \[1\]"):
     encoder_lib.load_encoder(str(pretrained_workdir), step=99)
 
 

@@ -12,10 +12,14 @@ import tensorflow_datasets as tfds
 from flax import nnx
 from jax.sharding import Mesh
 
-from simclr_jax import (backbones, checkpoints, encoder as encoder_lib, encoding, export,
-                        precision, state as state_lib)
+from simclr_jax import backbones, precision, sharding
+from simclr_jax import encoder as encoder_lib
 from simclr_jax.backbones import resnet
 from simclr_jax.data import input_pipeline
+from simclr_jax.evaluation import encoding
+from simclr_jax.stages import export, extract_features
+from simclr_jax.training import checkpoints
+from simclr_jax.training import state as state_lib
 from tests.conftest import MOCK_EXAMPLES
 from tests.helpers import tiny_food101_config
 
@@ -236,18 +240,18 @@ def test_torchvision_mismatch_names_the_reason():
 
 def test_feature_splits_and_their_file_names():
   config = tiny_food101_config()
-  assert export.feature_splits(config) == ("train", "validation")
+  assert extract_features.feature_splits(config) == ("train", "validation")
   config.export.feature_splits = ("validation", "train[:10%]", "validation")
-  assert export.feature_splits(config) == ("validation", "train[:10%]")
-  assert export.file_stem("train[:10%]") == "train_10"
+  assert extract_features.feature_splits(config) == ("validation", "train[:10%]")
+  assert extract_features.file_stem("train[:10%]") == "train_10"
 
 
 def test_extract_features_writes_every_example_of_each_split(pretrained_workdir, tmp_path):
   config = tiny_food101_config()
   config.export.pretrain_workdir = str(pretrained_workdir)
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-    summary = export.extract_features(config, str(tmp_path))
-    mesh = state_lib.create_mesh()
+    summary = extract_features.extract_features(config, str(tmp_path))
+    mesh = sharding.create_mesh()
     source = input_pipeline.create_source(config)
     encode = encoding.make_encoder(state_lib.model_graphdef(config), config.augment.normalize)
     _, model = state_lib.restore_model(config, str(pretrained_workdir), mesh)

@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import http.server
-from http import HTTPStatus
 import logging
 import os
 import select
@@ -41,6 +40,7 @@ import ssl
 import tempfile
 import threading
 import uuid
+from http import HTTPStatus
 from typing import Iterator
 
 import pytest

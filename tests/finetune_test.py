@@ -10,8 +10,11 @@ import pytest
 import tensorflow_datasets as tfds
 from flax import nnx
 
-from simclr_jax import config_checks, finetune, precision, preemption, state as state_lib
+from simclr_jax import config_checks, precision, sharding
 from simclr_jax.data import input_pipeline, sources, subsets
+from simclr_jax.stages import finetune
+from simclr_jax.training import checkpoints, preemption
+from simclr_jax.training import state as state_lib
 from tests.conftest import MOCK_EXAMPLES
 from tests.helpers import tiny_food101_config
 
@@ -60,7 +63,7 @@ def _head_config():
 @pytest.fixture(scope="module", name="head_workdir")
 def _head_workdir(tmp_path_factory):
   """One pretraining step of the tiny config with a 3-layer head, on mock food101."""
-  from simclr_jax import pretrain  # pylint: disable=g-import-not-at-top
+  from simclr_jax.stages import pretrain  # pylint: disable=g-import-not-at-top
   config = tiny_food101_config()
   config.simclr.head_widths = (32, 32, 16)
   workdir = tmp_path_factory.mktemp("pretrained_3_layer_head")
@@ -72,7 +75,7 @@ def _head_workdir(tmp_path_factory):
 def test_the_classifier_starts_from_the_encoder_and_the_head_s_first_layer(head_config,
                                                                           head_workdir):
   head_config.finetune.from_head_layer = True
-  mesh = state_lib.create_mesh()
+  mesh = sharding.create_mesh()
   _, model = state_lib.restore_model(head_config, head_workdir, mesh)
   model = jax.device_get(model)
   variables = finetune.classifier_variables(head_config, 7, model)
@@ -100,7 +103,7 @@ def test_evaluation_counts_every_example_once_with_a_padded_last_batch(head_conf
                                                                       head_workdir):
   """Top-1 / top-5 over the 21 mock examples in batches of 16 on 8 devices equal a direct
   computation over all of them at once."""
-  mesh = state_lib.create_mesh()
+  mesh = sharding.create_mesh()
   num_classes = 101
   _, model = state_lib.restore_model(head_config, head_workdir, mesh)
   variables = finetune.classifier_variables(head_config, num_classes, jax.device_get(model))
@@ -220,7 +223,7 @@ def test_keeping_the_head_layer_needs_a_head_of_two_layers():
 
 
 def test_without_a_pretraining_checkpoint_it_says_so(tmp_path):
-  with pytest.raises(state_lib.NoCheckpointError, match="No pretraining checkpoint"):
+  with pytest.raises(checkpoints.NoCheckpointError, match="No pretraining checkpoint"):
     _finetune(tiny_food101_config(), tmp_path)
   assert not (tmp_path / "finetune.json").exists()
 
@@ -231,7 +234,7 @@ def test_the_update_s_loss_is_smoothed_cross_entropy_of_the_model_s_logits(head_
   """The compiled step's loss against NumPy's smoothed cross entropy of the same logits
   (BatchNorm in training mode: statistics of this batch), on 8 devices."""
   head_config.finetune.label_smoothing = smoothing
-  num_classes, mesh = 5, state_lib.create_mesh()
+  num_classes, mesh = 5, sharding.create_mesh()
   classifier = finetune.build_classifier(head_config, num_classes, nnx.Rngs(0))
   graphdef, params, stats = nnx.split(classifier, nnx.Param, nnx.BatchStat)
   params, stats = nnx.to_pure_dict(params), nnx.to_pure_dict(stats)

@@ -8,7 +8,6 @@ from etils import epath
 
 from configs import demo
 from simclr_jax.data import augmentations, folder_sources, input_pipeline, sources
-from tests.ram_fs import ram_root  # pylint: disable=unused-import
 
 
 def _write_jpeg(path, value, size=(24, 32)):

@@ -17,9 +17,10 @@ import pytest
 import tensorflow as tf
 from ml_collections import config_dict
 
-from simclr_jax import checkpoints, storage
+from simclr_jax import storage
+from simclr_jax.training import checkpoints
+
 # The fixture; tests take it by name. pylint: disable=unused-import,redefined-outer-name
-from tests.fake_gcs import fake_gcs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from configs import demo, food101_seed
-from simclr_jax import precision
+from simclr_jax import precision, sharding
 from simclr_jax.data import augmentations, input_pipeline, sources
 from tests.helpers import ArraySource, tiny_food101_config
 
@@ -170,8 +170,9 @@ def test_global_batches_are_on_the_devices_two_steps_ahead():
   """When the loop takes batch k, batches k+1 and k+2 have already been put on the devices
   (the transfer overlaps the step), and every batch arrives whole and in order."""
   import jax  # pylint: disable=g-import-not-at-top
-  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
-  from simclr_jax import state as state_lib  # pylint: disable=g-import-not-at-top
+  from jax.sharding import NamedSharding  # pylint: disable=g-import-not-at-top
+  from jax.sharding import PartitionSpec as P
+
   pulled = []
 
   def host_batches():
@@ -179,13 +180,13 @@ def test_global_batches_are_on_the_devices_two_steps_ahead():
       pulled.append(index)
       yield {"x": np.full((8, 3), index, np.float32)}
 
-  sharding = NamedSharding(state_lib.create_mesh(), P("data"))
-  batches = input_pipeline.global_batches(host_batches(), sharding, prefetch=2)
+  batch_sharding = NamedSharding(sharding.create_mesh(), P("data"))
+  batches = input_pipeline.global_batches(host_batches(), batch_sharding, prefetch=2)
   seen = []
   for batch in batches:
     taken = int(np.asarray(batch["x"])[0, 0])
     assert pulled[-1] == min(taken + 2, 4)  # Two ahead, until the stream ends.
-    assert batch["x"].sharding == sharding and batch["x"].shape == (8, 3)
+    assert batch["x"].sharding == batch_sharding and batch["x"].shape == (8, 3)
     seen.append(taken)
   assert seen == [0, 1, 2, 3, 4] and jax.device_count() == 8
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from simclr_jax import knn
+from simclr_jax.evaluation import knn
 
 
 def numpy_knn(train_x, train_y, eval_x, num_classes, k, temperature):

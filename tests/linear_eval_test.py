@@ -9,7 +9,11 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from simclr_jax import checkpoints, encoding, linear_eval, pretrain, state as state_lib
+from simclr_jax import sharding
+from simclr_jax.evaluation import encoding, linear_probe
+from simclr_jax.stages import linear_eval, pretrain
+from simclr_jax.training import checkpoints
+from simclr_jax.training import state as state_lib
 from tests.conftest import MOCK_EXAMPLES
 from tests.helpers import ArraySource, tiny_food101_config
 
@@ -41,14 +45,14 @@ def test_linear_eval_stage_on_mock_food101(pretrained_workdir, tmp_path):
 
 def test_linear_eval_without_checkpoint_says_what_to_do(tmp_path):
   with tfds.testing.mock_data(num_examples=21):
-    with pytest.raises(state_lib.NoCheckpointError, match="No pretraining checkpoint"):
+    with pytest.raises(checkpoints.NoCheckpointError, match="No pretraining checkpoint"):
       linear_eval.evaluate(tiny_food101_config(), str(tmp_path))
 
 
 def test_features_count_every_example_once_and_leave_encoder_untouched():
   """37 digits-like examples over 8 devices with batch 16: 3 batches, the last padded."""
   config = tiny_food101_config()
-  mesh = state_lib.create_mesh()
+  mesh = sharding.create_mesh()
   tx, _ = state_lib.create_optimizer(config, 1, 1)
   state = state_lib.init_train_state(config, tx, mesh)
   before = jax.device_get(state)
@@ -73,7 +77,7 @@ def test_features_count_every_example_once_and_leave_encoder_untouched():
 
 def test_lost_examples_are_an_error_not_a_smaller_denominator():
   config = tiny_food101_config()
-  mesh = state_lib.create_mesh()
+  mesh = sharding.create_mesh()
   tx, _ = state_lib.create_optimizer(config, 1, 1)
   state = state_lib.init_train_state(config, tx, mesh)
   images = np.zeros((5, 8, 8, 3), np.uint8)
@@ -92,15 +96,15 @@ def test_linear_classifier_fits_separable_data_and_topk_is_exact():
   le_config = ml_collections.ConfigDict(dict(
       batch_size=32, learning_rate=0.1, lr_scaling="none", momentum=0.9, nesterov=True,
       weight_decay=0.0, standardize_features=True))
-  classifier = linear_eval.train_linear_classifier(features, labels, 5, 50, le_config, 0)
-  assert linear_eval.top_k_accuracy(classifier, features, labels, 1) > 0.97
+  classifier = linear_probe.train_linear_classifier(features, labels, 5, 50, le_config, 0)
+  assert linear_probe.top_k_accuracy(classifier, features, labels, 1) > 0.97
   # An explicit weight decay (the few-shot probe's) overrides the config's and shrinks
   # the kernel; the run is otherwise the same.
-  decayed = linear_eval.train_linear_classifier(features, labels, 5, 50, le_config, 0,
+  decayed = linear_probe.train_linear_classifier(features, labels, 5, 50, le_config, 0,
                                                 weight_decay=0.1)
   assert np.linalg.norm(decayed["kernel"]) < 0.5 * np.linalg.norm(classifier["kernel"])
   np.testing.assert_array_equal(
-      linear_eval.train_linear_classifier(features, labels, 5, 50, le_config, 0,
+      linear_probe.train_linear_classifier(features, labels, 5, 50, le_config, 0,
                                           weight_decay=0.0)["kernel"], classifier["kernel"])
 
   # top-k against a direct NumPy count on hand-made logits.
@@ -108,9 +112,9 @@ def test_linear_classifier_fits_separable_data_and_topk_is_exact():
             "mean": np.zeros(3, np.float32), "std": np.ones(3, np.float32)}
   x = np.array([[3, 2, 1], [1, 3, 2], [2, 1, 3], [3, 1, 2]], np.float32)
   y = np.array([0, 2, 1, 1])
-  assert linear_eval.top_k_accuracy(manual, x, y, 1) == 0.25
-  assert linear_eval.top_k_accuracy(manual, x, y, 2) == 0.5
-  assert linear_eval.top_k_accuracy(manual, x, y, 3) == 1.0
+  assert linear_probe.top_k_accuracy(manual, x, y, 1) == 0.25
+  assert linear_probe.top_k_accuracy(manual, x, y, 2) == 0.5
+  assert linear_probe.top_k_accuracy(manual, x, y, 3) == 1.0
 
 
 @pytest.mark.parametrize("nesterov, lr_scaling", [(True, "linear"), (False, "none")])
@@ -125,7 +129,7 @@ def test_linear_classifier_follows_the_protocol_s_sgd_against_numpy(nesterov, lr
       batch_size=64, learning_rate=0.8, lr_scaling=lr_scaling, momentum=0.9,
       nesterov=nesterov, weight_decay=0.01, standardize_features=False))
   steps = 12
-  result = linear_eval.train_linear_classifier(x, y, 3, steps, le_config, 0)
+  result = linear_probe.train_linear_classifier(x, y, 3, steps, le_config, 0)
 
   peak = 0.8 * (64 / 256 if lr_scaling == "linear" else 1.0)
   w, b = np.zeros((6, 3)), np.zeros(3)
@@ -159,18 +163,18 @@ def test_feature_rank_counts_the_directions_the_features_vary_in():
     return left @ np.diag(padded) @ right + 5.0  # Plus a mean, as ReLU features have.
 
   for k in (1, 4, 16):
-    assert linear_eval.feature_rank(with_singular_values([2.0] * k)) == pytest.approx(k, rel=1e-6)
+    assert linear_probe.feature_rank(with_singular_values([2.0] * k)) == pytest.approx(k, rel=1e-6)
   entropy = -(0.9 * np.log(0.9) + 0.1 * np.log(0.1))
-  assert linear_eval.feature_rank(with_singular_values([3.0, 1.0])) == pytest.approx(
+  assert linear_probe.feature_rank(with_singular_values([3.0, 1.0])) == pytest.approx(
       np.exp(entropy), rel=1e-6)
 
 
 def test_few_shot_subset_takes_k_per_class_reproducibly():
   labels = np.repeat(np.arange(4), [10, 7, 5, 9])
-  subset = linear_eval.few_shot_subset(labels, 3, seed=1)
+  subset = linear_probe.few_shot_subset(labels, 3, seed=1)
   np.testing.assert_array_equal(np.bincount(labels[subset]), [3, 3, 3, 3])
-  np.testing.assert_array_equal(subset, linear_eval.few_shot_subset(labels, 3, seed=1))
-  assert not np.array_equal(subset, linear_eval.few_shot_subset(labels, 3, seed=2))
+  np.testing.assert_array_equal(subset, linear_probe.few_shot_subset(labels, 3, seed=1))
+  assert not np.array_equal(subset, linear_probe.few_shot_subset(labels, 3, seed=2))
 
 
 def test_a_chosen_checkpoint_step_is_evaluated_or_reported_missing(pretrained_workdir,
@@ -179,7 +183,7 @@ def test_a_chosen_checkpoint_step_is_evaluated_or_reported_missing(pretrained_wo
   config.linear_eval.pretrain_workdir = str(pretrained_workdir)
   config.linear_eval.checkpoint_step = 7
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-    with pytest.raises(state_lib.NoCheckpointError, match=r"at step 7 .*has steps \[1\]"):
+    with pytest.raises(checkpoints.NoCheckpointError, match=r"at step 7 .*has steps \[1\]"):
       linear_eval.evaluate(config, str(tmp_path))
     config.linear_eval.checkpoint_step = 1
     config.linear_eval.tsne_points = 0
@@ -207,16 +211,16 @@ def test_food101_linear_config_carries_the_protocol():
   config = food101_linear.get_config()
   assert (config.train_split, config.eval_split) == ("train", "validation")
   assert config.model.depth == 50 and config.linear_eval.epochs == 90
-  assert linear_eval.peak_learning_rate(config.linear_eval) == pytest.approx(0.4)
+  assert linear_probe.peak_learning_rate(config.linear_eval) == pytest.approx(0.4)
 
 
-def test_classifier_on_augmented_images_learns_and_leaves_the_encoder_frozen():
+def test_classifier_on_augmented_images_learns_and_leaves_the_encoder_frozen(tmp_path):
   """Two easy classes (dark vs bright images) through a random encoder, SimCLR protocol."""
   config = tiny_food101_config()
   config.augment.normalize = False
   config.linear_eval.epochs = 8
   config.linear_eval.learning_rate = 0.5
-  mesh = state_lib.create_mesh()
+  mesh = sharding.create_mesh()
   tx, _ = state_lib.create_optimizer(config, 1, 1)
   state = state_lib.init_train_state(config, tx, mesh)
   before = jax.device_get(state)
@@ -228,9 +232,9 @@ def test_classifier_on_augmented_images_learns_and_leaves_the_encoder_frozen():
   encode = encoding.make_encoder(state_lib.model_graphdef(config), config.augment.normalize)
 
   classifier = linear_eval.train_linear_classifier_on_images(config, encode, state, mesh,
-                                                             source, 32)
+                                                             source, 32, tmp_path / "ckpt")
   features, seen = encoding.split_features(config, encode, state, mesh, source, "x")
-  assert linear_eval.top_k_accuracy(classifier, features, seen, 1) >= 0.9
+  assert linear_probe.top_k_accuracy(classifier, features, seen, 1) >= 0.9
   for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(jax.device_get(state))):
     np.testing.assert_array_equal(a, b)
 
@@ -259,11 +263,11 @@ def _classifier_run(config, state, mesh, source, checkpoint_dir):
 def test_classifier_training_stops_on_a_signal_and_resumes_exactly(tmp_path, monkeypatch):
   """A stop agreed after step 3 of 8 saves step 3 and raises Preempted; the rerun resumes
   there (the image stream too) and ends with the classifier of an uninterrupted run."""
-  from simclr_jax import preemption  # pylint: disable=g-import-not-at-top
+  from simclr_jax.training import preemption  # pylint: disable=g-import-not-at-top
   config = tiny_food101_config()
   config.linear_eval.epochs = 4  # 64 images, batch 16: 4 steps an epoch, 16 in all.
   config.linear_eval.checkpoint_every_steps = 5
-  mesh = state_lib.create_mesh()
+  mesh = sharding.create_mesh()
   tx, _ = state_lib.create_optimizer(config, 1, 1)
   state = state_lib.init_train_state(config, tx, mesh)
   rng = np.random.default_rng(0)
@@ -288,12 +292,12 @@ def test_classifier_training_stops_on_a_signal_and_resumes_exactly(tmp_path, mon
 def test_each_epoch_of_the_probe_visits_examples_once_in_a_fresh_order():
   """The probe's minibatches (a permutation an epoch, not a sample per step): 10 examples in
   batches of 3 give 3 disjoint batches; another epoch's key gives another order."""
-  first = np.asarray(linear_eval.epoch_minibatches(jax.random.PRNGKey(0), 10, 3))
-  second = np.asarray(linear_eval.epoch_minibatches(jax.random.PRNGKey(1), 10, 3))
+  first = np.asarray(linear_probe.epoch_minibatches(jax.random.PRNGKey(0), 10, 3))
+  second = np.asarray(linear_probe.epoch_minibatches(jax.random.PRNGKey(1), 10, 3))
   assert first.shape == second.shape == (3, 3)
   assert len(set(first.ravel())) == 9 and set(first.ravel()) <= set(range(10))
   assert not np.array_equal(first, second)
-  full = np.asarray(linear_eval.epoch_minibatches(jax.random.PRNGKey(2), 12, 4))
+  full = np.asarray(linear_probe.epoch_minibatches(jax.random.PRNGKey(2), 12, 4))
   np.testing.assert_array_equal(np.sort(full.ravel()), np.arange(12))
 
 
@@ -301,13 +305,13 @@ def test_few_shot_probe_makes_as_many_updates_as_the_all_labels_probe(monkeypatc
   """1,000 examples in batches of 256 are 3 steps an epoch, 30 in 10 epochs; a 5-per-class
   subset (20 examples, 1 minibatch an epoch) gets 30 epochs, so it is fitted as fully."""
   calls = []
-  real = linear_eval.train_linear_classifier
+  real = linear_probe.train_linear_classifier
 
   def recording(features, labels, num_classes, epochs, *args, **kwargs):
     calls.append((len(labels), epochs))
     return real(features, labels, num_classes, epochs, *args, **kwargs)
 
-  monkeypatch.setattr(linear_eval, "train_linear_classifier", recording)
+  monkeypatch.setattr(linear_probe, "train_linear_classifier", recording)
   rng = np.random.default_rng(0)
   labels = np.repeat(np.arange(4, dtype=np.int32), 250)
   features = rng.normal(size=(1000, 3)).astype(np.float32)
@@ -315,5 +319,5 @@ def test_few_shot_probe_makes_as_many_updates_as_the_all_labels_probe(monkeypatc
       batch_size=256, epochs=10, learning_rate=0.1, lr_scaling="none", momentum=0.9,
       nesterov=True, weight_decay=0.0, standardize_features=True, few_shot_per_class=5,
       few_shot_trials=2, few_shot_weight_decay=0.0, knn_k=5, knn_temperature=0.07))
-  linear_eval.probe(features, labels, features[:8], labels[:8], 4, le_config, seed=0)
+  linear_probe.probe(features, labels, features[:8], labels[:8], 4, le_config, seed=0)
   assert calls == [(1000, 10), (20, 30), (20, 30)]

@@ -11,10 +11,14 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from simclr_jax import methods, pretrain, pretrain_step, state as state_lib
+from simclr_jax import methods, sharding
 from simclr_jax.methods import base
+from simclr_jax.stages import pretrain
+from simclr_jax.training import pretrain_step
+from simclr_jax.training import state as state_lib
 from tests.conftest import MOCK_EXAMPLES
 from tests.helpers import tiny_method_config
 
@@ -53,7 +57,7 @@ def test_a_step_on_8_devices_equals_1_device(name):
   config.optimizer.warmup_epochs = 0.0
   config.model.zero_init_residual = False  # So that one step moves every parameter.
   views = np.random.default_rng(0).integers(0, 256, (1, 16, 2, 16, 16, 3), np.uint8)
-  initial, state_8, metrics_8 = _steps(config, state_lib.create_mesh(), views)
+  initial, state_8, metrics_8 = _steps(config, sharding.create_mesh(), views)
   mesh_1 = Mesh(np.array(jax.devices()[:1]), ("data",),
                 axis_types=(jax.sharding.AxisType.Auto,))
   _, state_1, metrics_1 = _steps(config, mesh_1, views)
@@ -81,10 +85,10 @@ def test_pretrain_checkpoint_and_the_encoder_for_evaluation(name, tmp_path):
   saved = json.loads((tmp_path / "pretrain_summary.json").read_text())
   assert saved["method"] == name
 
-  mesh = state_lib.create_mesh()
+  mesh = sharding.create_mesh()
   tx, _ = state_lib.create_optimizer(config, 2, 2)
   fresh = state_lib.init_train_state(config, tx, mesh, 101)
-  from simclr_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  from simclr_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
   with checkpoints.create_manager(checkpoints.checkpoint_dir(tmp_path)) as manager:
     step, items = checkpoints.restore(manager, fresh.checkpoint_items(), config,
                                       check_fields=pretrain.resume_fields(config))
@@ -123,7 +127,7 @@ def test_the_target_is_the_ema_of_the_updated_online_weights(name):
   config.optimizer.warmup_epochs = 0.0
   config[name].base_target_momentum = 0.9  # Far from 1, so the EMA visibly moves.
   views = np.random.default_rng(1).integers(0, 256, (2, 16, 2, 16, 16, 3), np.uint8)
-  mesh = state_lib.create_mesh()
+  mesh = sharding.create_mesh()
   tx, schedule = state_lib.create_optimizer(config, 10, 100)
   state = state_lib.init_train_state(config, tx, mesh)
   step = pretrain_step.compile_train_step(config, state_lib.model_graphdef(config), tx,
@@ -149,7 +153,7 @@ def test_the_target_is_the_ema_of_the_updated_online_weights(name):
 def test_the_loss_sends_no_gradient_to_the_target(name):
   config = tiny_method_config(name)
   method = methods.METHODS[name]
-  mesh = state_lib.create_mesh()
+  mesh = sharding.create_mesh()
   graphdef = state_lib.model_graphdef(config)
   model_item = state_lib.init_model(config, mesh)
   views = jax.random.uniform(jax.random.key(0), (16, 2, 16, 16, 3))
@@ -174,7 +178,7 @@ def _view_outputs(name, separately, *batches):
   config = tiny_method_config(name)
   config[name].forward_views_separately = separately
   method = methods.METHODS[name]
-  mesh = state_lib.create_mesh()
+  mesh = sharding.create_mesh()
   graphdef = state_lib.model_graphdef(config)
   item = state_lib.init_model(config, mesh)
 

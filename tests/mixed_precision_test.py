@@ -10,18 +10,22 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from configs import demo
-from simclr_jax import (encoding, linear_eval, pretrain, pretrain_step,
-                        state as state_lib)
+from simclr_jax import sharding
 from simclr_jax.data import input_pipeline
+from simclr_jax.evaluation import encoding, linear_probe
+from simclr_jax.stages import pretrain
+from simclr_jax.training import pretrain_step
+from simclr_jax.training import state as state_lib
 from tests.conftest import MOCK_EXAMPLES
 from tests.helpers import tiny_food101_config
 
 
 def _step_and_state(config):
-  mesh = state_lib.create_mesh()
+  mesh = sharding.create_mesh()
   tx, schedule = state_lib.create_optimizer(config, 10, 100)
   state = state_lib.init_train_state(config, tx, mesh)
   step = pretrain_step.compile_train_step(config, state_lib.model_graphdef(config), tx, schedule, mesh)
@@ -76,7 +80,7 @@ def test_linear_and_knn_results_under_bfloat16_agree_with_float32():
     config.model.width_multiplier = 0.0625
     config.linear_eval.epochs = 20
     config.linear_eval.few_shot_per_class = 0
-    mesh = state_lib.create_mesh()
+    mesh = sharding.create_mesh()
     source = input_pipeline.create_source(config)
     state = encoding.EncoderState(**state_lib.init_model(config, mesh, num_probe_classes=10))
     encode = encoding.make_encoder(state_lib.model_graphdef(config, 10), config.augment.normalize)
@@ -84,7 +88,7 @@ def test_linear_and_knn_results_under_bfloat16_agree_with_float32():
     test_x, test_y = encoding.split_features(config, encode, state, mesh, source, "test")
     assert train_x.dtype == np.float32
     features[dtype] = test_x
-    results[dtype] = linear_eval.probe(train_x, train_y, test_x, test_y, 10,
+    results[dtype] = linear_probe.probe(train_x, train_y, test_x, test_y, 10,
                                        config.linear_eval, config.seed)
   relative = (np.linalg.norm(features["bfloat16"] - features["float32"], axis=1)
               / np.linalg.norm(features["float32"], axis=1))
@@ -111,7 +115,7 @@ def test_bfloat16_tracks_the_float32_loss_on_the_demo_over_100_steps():
     config = demo.get_config()
     config.compute_dtype = dtype
     config.num_train_steps = 100
-    mesh = state_lib.create_mesh()
+    mesh = sharding.create_mesh()
     source = input_pipeline.create_source(config)
     steps_per_epoch, num_steps = state_lib.training_length(config, source.num_examples("train"))
     tx, schedule = state_lib.create_optimizer(config, steps_per_epoch, num_steps)

@@ -42,11 +42,15 @@ if PORT != "none":
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np
 from absl import logging
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from configs import demo
-from simclr_jax import checkpoints, linear_eval, runtime, pretrain, pretrain_step, state as state_lib
+from simclr_jax import runtime, sharding
 from simclr_jax.data import input_pipeline
+from simclr_jax.stages import linear_eval, pretrain
+from simclr_jax.training import checkpoints, pretrain_step
+from simclr_jax.training import state as state_lib
 
 # The fixed-batch steps: global batch, steps taken, steps the schedule spans, seed, and
 # learning rate (unscaled). At the demo's 0.075 * sqrt(32) = 0.42 these random images make
@@ -118,7 +122,7 @@ def fixed_batch_steps(out: str, pair_out: str | None = None) -> None:
   config.optimizer.warmup_epochs = 0.0
   config.optimizer.base_learning_rate = LEARNING_RATE
   config.optimizer.lr_scaling = "none"
-  mesh = state_lib.create_mesh()
+  mesh = sharding.create_mesh()
   # Steps per epoch of the 1,347 training digits (only used by warm-up, here none).
   tx, schedule = state_lib.create_optimizer(config, 1347 // GLOBAL_BATCH, SCHEDULE_STEPS)
   graphdef = state_lib.model_graphdef(config, NUM_CLASSES)
@@ -129,9 +133,9 @@ def fixed_batch_steps(out: str, pair_out: str | None = None) -> None:
     np.savez(os.path.join(out, f"state_{jax.process_index()}_{step}.npz"),
              **flat_arrays(state))
 
-  sharding = NamedSharding(mesh, P(state_lib.DATA_AXIS))
+  batch_sharding = NamedSharding(mesh, P(sharding.DATA_AXIS))
   ranges = [index[0].indices(GLOBAL_BATCH)[:2] for index in
-            sharding.addressable_devices_indices_map((GLOBAL_BATCH,)).values()]
+            batch_sharding.addressable_devices_indices_map((GLOBAL_BATCH,)).values()]
   lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
   assert hi - lo == GLOBAL_BATCH // jax.process_count(), ranges  # One contiguous block.
   metrics = []
@@ -142,7 +146,7 @@ def fixed_batch_steps(out: str, pair_out: str | None = None) -> None:
         state = load_state(state, os.path.join(pair_out, f"state_0_{step - 1}.npz"))
       local = {key: value[lo:hi] for key, value in batch.items()}
       state, step_metrics = step_fn(state, jax.tree.map(
-          lambda x: jax.make_array_from_process_local_data(sharding, x), local))
+          lambda x: jax.make_array_from_process_local_data(batch_sharding, x), local))
       metrics.append({k: float(v) for k, v in jax.device_get(step_metrics).items()})
       save(state, step)
   info = {"rows": [lo, hi], "step": int(jax.device_get(state.step)), "metrics": metrics,
@@ -168,7 +172,7 @@ def capture_saves(out: str) -> None:
 
 def restore_pair_checkpoint(workdir: str, out: str) -> None:
   config = tiny_config(PRETRAIN_STEPS)
-  mesh = state_lib.create_mesh()
+  mesh = sharding.create_mesh()
   num_probe_classes = state_lib.probe_classes(config, input_pipeline.create_source(config))
   with checkpoints.create_manager(checkpoints.checkpoint_dir(workdir),
                                   read_only=True) as manager:

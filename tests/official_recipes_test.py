@@ -6,7 +6,7 @@ import pathlib
 import pytest
 
 from configs import official_recipes
-from simclr_jax import state
+from simclr_jax.training import state
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,8 @@ from flax import nnx
 
 from configs import default as default_config
 from configs import food101_seed
-from simclr_jax import optim, state as state_lib
+from simclr_jax.training import optim
+from simclr_jax.training import state as state_lib
 
 
 def _tiny_model_config(head_batch_norm):

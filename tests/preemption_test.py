@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 
 from configs import demo
-from simclr_jax import checkpoints, state as state_lib
+from simclr_jax import sharding
+from simclr_jax.training import checkpoints
+from simclr_jax.training import state as state_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 120
@@ -72,7 +74,7 @@ def _run_and_signal(workdir, signum, after_step: int):
 
 def _final_params(workdir):
   config = _config()
-  mesh = state_lib.create_mesh()
+  mesh = sharding.create_mesh()
   target = state_lib.init_model(config, mesh, num_probe_classes=10)  # demo: online probe.
   with checkpoints.create_manager(checkpoints.checkpoint_dir(workdir), read_only=True) as m:
     step, items = checkpoints.restore(m, {"model": target}, config)
@@ -111,7 +113,7 @@ def test_stop_signal_saves_the_step_reached_and_resumes_exactly(uninterrupted, t
   assert saved[-1] == stopped_at and stopped_at % CHECKPOINT_EVERY != 0, saved
 
   resumed = _run(tmp_path)
-  assert f"Resuming from checkpoint step {stopped_at}" in resumed.stderr
+  assert f"Resuming pretraining from step {stopped_at}" in resumed.stderr
   step, params = _final_params(tmp_path)
   assert step == NUM_STEPS
   _assert_bitwise_equal(params, uninterrupted)
@@ -125,7 +127,7 @@ def test_killed_run_resumes_from_its_last_checkpoint_exactly(uninterrupted, tmp_
   assert saved and saved[-1] < NUM_STEPS and saved[-1] % CHECKPOINT_EVERY == 0, saved
 
   resumed = _run(tmp_path)
-  assert "Resuming from checkpoint step" in resumed.stderr
+  assert "Resuming pretraining from step" in resumed.stderr
   step, params = _final_params(tmp_path)
   assert step == NUM_STEPS
   _assert_bitwise_equal(params, uninterrupted)

@@ -8,9 +8,12 @@ import jax
 import numpy as np
 import pytest
 from flax import traverse_util
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from simclr_jax import pretrain_step, state as state_lib
+from simclr_jax import sharding
+from simclr_jax.training import pretrain_step
+from simclr_jax.training import state as state_lib
 from tests.helpers import tiny_food101_config
 
 EPS32 = float(np.finfo(np.float32).eps)
@@ -41,7 +44,7 @@ def _three_steps(separately: bool):
   rng = np.random.default_rng(0)
   views = rng.integers(0, 256, size=(3, 16, 2, 16, 16, 3), dtype=np.uint8)
   labels = rng.integers(0, 101, size=(3, 16), dtype=np.int32)
-  mesh = state_lib.create_mesh()
+  mesh = sharding.create_mesh()
   tx, schedule = state_lib.create_optimizer(config, 10, 100)
   state = state_lib.init_train_state(config, tx, mesh, 101)
   models = [_flat({"params": state.params, "batch_stats": state.batch_stats})]

@@ -11,8 +11,10 @@ import tensorflow as tf
 from etils import epath
 from jax.experimental import multihost_utils
 
-from simclr_jax import storage, summaries, visualize
-from tests.ram_fs import RamPath, ram_root  # pylint: disable=unused-import
+from simclr_jax import storage
+from simclr_jax.evaluation import visualize
+from simclr_jax.training import summaries
+from tests.ram_fs import RamPath  # pylint: disable=unused-import
 
 
 @pytest.fixture

@@ -8,15 +8,17 @@ import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from simclr_jax import (checkpoints, config_checks, faults, pretrain, pretrain_step,
-                        state as state_lib)
+from simclr_jax import config_checks, sharding
 from simclr_jax.backbones import resnet
 from simclr_jax.data import sources
 from simclr_jax.sharding import replicated
+from simclr_jax.stages import pretrain
+from simclr_jax.training import checkpoints, faults, pretrain_step
+from simclr_jax.training import state as state_lib
 from tests.conftest import MOCK_EXAMPLES
 from tests.helpers import count_params, tiny_food101_config
 
@@ -39,7 +41,7 @@ def test_pretrain_one_step_on_mock_food101(pretrained_workdir):
 def _restore(config, workdir):
   """(the latest checkpoint's TrainState, the freshly initialised one)."""
   tx, _ = state_lib.create_optimizer(config, 2, 3)
-  target = state_lib.init_train_state(config, tx, state_lib.create_mesh())
+  target = state_lib.init_train_state(config, tx, sharding.create_mesh())
   with checkpoints.create_manager(checkpoints.checkpoint_dir(workdir)) as manager:
     _, items = checkpoints.restore(manager, target.checkpoint_items(), config)
   return state_lib.TrainState.from_checkpoint_items(items), target
@@ -97,7 +99,7 @@ def test_train_step_on_8_devices_equals_1_device(separately):
   rng = np.random.default_rng(0)
   views = rng.integers(0, 256, size=(2, 16, 2, 16, 16, 3), dtype=np.uint8)
   tx, schedule = state_lib.create_optimizer(config, 10, 100)
-  mesh_8 = state_lib.create_mesh()
+  mesh_8 = sharding.create_mesh()
   mesh_1 = Mesh(np.array(jax.devices()[:1]), ("data",),
                 axis_types=(jax.sharding.AxisType.Auto,))
   steps = {mesh: pretrain_step.compile_train_step(config, state_lib.model_graphdef(config),
@@ -175,7 +177,7 @@ def test_a_faulty_step_leaves_the_state_as_it_was():
   config = tiny_food101_config()
   config.optimizer.update(name="sgd", base_learning_rate=1e30, lr_scaling="none",
                           warmup_epochs=0.0)
-  mesh = state_lib.create_mesh()
+  mesh = sharding.create_mesh()
   tx, schedule = state_lib.create_optimizer(config, 10, 100)
   state = state_lib.init_train_state(config, tx, mesh)
   step = pretrain_step.compile_train_step(config, state_lib.model_graphdef(config), tx, schedule, mesh)
@@ -200,7 +202,7 @@ def test_online_probe_learns_from_labels_but_the_encoder_does_not():
   rng = np.random.default_rng(0)
   batch = {"views": rng.integers(0, 256, size=(16, 2, 16, 16, 3), dtype=np.uint8),
            "label": rng.integers(0, 101, 16).astype(np.int32)}
-  mesh = state_lib.create_mesh()
+  mesh = sharding.create_mesh()
 
   def one_step(num_probe_classes):
     tx, schedule = state_lib.create_optimizer(config, 10, 100)
@@ -228,7 +230,7 @@ def test_the_step_compiles_once_per_run_across_saves_and_a_resume(tmp_path, monk
   """A Python side effect runs once per trace: one trace of the step over 4 steps with a
   checkpoint every 2, and one in the run that resumes from them (the restored state has the
   shardings the step was compiled for)."""
-  from simclr_jax import pretrain_step  # pylint: disable=g-import-not-at-top
+  from simclr_jax.training import pretrain_step  # pylint: disable=g-import-not-at-top
   traces = []
   original = pretrain_step.train_step
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from simclr_jax import visualize
+from simclr_jax.evaluation import visualize
 
 
 def test_view_pairs_grid_lays_out_pairs_in_unit_range():

@@ -28,7 +28,9 @@ import functools
 from typing import Sequence
 
 import tensorflow as tf
-from tensorflow.compiler.tf2xla.python import xla as tfxla  # XLA's optimisation barrier.
+from tensorflow.compiler.tf2xla.python import (
+  xla as tfxla,  # XLA's optimisation barrier.
+)
 
 from simclr_jax import config_checks
 

@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from simclr_jax import backbones, config_checks, heads, precision
+from simclr_jax import backbones, config_checks, precision
+from simclr_jax.methods import heads
 
 LossFn = Callable[..., tuple[jax.Array, jax.Array, dict[str, jax.Array]]]
 

@@ -12,9 +12,9 @@ import jax
 from flax import nnx
 from jax.sharding import Mesh
 
-from simclr_jax import backbones, config_checks, heads, losses, precision
+from simclr_jax import backbones, config_checks, losses, precision
+from simclr_jax.methods import base, heads
 from simclr_jax.sharding import DATA_AXIS
-from simclr_jax.methods import base
 
 
 def build(config, rngs: nnx.Rngs, num_probe_classes: int = 0) -> base.Model:

@@ -3,15 +3,22 @@
 The `<tag>/step1/...` keys (the model after the first step) were added on 2026-12-02 by
 this script, run at 7ea9cb0 on another machine than the rest; the other keys are the
 original run's."""
-import os, sys
+import os
+import sys
+
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 sys.path.insert(0, "/work/main")
-import jax, numpy as np
+import jax
+import numpy as np
+
 jax.config.update("jax_platforms", "cpu")
 from flax import traverse_util
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from simclr_jax import train_state
+from simclr_jax.training import pretrain_step
 from tests.helpers import tiny_food101_config
-from simclr_jax import train_state, pretrain_step
 
 out = {}
 for separately in (False, True):

@@ -27,13 +27,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
-from clu import metric_writers, periodic_actions
+from clu import metric_writers
 from flax import nnx
 
-from simclr_jax import (checkpoints, config_checks, faults, methods, optim, precision,
-                        preemption, state, storage, summaries)
+from simclr_jax import config_checks, methods, precision, sharding, storage
 from simclr_jax.data import input_pipeline, subsets
 from simclr_jax.sharding import batch_sharded, replicated
+from simclr_jax.training import checkpoints, faults, loop, optim, state, summaries
 
 DATA_FIELDS = ("dataset", "data_dir", "train_split", "eval_split")
 DIVERGED_ADVICE = "Lower config.finetune.optimizer.base_learning_rate, and check the labels."
@@ -229,7 +229,7 @@ def finetune(config, workdir: str) -> dict[str, Any]:
   data = data_config(config)
   state.check_model_config(data)  # The backbone at the fine-tuning image size.
   input_pipeline.configure_tensorflow()
-  mesh = state.create_mesh()
+  mesh = sharding.create_mesh()
   full_source = input_pipeline.create_source(data)
   source = subsets.labelled_subset(full_source, data.train_split,
                                    config.finetune.label_fraction, config.seed)
@@ -302,17 +302,25 @@ def _finetune_from(config, data, source, model_item, mesh, writer, prefix: str,
       batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]),
       history=jnp.full((block.epochs, 2), jnp.nan, jnp.float32)), replicated(mesh))
   update, evaluate_batch = compile_steps(config, graphdef, tx, schedule, num_classes, mesh)
+  cadence = loop.Cadence(num_steps, block.log_every_steps, block.checkpoint_every_steps,
+                         epoch_steps=steps_per_epoch)
+  end_of_epoch = functools.partial(_evaluate_epoch, evaluate_batch=evaluate_batch, data=data,
+                                   source=source, mesh=mesh, writer=writer, prefix=prefix,
+                                   cadence=cadence, epochs=block.epochs)
   with checkpoints.create_manager(directory, max_to_keep=2) as manager:
-    restored = checkpoints.restore(manager, {"finetune": train_state}, config,
-                                   check_fields=resume_fields(config), move_damaged=True)
-    if restored is not None:
-      train_state = restored[1]["finetune"]
-      logging.info("Resuming %sfine-tuning at step %d of %d (%s).", prefix, restored[0],
-                   num_steps, directory)
-    loop = _Loop(config, data, source, mesh, writer, prefix, manager, update, evaluate_batch,
-                 steps_per_epoch, num_steps)
-    train_state = loop.run(train_state)
-  return _run_results(np.asarray(jax.device_get(train_state.history)), steps_per_epoch,
+    ckpt = loop.Checkpointing.single(manager, config, "finetune", resume_fields(config))
+    train_state = loop.resume(ckpt, train_state, f"{prefix}fine-tuning")
+    start = int(train_state.step)
+    batches = input_pipeline.global_batches(
+        input_pipeline.crop_flip_dataset(data, source, block.batch_size, start,
+                                         stream=2).as_numpy_iterator(),
+        batch_sharded(mesh))
+    result = loop.run(update, train_state, batches, start_step=start, cadence=cadence,
+                      ckpt=ckpt, writer=writer, diverged_advice=DIVERGED_ADVICE,
+                      examples_per_step=block.batch_size, metric_prefix=prefix,
+                      end_of_epoch=end_of_epoch)
+    result.raise_if_stopped(f"{prefix}fine-tuning")
+  return _run_results(np.asarray(jax.device_get(result.state.history)), steps_per_epoch,
                       num_steps)
 
 
@@ -328,73 +336,21 @@ def _run_results(history: np.ndarray, steps_per_epoch: int, num_steps: int) -> d
           "steps_per_epoch": steps_per_epoch, "num_steps": num_steps}
 
 
-class _Loop:
-  """The steps of one fine-tuning run, with logging, per-epoch evaluation, checkpoints and
-  the stop-signal check."""
-
-  def __init__(self, config, data, source, mesh, writer, prefix, manager, update,
-               evaluate_batch, steps_per_epoch: int, num_steps: int):
-    self.config, self.data, self.source, self.mesh = config, data, source, mesh
-    self.writer, self.prefix, self.manager = writer, prefix, manager
-    self.update, self.evaluate_batch = update, evaluate_batch
-    self.steps_per_epoch, self.num_steps = steps_per_epoch, num_steps
-
-  def run(self, train_state: FinetuneState) -> FinetuneState:
-    block = self.config.finetune
-    start = int(train_state.step)
-    # A run stopped between an epoch's last step and its evaluation evaluates first.
-    train_state = self._evaluate_if_due(train_state, start)
-    if start >= self.num_steps:
-      return train_state
-    batches = input_pipeline.global_batches(
-        input_pipeline.crop_flip_dataset(self.data, self.source, block.batch_size, start,
-                                         stream=2).as_numpy_iterator(),
-        batch_sharded(self.mesh))
-    report = periodic_actions.ReportProgress(num_train_steps=self.num_steps,
-                                             writer=self.writer)
-    pending = []
-    for step, batch in zip(range(start + 1, self.num_steps + 1), batches):
-      train_state, metrics = self.update(train_state, batch)
-      pending.append(metrics)
-      report(step)
-      stop = preemption.reached()
-      epoch_end = step % self.steps_per_epoch == 0
-      if stop or epoch_end or step % block.log_every_steps == 0:
-        self._log(jax.device_get(pending), step)
-        pending = []
-      if epoch_end:
-        train_state = self._evaluate_if_due(train_state, step)
-      if stop or epoch_end or step % block.checkpoint_every_steps == 0:
-        checkpoints.save(self.manager, step, {"finetune": train_state}, self.config)
-      if stop:
-        self.manager.wait_until_finished()
-        raise preemption.Preempted(f"{self.prefix}fine-tuning", step,
-                                   str(storage.path(self.manager.directory) / str(step)))
-    self.manager.wait_until_finished()
+def _evaluate_epoch(train_state: FinetuneState, step: int, *, evaluate_batch, data, source,
+                    mesh, writer, prefix: str, cadence, epochs: int) -> FinetuneState:
+  """The loop's `end_of_epoch`: top-1/top-5 on the evaluation split, recorded in the state's
+  history and written; an epoch that has its result already (a resumed run) is skipped."""
+  epoch = step // cadence.epoch_steps
+  history = np.array(jax.device_get(train_state.history))
+  if not np.isnan(history[epoch - 1, 0]):
     return train_state
-
-  def _log(self, fetched, step: int) -> None:
-    faults.raise_on_fault(fetched, step, self.manager, DIVERGED_ADVICE)
-    means = {f"{self.prefix}{key}": float(np.mean([m[key] for m in fetched]))
-             for key in ("loss", "train_accuracy", "grad_norm")}
-    means[f"{self.prefix}learning_rate"] = float(fetched[-1]["learning_rate"])
-    self.writer.write_scalars(step, means)
-
-  def _evaluate_if_due(self, train_state: FinetuneState, step: int) -> FinetuneState:
-    """Evaluates at an epoch's end that has no result yet; records it in the history."""
-    epoch = step // self.steps_per_epoch
-    history = np.array(jax.device_get(train_state.history))
-    if step == 0 or step % self.steps_per_epoch or not np.isnan(history[epoch - 1, 0]):
-      return train_state
-    top1, top5, count = evaluate_split(self.evaluate_batch, train_state, self.data,
-                                       self.source, self.mesh)
-    history[epoch - 1] = (top1, top5)
-    logging.info("%sfine-tuning epoch %d/%d: top-1 %.4f, top-5 %.4f on %d examples of '%s'.",
-                 self.prefix, epoch, self.config.finetune.epochs, top1, top5, count,
-                 self.data.eval_split)
-    self.writer.write_scalars(step, {f"{self.prefix}top1": top1, f"{self.prefix}top5": top5,
-                                     f"{self.prefix}epoch": epoch})
-    return train_state.replace(history=jax.device_put(history, replicated(self.mesh)))
+  top1, top5, count = evaluate_split(evaluate_batch, train_state, data, source, mesh)
+  history[epoch - 1] = (top1, top5)
+  logging.info("%sfine-tuning epoch %d/%d: top-1 %.4f, top-5 %.4f on %d examples of '%s'.",
+               prefix, epoch, epochs, top1, top5, count, data.eval_split)
+  writer.write_scalars(step, {f"{prefix}top1": top1, f"{prefix}top5": top5,
+                              f"{prefix}epoch": epoch})
+  return train_state.replace(history=jax.device_put(history, replicated(mesh)))
 
 
 def results_table(results: dict[str, Any]) -> str:

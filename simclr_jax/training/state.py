@@ -18,12 +18,10 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from simclr_jax import backbones, checkpoints, config_checks, methods, optim, precision
+from simclr_jax import backbones, config_checks, methods, precision
 from simclr_jax.methods import base
-from simclr_jax.sharding import DATA_AXIS, create_mesh, replicated  # pylint: disable=unused-import
-
-
-NoCheckpointError = checkpoints.NoCheckpointError  # What the stages and runtime catch.
+from simclr_jax.sharding import replicated  # pylint: disable=unused-import
+from simclr_jax.training import checkpoints, optim
 
 
 @flax.struct.dataclass

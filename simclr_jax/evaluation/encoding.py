@@ -13,9 +13,10 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from simclr_jax import encoder as encoder_lib, preemption
+from simclr_jax import encoder as encoder_lib
 from simclr_jax.data import input_pipeline
 from simclr_jax.sharding import batch_sharded, replicated
+from simclr_jax.training import preemption
 
 
 @flax.struct.dataclass

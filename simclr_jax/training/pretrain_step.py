@@ -16,10 +16,11 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from simclr_jax import methods, precision
-from simclr_jax.faults import apply_unless_faulty, fault_code, guarded_update
 from simclr_jax.methods import base
 from simclr_jax.sharding import batch_sharded, replicated
-from simclr_jax.state import TrainState
+from simclr_jax.training.faults import apply_unless_faulty, fault_code, guarded_update
+from simclr_jax.training.state import TrainState
+
 
 def _target_model(graphdef: nnx.GraphDef, state: TrainState, params, modules) -> nnx.Module:
   """The model with the target network's weights in `modules`: what the method's loss

@@ -1,29 +1,34 @@
-"""Pretraining, the stage, for any method: data, checkpoints, logging and the loop around
-the jit-compiled update of `pretrain_step`."""
+"""Pretraining, the stage, for any method: the data, the state and the jit-compiled update
+of `training.pretrain_step`, run by the host loop (`training.loop`)."""
 
 from __future__ import annotations
 
 import itertools
-import time
 from typing import Any
 
 import jax
-import numpy as np
 from absl import logging
-from clu import metric_writers, parameter_overview, periodic_actions
+from clu import metric_writers, parameter_overview
 from jax.sharding import Mesh
 
-from simclr_jax import (checkpoints, config_checks, faults, optim, preemption, summaries,
-                        visualize)
+from simclr_jax import config_checks
 from simclr_jax.data import augmentations, input_pipeline
-# The step and the state live in TensorFlow-free modules.
-from simclr_jax.pretrain_step import compile_train_step
+from simclr_jax.evaluation import visualize
 from simclr_jax.sharding import batch_sharded, create_mesh
-from simclr_jax.state import (TrainState, check_model_config, create_optimizer,
-                              init_train_state, model_fields, model_graphdef, probe_classes,
-                              training_length)
+from simclr_jax.training import checkpoints, loop, optim, summaries
 
-
+# The step and the state live in TensorFlow-free modules.
+from simclr_jax.training.pretrain_step import compile_train_step
+from simclr_jax.training.state import (
+  TrainState,
+  check_model_config,
+  create_optimizer,
+  init_train_state,
+  model_fields,
+  model_graphdef,
+  probe_classes,
+  training_length,
+)
 
 DIVERGED_ADVICE = ("Lower config.optimizer.base_learning_rate (or raise the method's "
                    "temperature), and check the input data.")
@@ -71,7 +76,9 @@ def pretrain(config, workdir: str) -> dict[str, Any]:
   # also when the run ends with an error.
   with checkpoints.create_manager(checkpoints.checkpoint_dir(workdir),
                                   config.max_checkpoints_to_keep) as manager:
-    state = resume(manager, state, config)
+    ckpt = loop.Checkpointing(manager, config, TrainState.checkpoint_items,
+                              TrainState.from_checkpoint_items, resume_fields(config))
+    state = loop.resume(ckpt, state, "pretraining")
     start_step = int(state.step)
     counts = param_counts(state.params)
     if start_step >= num_train_steps:
@@ -85,8 +92,6 @@ def pretrain(config, workdir: str) -> dict[str, Any]:
     if start_step == 0:
       parameter_overview.log_parameter_overview(state.params)
       writer.write_hparams(_flat_hparams(config))
-    else:
-      logging.info("Resuming from checkpoint step %d.", start_step)
     logging.info("Pretraining %s on %d %s examples, %d steps (%d per epoch), global batch %d "
                  "over %d devices; parameters: %s.", config.method, num_train_examples,
                  config.train_split, num_train_steps, steps_per_epoch, config.batch_size,
@@ -94,28 +99,21 @@ def pretrain(config, workdir: str) -> dict[str, Any]:
 
     step_fn = compile_train_step(config, graphdef, tx, schedule, mesh, num_train_steps)
     batches = _device_batches(config, source, mesh, start_step, writer)
+    cadence = loop.Cadence(num_train_steps, config.log_every_steps,
+                           config.checkpoint_every_steps)
     with jax.set_mesh(mesh):
-      step, last, stopped = _train_loop(config, state, step_fn, batches, manager, writer,
-                                        start_step, num_train_steps)
+      result = loop.run(step_fn, state, batches, start_step=start_step, cadence=cadence,
+                        ckpt=ckpt, writer=writer, diverged_advice=DIVERGED_ADVICE,
+                        examples_per_step=2 * config.batch_size, rate_name="views_per_second")
 
-    summary = {"method": config.method, "step": step, "num_train_steps": num_train_steps,
+    summary = {"method": config.method, "step": result.step, "num_train_steps": num_train_steps,
                "resumed_from_step": start_step, **counts,
-               **last,  # The last logged means: loss, the method's metrics, views/s.
-               "stopped_by_signal": stopped,
+               **result.metrics,  # The last logged means: loss, the method's metrics, views/s.
+               "stopped_by_signal": result.stopped,
                "devices": jax.device_count(), "processes": jax.process_count()}
     summaries.write_json(workdir, "pretrain_summary.json", summary)
-    if stopped:
-      raise preemption.Preempted("Pretraining", step,
-                                 str(checkpoints.checkpoint_dir(workdir) / str(step)))
+    result.raise_if_stopped("Pretraining")
     return summary
-
-
-def resume(manager, state: TrainState, config) -> TrainState:
-  """The newest readable checkpoint's state (damaged newer ones moved aside), or `state`
-  when there is none."""
-  restored = checkpoints.restore(manager, state.checkpoint_items(), config,
-                                 check_fields=resume_fields(config), move_damaged=True)
-  return state if restored is None else TrainState.from_checkpoint_items(restored[1])
 
 
 def _device_batches(config, source, mesh: Mesh, start_step: int, writer):
@@ -128,75 +126,6 @@ def _device_batches(config, source, mesh: Mesh, start_step: int, writer):
         first["views"])[None]})
   return input_pipeline.global_batches(itertools.chain([first], host_batches),
                                        batch_sharded(mesh))
-
-
-def _train_loop(config, state: TrainState, step_fn, batches, manager, writer, start_step: int,
-                num_train_steps: int) -> tuple[int, dict[str, float], bool]:
-  """Steps start_step + 1 .. num_train_steps; logs and checkpoints.
-
-  A stop signal ends the loop after the step in flight, which is checkpointed. Each
-  step's fault flag is read with the metrics (at log and checkpoint steps, the only host
-  syncs), so a checkpoint is only written after every step before it was found finite.
-
-  Returns:
-    (last step, its logged metrics, whether a stop signal ended the loop).
-  """
-  report = periodic_actions.ReportProgress(num_train_steps=num_train_steps, writer=writer)
-  meter = _ThroughputMeter(2 * config.batch_size)
-  pending, last, step, stop = [], {}, start_step, False
-  for step in range(start_step + 1, num_train_steps + 1):
-    with jax.profiler.StepTraceAnnotation("train", step_num=step):
-      state, metrics = step_fn(state, next(batches))
-    pending.append(metrics)
-    report(step)
-    if step == start_step + 1:
-      jax.block_until_ready(metrics)  # Start timing after compilation.
-      meter.restart(step)
-    stop = preemption.reached()
-    final = stop or step == num_train_steps
-    if final or step % config.log_every_steps == 0 or step % config.checkpoint_every_steps == 0:
-      fetched = jax.device_get(pending)
-      pending = []
-      faults.raise_on_fault(fetched, step, manager, DIVERGED_ADVICE)
-      last = _mean_metrics(fetched)
-      rate = meter.rate(step)
-      if rate is not None:  # Undefined before the second step.
-        last["views_per_second"] = rate
-      writer.write_scalars(step, last)
-    if final or step % config.checkpoint_every_steps == 0:
-      checkpoints.save(manager, step, state.checkpoint_items(), config)
-    if stop:
-      logging.warning("Stopping after step %d (%s); waiting for its checkpoint to commit.",
-                      step, preemption.signal_name())
-      break
-  manager.wait_until_finished()
-  writer.flush()
-  return step, last, stop
-
-
-def _mean_metrics(fetched: list[dict[str, np.ndarray]]) -> dict[str, float]:
-  """Averages the metrics of the steps since the last log."""
-  mean = {key: float(np.mean([m[key] for m in fetched])) for key in fetched[0]
-          if key != "fault"}
-  mean["learning_rate"] = float(fetched[-1]["learning_rate"])
-  return mean
-
-
-class _ThroughputMeter:
-  """Views per second between logs, excluding the compilation step."""
-
-  def __init__(self, views_per_step: int):
-    self.views_per_step = views_per_step
-    self.start_step, self.start_time = 0, time.perf_counter()
-
-  def restart(self, step: int) -> None:
-    self.start_step, self.start_time = step, time.perf_counter()
-
-  def rate(self, step: int) -> float | None:
-    steps = step - self.start_step
-    if steps <= 0:
-      return None
-    return steps * self.views_per_step / (time.perf_counter() - self.start_time)
 
 
 def _flat_hparams(config) -> dict[str, Any]:

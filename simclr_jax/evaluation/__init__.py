@@ -1,0 +1,1 @@
+"""Frozen-encoder evaluation: exact feature passes, the linear probe, kNN and the t-SNE map."""
