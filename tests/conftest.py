@@ -30,6 +30,10 @@ from tests import helpers  # pylint: disable=g-import-not-at-top,wrong-import-po
 
 input_pipeline.configure_tensorflow()  # As every entry point does, before TensorFlow runs.
 
+# Fixtures of their own modules, registered here rather than imported where used (a linter
+# would take such an import for an unused one): ram_root, fake_gcs.
+pytest_plugins = ("tests.ram_fs", "tests.fake_gcs")
+
 MOCK_EXAMPLES = 21  # Divides neither the batch (16) nor the 8 devices.
 
 

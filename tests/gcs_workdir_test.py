@@ -20,7 +20,7 @@ from ml_collections import config_dict
 from simclr_jax import storage
 from simclr_jax.training import checkpoints
 
-# The fixture; tests take it by name. pylint: disable=unused-import,redefined-outer-name
+# pylint: disable=redefined-outer-name  (fake_gcs, a fixture of tests/fake_gcs.py: conftest.py)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
