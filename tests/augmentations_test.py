@@ -19,8 +19,14 @@ import scipy.stats
 import tensorflow as tf
 
 from configs import augment_presets, cifar10, default, demo, food101, food101_seed
-from simclr_jax.data import augmentations as aug_lib
 from simclr_jax.data import input_pipeline
+from simclr_jax.data.augmentations import (
+  cropping,
+  photometric,
+  randomness,
+  recipes,
+  settings,
+)
 from tests.helpers import ArraySource
 
 GRAY = np.array([0.299, 0.587, 0.114])
@@ -77,7 +83,7 @@ def _torchvision_crop_sizes(rng, n, height, width, scale, ratio, attempts=10):
 
 def _tf_windows(n, height, width, area_range, ratio_range, salt=0):
   return _over_seeds(
-      lambda s: tf.stack(aug_lib.random_resized_crop_window(
+      lambda s: tf.stack(cropping.random_resized_crop_window(
           s, height, width, area_range, ratio_range)),
       n, tf.TensorSpec([4], tf.int32), salt)
 
@@ -134,8 +140,8 @@ def test_random_resized_crop_window_falls_back_to_the_centre_crop():
 def test_random_resized_crop_is_crop_then_antialiased_resize():
   image = (_rng_image((60, 80, 3)) * 255).astype(np.uint8)
   seed = tf.constant([3, 4], tf.int64)
-  out = aug_lib.random_resized_crop(image, seed, 24, (0.08, 1.0), (3 / 4, 4 / 3))
-  top, left, h, w = [int(v) for v in aug_lib.random_resized_crop_window(
+  out = cropping.random_resized_crop(image, seed, 24, (0.08, 1.0), (3 / 4, 4 / 3))
+  top, left, h, w = [int(v) for v in cropping.random_resized_crop_window(
       seed, 60, 80, (0.08, 1.0), (3 / 4, 4 / 3))]
   crop = image[top:top + h, left:left + w].astype(np.float32)
   expected = tf.image.resize(crop, (24, 24), method="bilinear", antialias=True)
@@ -147,7 +153,7 @@ def test_antialiased_resize_one_axis_at_a_time_is_the_joint_resize_bit_for_bit()
   """The per-axis ScaleAndTranslate (the fast form) gives the joint op's result exactly."""
   image = (_rng_image((40, 30, 3), seed=6) * 255).astype(np.uint8)
   joint = tf.function(lambda x, size: tf.image.resize(x, size, "bilinear", antialias=True))
-  per_axis = tf.function(lambda x, size: aug_lib._antialiased_resize(x, size[0], size[1]))
+  per_axis = tf.function(lambda x, size: cropping._antialiased_resize(x, size[0], size[1]))
   # Shrinking both axes, enlarging both, one of each, and a float input.
   for source in (image, image.astype(np.float32) / 7):
     for size in ((24, 24), (50, 61), (20, 45), (45, 20), (40, 30)):
@@ -162,38 +168,38 @@ def test_antialiased_resize_of_an_enlarged_image_is_plain_bilinear():
   image = (_rng_image((20, 30, 3), seed=6) * 255).astype(np.uint8)
   for size in (30, 41):  # Enlarged along both axes (or kept): the shortcut.
     np.testing.assert_allclose(
-        aug_lib.resize(image, size, size),
+        cropping.resize(image, size, size),
         tf.image.resize(image, (size, size), method="bilinear", antialias=True), atol=1e-2)
   # Shrinking along one axis only (30 -> 25) still takes the antialiased kernel.
   np.testing.assert_array_equal(
-      aug_lib.resize(image, 25, 25),
+      cropping.resize(image, 25, 25),
       tf.image.resize(image, (25, 25), method="bilinear", antialias=True))
-  assert np.abs(aug_lib.resize(image, 25, 25).numpy()
+  assert np.abs(cropping.resize(image, 25, 25).numpy()
                 - tf.image.resize(image, (25, 25), method="bilinear").numpy()).max() > 1
 
 
 def test_random_resized_crops_share_one_decode_and_match_their_own_seeds():
   """The views of an image come from one decode; each is still the crop of its own seed."""
   image = (_rng_image((60, 80, 3), seed=5) * 255).astype(np.uint8)
-  seeds = aug_lib.split_seed(tf.constant([9, 1], tf.int64), 3)
-  crops = aug_lib.random_resized_crops(image, seeds, 20, (0.08, 1.0), (3 / 4, 4 / 3))
+  seeds = randomness.split_seed(tf.constant([9, 1], tf.int64), 3)
+  crops = cropping.random_resized_crops(image, seeds, 20, (0.08, 1.0), (3 / 4, 4 / 3))
   assert len(crops) == 3
   for crop, seed in zip(crops, seeds):
     np.testing.assert_array_equal(
-        crop, aug_lib.random_resized_crop(image, seed, 20, (0.08, 1.0), (3 / 4, 4 / 3)))
+        crop, cropping.random_resized_crop(image, seed, 20, (0.08, 1.0), (3 / 4, 4 / 3)))
   assert np.abs(crops[0].numpy() - crops[1].numpy()).mean() > 5  # Different windows.
 
 
 def test_bounding_window_holds_every_window_and_no_more():
   windows = tf.constant([[10, 20, 30, 40], [5, 50, 10, 5], [12, 22, 3, 3]], tf.int32)
-  np.testing.assert_array_equal(aug_lib.bounding_window(windows), [5, 20, 35, 40])
+  np.testing.assert_array_equal(cropping.bounding_window(windows), [5, 20, 35, 40])
   # Windows relative to the decoded region (decode_for_crops) stay inside it.
   image = np.zeros((60, 80, 3), np.uint8)
   for salt in range(20):
-    seeds = aug_lib.split_seed(tf.constant([salt, 2], tf.int64), 2)
-    region, relative = aug_lib.decode_for_crops(tf.io.encode_jpeg(image), seeds,
+    seeds = randomness.split_seed(tf.constant([salt, 2], tf.int64), 2)
+    region, relative = cropping.decode_for_crops(tf.io.encode_jpeg(image), seeds,
                                                 (0.08, 1.0), (3 / 4, 4 / 3))
-    absolute = aug_lib.crop_windows(seeds, 60, 80, (0.08, 1.0), (3 / 4, 4 / 3)).numpy()
+    absolute = cropping.crop_windows(seeds, 60, 80, (0.08, 1.0), (3 / 4, 4 / 3)).numpy()
     relative = relative.numpy()
     height, width = region.shape[:2]
     assert (relative[:, :2] >= 0).all()
@@ -211,8 +217,8 @@ def test_resize_without_antialiasing_is_plain_bilinear():
   stripes[:, ::2] = 255  # One-pixel stripes: averaging them gives mid-grey.
   seed = tf.constant([5, 6], tf.int64)
   area = (1.0, 1.0)  # The whole image (ratio 1): a pure resize 48 -> 16, by 3.
-  plain = aug_lib.random_resized_crop(stripes, seed, 16, area, (1.0, 1.0), antialias=False)
-  smooth = aug_lib.random_resized_crop(stripes, seed, 16, area, (1.0, 1.0))
+  plain = cropping.random_resized_crop(stripes, seed, 16, area, (1.0, 1.0), antialias=False)
+  smooth = cropping.random_resized_crop(stripes, seed, 16, area, (1.0, 1.0))
   expected = tf.image.resize(stripes.astype(np.float32), (16, 16), method="bilinear",
                              antialias=False)
   np.testing.assert_allclose(plain, expected, atol=1e-3)
@@ -232,13 +238,13 @@ DRAW_SPECS = {"flip": tf.TensorSpec([], tf.bool), "jitter": tf.TensorSpec([], tf
 
 
 def _view1(aug):
-  return aug_lib.view_settings(aug)[0]
+  return settings.view_settings(aug)[0]
 
 
 def _draws(n, aug, salt=0):
   """photometric_draws (view 1's settings) for n fixed seeds, as NumPy arrays keyed as
   DRAW_SPECS."""
-  return _over_seeds(lambda s: aug_lib.photometric_draws(aug_lib.split_seed(s, 6),
+  return _over_seeds(lambda s: recipes.photometric_draws(randomness.split_seed(s, 6),
                                                          _view1(aug)),
                      n, DRAW_SPECS, salt)
 
@@ -246,7 +252,7 @@ def _draws(n, aug, salt=0):
 def _pair_draws(n, aug, salt=0):
   """simclr_draws of both views for n fixed seed pairs (split as the pipeline splits an
   element's seed): [view 1's, view 2's] NumPy arrays keyed as DRAW_SPECS."""
-  return _over_seeds(lambda s: aug_lib.simclr_draws(aug_lib.split_seed(s, 2), aug), n,
+  return _over_seeds(lambda s: recipes.simclr_draws(randomness.split_seed(s, 2), aug), n,
                      [DRAW_SPECS, DRAW_SPECS], salt)
 
 
@@ -297,14 +303,14 @@ def test_solarize_matches_numpy_at_and_around_the_threshold():
                       _rng_image((3 * 4 * 5 - 5,), seed=12)]).astype(np.float32)
   x = x.reshape(3, 4, 5)  # Channels first, as the chain's.
   expected = np.where(x < 0.5, x, 1 - x)
-  out = aug_lib.solarize(x).numpy()
+  out = photometric.solarize(x).numpy()
   np.testing.assert_array_equal(out, expected)
   assert out.flat[1] == below and out.flat[2] == 0.5 and out.flat[3] == np.float32(1) - above
   assert out.flat[0] == 0 and out.flat[4] == 0
   # On uint8 values k / 255: k >= 128 becomes 255 - k (torchvision's RandomSolarize(128)).
   k = np.arange(256)
   levels = tf.constant((k / 255).astype(np.float32))
-  np.testing.assert_array_equal(aug_lib.to_uint8(aug_lib.solarize(levels)),
+  np.testing.assert_array_equal(photometric.to_uint8(photometric.solarize(levels)),
                                 np.where(k >= 128, 255 - k, k))
 
 
@@ -321,7 +327,7 @@ def _byol_aug(**overrides):
 def test_view_settings_are_the_shared_fields_unless_a_view_sets_them():
   for module in (default, food101, food101_seed, demo, cifar10):
     aug = module.get_config().augment
-    first, second = aug_lib.view_settings(aug)
+    first, second = settings.view_settings(aug)
     assert first == second, module.__name__
     s = aug.color_jitter_strength
     assert first.color_jitter == (0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)
@@ -333,24 +339,24 @@ def test_view_settings_are_the_shared_fields_unless_a_view_sets_them():
   aug.view2.blur_probability = 1
   aug.view2.color_jitter = (0.4, 0.4, 0.2, 0.1)
   aug.view1.color_jitter_strength = 0.25
-  first, second = aug_lib.view_settings(aug)
+  first, second = settings.view_settings(aug)
   assert first.blur_probability == 0.5 and second.blur_probability == 1.0
   assert first.color_jitter == (0.2, 0.2, 0.2, 0.05)  # The view's strength.
   assert second.color_jitter == (0.4, 0.4, 0.2, 0.1)  # The view's explicit jitter.
   aug.color_jitter = (0.1, 0.2, 0.3, 0.4)  # Shared explicit jitter: over the shared s,
   aug.view1.color_jitter_strength = None  # not over a view's own settings.
-  assert aug_lib.view_settings(aug)[0].color_jitter == (0.1, 0.2, 0.3, 0.4)
-  assert aug_lib.view_settings(aug)[1].color_jitter == (0.4, 0.4, 0.2, 0.1)
+  assert settings.view_settings(aug)[0].color_jitter == (0.1, 0.2, 0.3, 0.4)
+  assert settings.view_settings(aug)[1].color_jitter == (0.4, 0.4, 0.2, 0.1)
   # A config from before per-view settings: both views shared, no solarize.
   old = _seed_aug().to_dict()
   for name in ("view1", "view2", "solarize_probability", "color_jitter"):
     del old[name]
-  first, second = aug_lib.view_settings(ml_collections.ConfigDict(old))
-  assert first == second == aug_lib.view_settings(_seed_aug())[0]
+  first, second = settings.view_settings(ml_collections.ConfigDict(old))
+  assert first == second == settings.view_settings(_seed_aug())[0]
 
 
 def test_byol_preset_sets_the_asymmetric_recipe():
-  first, second = aug_lib.view_settings(_byol_aug())
+  first, second = settings.view_settings(_byol_aug())
   for view in (first, second):
     assert view.flip_probability == 0.5
     assert view.color_jitter == (0.4, 0.4, 0.2, 0.1)
@@ -358,7 +364,7 @@ def test_byol_preset_sets_the_asymmetric_recipe():
     assert view.blur_sigma_range == (0.1, 2.0)
   assert (first.blur_probability, second.blur_probability) == (1.0, 0.1)
   assert (first.solarize_probability, second.solarize_probability) == (0.0, 0.2)
-  aug_lib.check_augment_config(_byol_aug())
+  settings.check_augment_config(_byol_aug())
 
 
 def test_per_view_probabilities_are_drawn_at_each_views_rates():
@@ -387,7 +393,7 @@ def test_simclr_views_solarize_only_the_second_byol_view():
   image = np.full((40, 40, 3), 200, np.uint8)
   aug = _byol_aug(image_size=16, color_jitter_probability=0.0, grayscale_probability=0.0)
   n = 1000
-  views = _over_seeds(lambda s: aug_lib.simclr_views(image, aug_lib.split_seed(s, 2), aug),
+  views = _over_seeds(lambda s: recipes.simclr_views(image, randomness.split_seed(s, 2), aug),
                       n, tf.TensorSpec([2, 16, 16, 3], tf.uint8))
   solarized = (views == 55).all(axis=(2, 3, 4))
   assert (solarized | (views == 200).all(axis=(2, 3, 4))).all()
@@ -399,23 +405,23 @@ def test_explicit_color_jitter_equals_the_strengths_bit_for_bit():
   """color_jitter = (0.4, 0.4, 0.4, 0.1) is strength 0.5 (the seed's), shared or per view:
   the same draws and views, bit for bit."""
   image = (_rng_image((48, 64, 3), seed=13) * 255).astype(np.uint8)
-  seeds = aug_lib.split_seed(tf.constant([4, 5], tf.int64), 16)
+  seeds = randomness.split_seed(tf.constant([4, 5], tf.int64), 16)
   strength = _seed_aug(color_jitter_strength=0.5)
   explicit = _seed_aug(color_jitter_strength=1.0, color_jitter=(0.4, 0.4, 0.4, 0.1))
   per_view = _seed_aug(color_jitter_strength=1.0)
   per_view.view1.color_jitter = (0.4, 0.4, 0.4, 0.1)
   per_view.view2.color_jitter_strength = 0.5
-  reference = [aug_lib.simclr_views(image, pair, strength).numpy()
+  reference = [recipes.simclr_views(image, pair, strength).numpy()
                for pair in tf.split(seeds, 8)]
   for aug in (explicit, per_view):
-    assert aug_lib.view_settings(aug) == aug_lib.view_settings(strength)
+    assert settings.view_settings(aug) == settings.view_settings(strength)
     for pair, expected in zip(tf.split(seeds, 8), reference):
-      np.testing.assert_array_equal(aug_lib.simclr_views(image, pair, aug), expected)
+      np.testing.assert_array_equal(recipes.simclr_views(image, pair, aug), expected)
   jittered = [d["jitter"].numpy() for pair in tf.split(seeds, 8)
-              for d in aug_lib.simclr_draws(pair, strength)]
+              for d in recipes.simclr_draws(pair, strength)]
   assert any(jittered)  # The jitter ran.
   # The strength's jitter (s = 1: (0.8, 0.8, 0.8, 0.2)) is another.
-  assert aug_lib.view_settings(per_view)[0] != aug_lib.view_settings(_seed_aug(
+  assert settings.view_settings(per_view)[0] != settings.view_settings(_seed_aug(
       color_jitter_strength=1.0))[0]
 
 
@@ -438,29 +444,29 @@ def test_check_augment_config_rejects_bad_values_naming_the_field(field, value):
   aug = _byol_aug()
   _set_field(aug, field, value)
   with pytest.raises(ValueError, match=re.escape(f"augment.{field} must ")) as error:
-    aug_lib.check_augment_config(aug)
+    settings.check_augment_config(aug)
   assert "\n" not in str(error.value)
 
 
 def test_check_augment_config_accepts_the_configs_and_rejects_unknown_view_fields():
   for module in (default, food101, food101_seed, demo, cifar10):
-    aug_lib.check_augment_config(module.get_config().augment)
-  aug_lib.check_augment_config(_byol_aug())
+    settings.check_augment_config(module.get_config().augment)
+  settings.check_augment_config(_byol_aug())
   aug = _seed_aug()
   aug.view1.blur_prob = 0.5  # A typo would otherwise be ignored.
   with pytest.raises(ValueError, match=re.escape("augment.view1.blur_prob is not a per-view")):
-    aug_lib.check_augment_config(aug)
+    settings.check_augment_config(aug)
 
 
 def test_flip_left_right_reverses_the_width_axis():
   image = _rng_image((3, 4, 6))  # Channels first.
-  np.testing.assert_array_equal(aug_lib.flip_left_right(image), image[:, :, ::-1])
+  np.testing.assert_array_equal(photometric.flip_left_right(image), image[:, :, ::-1])
 
 
 def test_grayscale_puts_the_luma_in_every_channel():
   image = _rng_image((3, 4, 5), seed=1)  # Channels first.
   luma = np.tensordot(GRAY, image.astype(np.float64), axes=1)
-  np.testing.assert_allclose(aug_lib.grayscale(image), np.stack([luma] * 3), atol=1e-6)
+  np.testing.assert_allclose(photometric.grayscale(image), np.stack([luma] * 3), atol=1e-6)
 
 
 # ----------------------------------------------------------------------------------------
@@ -487,9 +493,9 @@ def test_adjust_brightness_contrast_saturation_match_numpy(factor):
   x = _rng_image((6, 7, 3), seed=2).astype(np.float64)
   gray = x @ GRAY
   expected = {
-      aug_lib.adjust_brightness: np.clip(factor * x, 0, 1),
-      aug_lib.adjust_contrast: np.clip(factor * x + (1 - factor) * gray.mean(), 0, 1),
-      aug_lib.adjust_saturation: np.clip(factor * x + (1 - factor) * gray[..., None], 0, 1),
+      photometric.adjust_brightness: np.clip(factor * x, 0, 1),
+      photometric.adjust_contrast: np.clip(factor * x + (1 - factor) * gray.mean(), 0, 1),
+      photometric.adjust_saturation: np.clip(factor * x + (1 - factor) * gray[..., None], 0, 1),
   }
   for op, ref in expected.items():
     np.testing.assert_allclose(_channels_last_op(op)(x.astype(np.float32), factor), ref,
@@ -499,7 +505,7 @@ def test_adjust_brightness_contrast_saturation_match_numpy(factor):
 
 
 def test_adjust_hue():
-  adjust_hue = _channels_last_op(aug_lib.adjust_hue)
+  adjust_hue = _channels_last_op(photometric.adjust_hue)
   x = _rng_image((6, 7, 3), seed=3)
   np.testing.assert_allclose(adjust_hue(x, 0.0), x, atol=1e-5)
   red = np.array([[[1.0, 0.0, 0.0]]], np.float32)
@@ -520,18 +526,18 @@ def test_adjust_hue_matches_colorsys(delta):
   for index in np.ndindex(x.shape[:2]):
     hue, saturation, value = colorsys.rgb_to_hsv(*x[index])
     expected[index] = colorsys.hsv_to_rgb((hue + delta) % 1.0, saturation, value)
-  np.testing.assert_allclose(_channels_last_op(aug_lib.adjust_hue)(x, delta), expected,
+  np.testing.assert_allclose(_channels_last_op(photometric.adjust_hue)(x, delta), expected,
                              atol=2e-6)
 
 
 def test_color_jitter_applies_the_four_ops_in_a_uniform_random_order():
   image = _rng_image((3, 5, 6), seed=4)  # Channels first.
-  ops = [aug_lib.adjust_brightness, aug_lib.adjust_contrast, aug_lib.adjust_saturation,
-         aug_lib.adjust_hue]
+  ops = [photometric.adjust_brightness, photometric.adjust_contrast, photometric.adjust_saturation,
+         photometric.adjust_hue]
   draws = _draws(40, _seed_aug())
   differs = []
   for factors, order in zip(draws["jitter_factors"], draws["jitter_order"]):
-    out = aug_lib.apply_color_jitter(image, factors, tf.constant(order)).numpy()
+    out = photometric.apply_color_jitter(image, factors, tf.constant(order)).numpy()
     # The four adjustments with the drawn factors, in the drawn order ...
     expected = image
     for index in order:
@@ -561,17 +567,17 @@ def test_color_jitter_applies_the_four_ops_in_a_uniform_random_order():
 
 
 def test_blur_kernel_size():
-  assert aug_lib.blur_kernel_size(256) == 25
-  assert aug_lib.blur_kernel_size(224) == 23
-  assert aug_lib.blur_kernel_size(32) == 3
-  assert aug_lib.blur_kernel_size(100) == 11
+  assert settings.blur_kernel_size(256) == 25
+  assert settings.blur_kernel_size(224) == 23
+  assert settings.blur_kernel_size(32) == 3
+  assert settings.blur_kernel_size(100) == 11
 
 
 @pytest.mark.parametrize("kernel_size,sigma", [(3, 0.1), (3, 1.0), (23, 2.0), (25, 0.7)])
 def test_gaussian_kernel_1d_matches_numpy(kernel_size, sigma):
   x = np.arange(kernel_size) - (kernel_size - 1) / 2
   pdf = np.exp(-x**2 / (2 * sigma**2))
-  np.testing.assert_allclose(aug_lib.gaussian_kernel_1d(kernel_size, sigma), pdf / pdf.sum(),
+  np.testing.assert_allclose(photometric.gaussian_kernel_1d(kernel_size, sigma), pdf / pdf.sum(),
                              atol=1e-6)
 
 
@@ -597,7 +603,7 @@ def test_gaussian_blur_matches_scipy(shape, kernel_size, sigma):
   k /= k.sum()
   expected = scipy.ndimage.correlate1d(image.astype(np.float64), k, axis=0, mode="mirror")
   expected = scipy.ndimage.correlate1d(expected, k, axis=1, mode="mirror")
-  out = _channels_last_op(aug_lib.gaussian_blur)(image, tf.constant(sigma), kernel_size)
+  out = _channels_last_op(photometric.gaussian_blur)(image, tf.constant(sigma), kernel_size)
   assert out.shape == shape
   np.testing.assert_allclose(out, expected, atol=1e-5)
 
@@ -606,11 +612,11 @@ def test_gaussian_blur_matches_scipy(shape, kernel_size, sigma):
 def test_truncated_blur_equals_the_full_kernel(kernel_size):
   """`gaussian_blur` drops the taps beyond 5 sigma; every pixel stays within 1e-5 of
   torchvision's full kernel, over the seed's sigma range, on a worst-case checkerboard."""
-  radii = aug_lib.blur_radii(kernel_size)
+  radii = photometric.blur_radii(kernel_size)
   assert radii[0] == 2 and radii[-1] == kernel_size // 2
   checkers = np.indices((40, 40)).sum(axis=0) % 2  # Neighbours differ by the full range.
   image = np.stack([checkers, 1 - checkers, _rng_image((40, 40), seed=2)]).astype(np.float32)
-  blur = tf.function(aug_lib.gaussian_blur, jit_compile=True)
+  blur = tf.function(photometric.gaussian_blur, jit_compile=True)
   used = set()
   for sigma in np.linspace(0.1, 2.0, 14):
     x = np.arange(kernel_size) - (kernel_size - 1) / 2
@@ -620,15 +626,16 @@ def test_truncated_blur_equals_the_full_kernel(kernel_size):
     expected = scipy.ndimage.correlate1d(expected, k, axis=2, mode="mirror")
     np.testing.assert_allclose(blur(image, tf.constant(sigma, tf.float32), kernel_size),
                                expected, atol=1e-5)
-    used.add(radii[int(aug_lib.blur_radius_index(tf.constant(sigma, tf.float32), kernel_size))])
+    used.add(radii[int(photometric.blur_radius_index(tf.constant(sigma, tf.float32), kernel_size))])
   assert min(used) == 2 and max(used) == 10  # Sigma 2 needs radius 10 of the full 11 or 12.
   # A sigma wider than the kernel allows gets the full kernel.
-  assert radii[int(aug_lib.blur_radius_index(tf.constant(3.0), kernel_size))] == kernel_size // 2
+  index = photometric.blur_radius_index(tf.constant(3.0), kernel_size)
+  assert radii[int(index)] == kernel_size // 2
 
 
 def test_gaussian_blur_of_a_constant_is_the_constant():
   image = np.full((3, 16, 16), 0.37, np.float32)
-  np.testing.assert_allclose(aug_lib.gaussian_blur(image, 1.7, 9), image, atol=1e-6)
+  np.testing.assert_allclose(photometric.gaussian_blur(image, 1.7, 9), image, atol=1e-6)
 
 
 def test_blur_sigma_is_uniform_in_its_range():
@@ -644,26 +651,26 @@ def test_materialize_leaves_the_compiled_photometric_ops_bit_identical(monkeypat
   """The optimisation barriers in adjust_hue and the blur change only what XLA fuses: the
   compiled views are equal, bit for bit, to those compiled without them."""
   aug = _seed_aug(image_size=size)
-  view_fn = aug_lib._photometric_view.python_function  # pylint: disable=protected-access
-  seeds = [aug_lib.split_seed(tf.constant([9, i], tf.int64), 6) for i in range(12)]
-  draws = [aug_lib.photometric_draws(s, _view1(aug)) for s in seeds]
+  view_fn = recipes._photometric_view.python_function  # pylint: disable=protected-access
+  seeds = [randomness.split_seed(tf.constant([9, i], tf.int64), 6) for i in range(12)]
+  draws = [recipes.photometric_draws(s, _view1(aug)) for s in seeds]
   views = [tf.constant(_rng_image((size, size, 3), seed=i) * 255.0) for i in range(3)]
-  kernel = aug_lib.blur_kernel_size(size)
+  kernel = settings.blur_kernel_size(size)
 
   def all_views():
     compiled = tf.function(view_fn, jit_compile=True)
     return [compiled(views[i % 3], d, kernel).numpy() for i, d in enumerate(draws)]
 
   def hue_and_blur():
-    hue = tf.function(aug_lib.adjust_hue, jit_compile=True)
-    blur = tf.function(aug_lib._blur_within, jit_compile=True)  # pylint: disable=protected-access
+    hue = tf.function(photometric.adjust_hue, jit_compile=True)
+    blur = tf.function(photometric._blur_within, jit_compile=True)  # pylint: disable=protected-access
     image = tf.constant(np.transpose(_rng_image((size, size, 3), seed=7), (2, 0, 1)))
     return ([hue(image, tf.constant(d)).numpy() for d in (-0.1, 0.03)]
             + [blur(image, tf.constant(s), r).numpy() for s, r in ((0.7, 4), (1.9, 10))])
 
   assert any(d["jitter"] for d in draws) and any(d["blur"] for d in draws)  # Both branches run.
   with_barriers = all_views() + hue_and_blur()
-  monkeypatch.setattr(aug_lib, "materialize", lambda tensor: tensor)
+  monkeypatch.setattr(photometric, "materialize", lambda tensor: tensor)
   without = all_views() + hue_and_blur()
   for a, b in zip(with_barriers, without):
     np.testing.assert_array_equal(a, b)
@@ -687,7 +694,7 @@ def test_configs_blur_and_jitter_strength():
   s = seed_aug.color_jitter_strength  # ColorJitter(0.4, 0.4, 0.4, 0.1).
   assert (0.8 * s, 0.2 * s) == pytest.approx((0.4, 0.1))
   assert seed_aug.color_jitter_probability == 0.8 and seed_aug.grayscale_probability == 0.2
-  assert aug_lib.blur_kernel_size(seed_aug.image_size) == 25
+  assert settings.blur_kernel_size(seed_aug.image_size) == 25
 
 
 def test_simclr_views_seed_config():
@@ -695,7 +702,7 @@ def test_simclr_views_seed_config():
   aug = _seed_aug()
 
   def one_view(seed):
-    return aug_lib.simclr_views(image, tf.constant([seed], tf.int64), aug)[0]
+    return recipes.simclr_views(image, tf.constant([seed], tf.int64), aug)[0]
 
   view, other = one_view([1, 2]), one_view([1, 3])
   assert view.shape == (32, 32, 3) and view.dtype == tf.uint8
@@ -703,10 +710,10 @@ def test_simclr_views_seed_config():
   assert np.abs(view.numpy().astype(float) - other.numpy()).mean() > 0.05 * 255
   # Views made together (one decode) equal views made one by one, seed for seed.
   seeds = tf.constant([[1, 2], [1, 3]], tf.int64)
-  np.testing.assert_array_equal(aug_lib.simclr_views(image, seeds, aug), tf.stack([view, other]))
+  np.testing.assert_array_equal(recipes.simclr_views(image, seeds, aug), tf.stack([view, other]))
 
   n = 400
-  views = _over_seeds(lambda s: aug_lib.simclr_views(image, s[None], aug)[0], n,
+  views = _over_seeds(lambda s: recipes.simclr_views(image, s[None], aug)[0], n,
                       tf.TensorSpec([32, 32, 3], tf.uint8))
   # Grayscale (p = 0.2) is the only step that leaves the three channels equal.
   gray = (views == views[..., :1]).all(axis=(1, 2, 3))
@@ -719,18 +726,18 @@ def test_photometric_view_is_the_ops_in_order_then_rounded_to_uint8():
   aug = _seed_aug(solarize_probability=0.5)
   solarized = []
   for salt in range(8):
-    draws = aug_lib.photometric_draws(aug_lib.split_seed(tf.constant([3, salt], tf.int64), 6),
+    draws = recipes.photometric_draws(randomness.split_seed(tf.constant([3, salt], tf.int64), 6),
                                       _view1(aug))
-    out = aug_lib._photometric_view(view * 255, draws, 5)  # pylint: disable=protected-access
+    out = recipes._photometric_view(view * 255, draws, 5)  # pylint: disable=protected-access
     image = np.transpose(view, (2, 0, 1))
     if draws["flip"]:
-      image = aug_lib.flip_left_right(image)
+      image = photometric.flip_left_right(image)
     if draws["jitter"]:
-      image = aug_lib.apply_color_jitter(image, draws["jitter_factors"], draws["jitter_order"])
+      image = photometric.apply_color_jitter(image, draws["jitter_factors"], draws["jitter_order"])
     if draws["grayscale"]:
-      image = aug_lib.grayscale(image)
+      image = photometric.grayscale(image)
     if draws["blur"]:
-      image = aug_lib.gaussian_blur(image, draws["blur_sigma"], 5)
+      image = photometric.gaussian_blur(image, draws["blur_sigma"], 5)
     if draws["solarize"]:
       image = np.where(np.asarray(image) < 0.5, image, 1 - np.asarray(image))
     solarized.append(bool(draws["solarize"]))
@@ -743,7 +750,7 @@ def test_photometric_view_is_the_ops_in_order_then_rounded_to_uint8():
 def test_eval_view_resizes_shorter_side_and_centre_crops():
   aug = _seed_aug(eval_crop_fraction=0.875)
   image = (_rng_image((100, 200, 3), seed=9) * 255).astype(np.uint8)
-  out = aug_lib.eval_view(image, aug)
+  out = recipes.eval_view(image, aug)
   # 32 / 0.875 = 36.57: shorter side 100 -> 37, longer 200 -> round(73.14) = 73.
   resized = tf.image.resize(tf.image.convert_image_dtype(image, tf.float32), (37, 73),
                             method="bilinear", antialias=True).numpy()
@@ -751,11 +758,11 @@ def test_eval_view_resizes_shorter_side_and_centre_crops():
   assert out.shape == (32, 32, 3) and out.dtype == tf.uint8
   np.testing.assert_allclose(out, expected, atol=1)  # Float rounding at .5 boundaries.
   assert (out.numpy() == expected).mean() > 0.99
-  np.testing.assert_array_equal(out, aug_lib.eval_view(image, aug))  # Deterministic.
+  np.testing.assert_array_equal(out, recipes.eval_view(image, aug))  # Deterministic.
 
   bright = np.zeros((100, 200, 3), np.uint8)
   bright[40:60, 90:110] = 255
-  out = aug_lib.eval_view(bright, aug).numpy()
+  out = recipes.eval_view(bright, aug).numpy()
   assert out[14:18, 14:18].min() > 0.9 * 255
   assert out[:3, :3].max() < 0.05 * 255 and out[-3:, -3:].max() < 0.05 * 255
 

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from simclr_jax import config_checks
-from simclr_jax.data import augmentations
+from simclr_jax.data.augmentations import settings
 from simclr_jax.stages import finetune, linear_eval, pretrain
 from simclr_jax.training import state
 
@@ -48,7 +48,7 @@ def test_seed_config_matches_the_seed_document():
   assert (c.augment.grayscale_probability, c.augment.flip_probability) == (0.2, 0.5)
   assert tuple(c.augment.crop_area_range) == (0.08, 1.0)
   assert c.augment.blur_probability == 1.0 and tuple(c.augment.blur_sigma_range) == (0.1, 2.0)
-  assert augmentations.blur_kernel_size(c.augment.image_size) == 25
+  assert settings.blur_kernel_size(c.augment.image_size) == 25
   assert c.augment.normalize
 
 

@@ -4,7 +4,7 @@ and alpha images become RGB; one code path for decoded arrays and bytes."""
 import numpy as np
 import tensorflow as tf
 
-from simclr_jax.data import augmentations
+from simclr_jax.data.augmentations import cropping, randomness
 
 
 def _smooth_image(height, width):
@@ -19,9 +19,9 @@ def test_fused_jpeg_crop_equals_decode_then_crop():
   decoded = tf.io.decode_jpeg(jpeg, channels=3)
   for seed in range(5):
     seed = tf.constant([seed, 7], tf.int64)
-    seeds = augmentations.split_seed(seed, 2)  # Two views, one crop-decode of their bounds.
-    fused = augmentations.random_resized_crops(jpeg, seeds, 32, (0.08, 1.0), (3 / 4, 4 / 3))
-    plain = augmentations.random_resized_crops(decoded, seeds, 32, (0.08, 1.0), (3 / 4, 4 / 3))
+    seeds = randomness.split_seed(seed, 2)  # Two views, one crop-decode of their bounds.
+    fused = cropping.random_resized_crops(jpeg, seeds, 32, (0.08, 1.0), (3 / 4, 4 / 3))
+    plain = cropping.random_resized_crops(decoded, seeds, 32, (0.08, 1.0), (3 / 4, 4 / 3))
     for fused_view, plain_view in zip(fused, plain):
       np.testing.assert_allclose(fused_view.numpy(), plain_view.numpy(), atol=2)
 
@@ -37,12 +37,12 @@ def test_png_grayscale_and_alpha_images_become_rgb_views():
   }
   seed = tf.constant([1, 2], tf.int64)
   for name, encoded in encodings.items():
-    view = augmentations.random_resized_crop(encoded, seed, 16, (0.5, 1.0), (3 / 4, 4 / 3))
+    view = cropping.random_resized_crop(encoded, seed, 16, (0.5, 1.0), (3 / 4, 4 / 3))
     assert view.shape == (16, 16, 3), name
-    decoded = augmentations.decode_rgb(encoded)
+    decoded = cropping.decode_rgb(encoded)
     assert decoded.shape == (40, 50, 3) and decoded.dtype == tf.uint8, name
   # The grayscale image decodes to three equal channels.
-  gray = augmentations.decode_rgb(encodings["gray_png"]).numpy()
+  gray = cropping.decode_rgb(encodings["gray_png"]).numpy()
   np.testing.assert_array_equal(gray[..., 0], gray[..., 2])
 
 
@@ -54,8 +54,8 @@ def test_cmyk_jpeg_decodes_to_its_rgb_colours():
   Image.fromarray(np.full((20, 30, 3), [200, 50, 10], np.uint8)).convert("CMYK").save(
       buffer, format="JPEG")
   cmyk_jpeg = tf.constant(buffer.getvalue())
-  np.testing.assert_allclose(augmentations.decode_rgb(cmyk_jpeg).numpy()[10, 15],
+  np.testing.assert_allclose(cropping.decode_rgb(cmyk_jpeg).numpy()[10, 15],
                              [200, 50, 10], atol=3)
-  view = augmentations.random_resized_crop(cmyk_jpeg, tf.constant([0, 1], tf.int64), 8,
+  view = cropping.random_resized_crop(cmyk_jpeg, tf.constant([0, 1], tf.int64), 8,
                                            (0.5, 1.0), (3 / 4, 4 / 3))
   np.testing.assert_allclose(view.numpy()[4, 4], [200, 50, 10], atol=3)

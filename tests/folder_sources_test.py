@@ -7,7 +7,8 @@ import tensorflow as tf
 from etils import epath
 
 from configs import demo
-from simclr_jax.data import augmentations, folder_sources, input_pipeline, sources
+from simclr_jax.data import folder_sources, input_pipeline, sources
+from simclr_jax.data.augmentations import cropping
 
 
 def _write_jpeg(path, value, size=(24, 32)):
@@ -89,7 +90,7 @@ def test_pretraining_skips_a_jpeg_corrupt_inside(tmp_path):
   source = input_pipeline.create_source(config)
   assert source.num_skipped("train") == 0 and source.num_examples("train") == 9
   with pytest.raises(tf.errors.InvalidArgumentError):
-    augmentations.decode_rgb((tmp_path / "sushi" / "corrupt.jpg").read_bytes())
+    cropping.decode_rgb((tmp_path / "sushi" / "corrupt.jpg").read_bytes())
   batches = list(input_pipeline.pretrain_dataset(config, source).take(3).as_numpy_iterator())
   assert [b["views"].shape for b in batches] == [(4, 2, 16, 16, 3)] * 3
 

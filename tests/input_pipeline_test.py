@@ -9,7 +9,8 @@ import tensorflow_datasets as tfds
 
 from configs import demo, food101_seed
 from simclr_jax import precision, sharding
-from simclr_jax.data import augmentations, input_pipeline, sources
+from simclr_jax.data import input_pipeline, sources
+from simclr_jax.data.augmentations import settings
 from tests.helpers import ArraySource, tiny_food101_config
 
 
@@ -77,10 +78,10 @@ def test_digits_split_is_fixed_stratified_and_disjoint():
 
 
 def test_blur_kernel_follows_the_seed_rule():
-  assert augmentations.blur_kernel_size(256) == 25
-  assert augmentations.blur_kernel_size(224) == 23
-  assert augmentations.blur_kernel_size(100) == 11
-  assert augmentations.blur_kernel_size(16) == 1
+  assert settings.blur_kernel_size(256) == 25
+  assert settings.blur_kernel_size(224) == 23
+  assert settings.blur_kernel_size(100) == 11
+  assert settings.blur_kernel_size(16) == 1
 
 
 

@@ -18,7 +18,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from simclr_jax.data import augmentations, folder_sources, sources
+from simclr_jax.data import folder_sources, sources
+from simclr_jax.data.augmentations import randomness, recipes
 
 
 def configure_tensorflow() -> None:
@@ -107,7 +108,7 @@ def pretrain_dataset(config, source, start_step: int = 0) -> tf.data.Dataset:
 
   def two_views(example, position):
     seed = tf.stack([tf.constant(stream_id, tf.int64), position])
-    views = augmentations.simclr_views(example["image"], augmentations.split_seed(seed, 2),
+    views = recipes.simclr_views(example["image"], randomness.split_seed(seed, 2),
                                        config.augment)
     if config.online_probe:
       return {"views": views, "label": example["label"]}
@@ -142,7 +143,7 @@ def crop_flip_dataset(config, source, batch_size: int, start_step: int = 0,
 
   def crop_and_flip(example, position):
     seed = tf.stack([tf.constant(stream_id, tf.int64), position])
-    return {"image": augmentations.crop_flip_view(example["image"], seed, config.augment),
+    return {"image": recipes.crop_flip_view(example["image"], seed, config.augment),
             "label": example["label"]}
 
   ds = _skip_undecodable(ds.map(crop_and_flip, num_parallel_calls=tf.data.AUTOTUNE), source)
@@ -190,7 +191,7 @@ def eval_dataset(config, source, split: str, batch_size: int) -> tf.data.Dataset
   ds = source.local_dataset(split, shuffle=False, seed=config.seed)
 
   def preprocess(example):
-    return {"image": augmentations.eval_view(example["image"], config.augment),
+    return {"image": recipes.eval_view(example["image"], config.augment),
             "label": example["label"], "mask": True}
 
   ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)

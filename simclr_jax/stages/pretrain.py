@@ -12,7 +12,8 @@ from clu import metric_writers, parameter_overview
 from jax.sharding import Mesh
 
 from simclr_jax import config_checks
-from simclr_jax.data import augmentations, input_pipeline
+from simclr_jax.data import input_pipeline
+from simclr_jax.data.augmentations import settings
 from simclr_jax.evaluation import visualize
 from simclr_jax.sharding import batch_sharded, create_mesh
 from simclr_jax.training import checkpoints, loop, optim, summaries
@@ -49,7 +50,7 @@ def check_config(config) -> None:
   config_checks.check_positive_ints(
       config, ("log_every_steps", "checkpoint_every_steps", "max_checkpoints_to_keep"))
   optim.check_config("optimizer", config.optimizer)
-  augmentations.check_augment_config(config.augment)
+  settings.check_augment_config(config.augment)
   check_model_config(config)
 
 
