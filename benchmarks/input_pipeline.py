@@ -29,7 +29,7 @@ thread count and options as the pipeline; images/s. The pipeline's `fraction_of_
 is its images/s divided by that: how close the whole two-view augmentation comes to doing
 nothing but decoding each image once. The pipeline itself decodes each image once, fused
 with the crop: only the bounding window of its two views' crop windows
-(`augmentations.decode_for_crops`). The line also gives the rate of that decode alone
+(`augmentations.cropping.decode_for_crops`). The line also gives the rate of that decode alone
 (`bounding_crop_decode_images_per_s`, the pipeline's own decode cost) and, for comparison,
 of one crop-decode per view (`two_crop_decodes_images_per_s`).
 
@@ -55,10 +55,8 @@ import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from configs import food101_seed  # pylint: disable=g-import-not-at-top,wrong-import-position
-from simclr_jax.data import (
-  augmentations,  # pylint: disable=g-import-not-at-top,wrong-import-position
-  input_pipeline,  # pylint: disable=g-import-not-at-top,wrong-import-position
-)
+from simclr_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
+from simclr_jax.data.augmentations import cropping, randomness  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def usable_cores() -> int:
@@ -150,7 +148,7 @@ def _images_per_s(ds: tf.data.Dataset, images: int, chunk: int = 64) -> float:
 def decode_limits(data_dir: str, threads: int, images: int) -> dict:
   """Images/s, bytes in memory, for: a full decode_jpeg of each file; one crop-decode of
   the bounding window of two random crop windows (the pipeline's own decoding,
-  `augmentations.decode_for_crops`); one crop-decode per window instead."""
+  `augmentations.cropping.decode_for_crops`); one crop-decode per window instead."""
   contents = _file_bytes(data_dir)
   encoded = tf.data.Dataset.from_tensor_slices(tf.constant(contents, tf.string)).repeat()
 
@@ -164,17 +162,17 @@ def decode_limits(data_dir: str, threads: int, images: int) -> dict:
   indexed = tf.data.Dataset.zip(encoded, tf.data.Dataset.counter())
 
   def seeds_at(position):  # Two views' seeds, as the pipeline splits them.
-    return augmentations.split_seed(tf.stack([tf.constant(0, tf.int64), position]), 2)
+    return randomness.split_seed(tf.stack([tf.constant(0, tf.int64), position]), 2)
 
   def two_crop_decodes(image_bytes, position):
     shape = tf.image.extract_jpeg_shape(image_bytes)
-    windows = augmentations.crop_windows(seeds_at(position), shape[0], shape[1],
+    windows = cropping.crop_windows(seeds_at(position), shape[0], shape[1],
                                          aug.crop_area_range, aug.crop_ratio_range)
     return tf.stack([tf.shape(tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3))
                      for window in tf.unstack(windows, num=2)])
 
   def bounding_crop_decode(image_bytes, position):
-    region, _ = augmentations.decode_for_crops(image_bytes, seeds_at(position),
+    region, _ = cropping.decode_for_crops(image_bytes, seeds_at(position),
                                                aug.crop_area_range, aug.crop_ratio_range)
     return tf.shape(region)
 

@@ -2,7 +2,7 @@
 
     python benchmarks/nt_xent.py [--global_batch=4096] [--dim=128] [--steps=20]
 
-`losses.sharded_nt_xent` as the train step uses it: each device's anchors against all
+`nt_xent.sharded_nt_xent` as the train step uses it: each device's anchors against all
 gathered keys, gradients through the gather. Prints one JSON line: the median seconds per
 call, pairs per second, XLA's FLOPs and the device. Imports no TensorFlow, TFDS or CLU.
 """
@@ -23,7 +23,8 @@ import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jax.sharding import NamedSharding  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jax.sharding import PartitionSpec as P
 
-from simclr_jax import losses, sharding
+from simclr_jax import sharding
+from simclr_jax.losses import nt_xent
 
 
 def main() -> None:
@@ -41,7 +42,7 @@ def main() -> None:
                            batch_sharding) for _ in range(2))
 
   def loss(a, b):
-    return losses.sharded_nt_xent(a, b, args.temperature, mesh, sharding.DATA_AXIS)[0]
+    return nt_xent.sharded_nt_xent(a, b, args.temperature, mesh, sharding.DATA_AXIS)[0]
 
   start = time.perf_counter()
   compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(z1, z2).compile()

@@ -155,3 +155,24 @@ def test_resuming_with_another_optimiser_is_named(two_step_workdir):
   with pytest.raises(checkpoints.CheckpointMismatchError,
                      match="optimizer.name: checkpoint 'lars', config 'sgd'"):
     _restore(two_step_workdir, config)
+
+
+def test_a_checkpoint_of_the_layout_before_the_folders_restores_and_resumes(tmp_path):
+  """tests/data/simclr_checkpoint_f193c55.tar.gz was written at f193c55, before the modules
+  moved into stages/, training/ and evaluation/ (tests/data/make_simclr_checkpoint.py): its
+  encoder loads, and pretraining resumes from its step 2 to step 3."""
+  import tarfile  # pylint: disable=g-import-not-at-top
+  from simclr_jax import load_encoder  # pylint: disable=g-import-not-at-top
+  from tests.helpers import tiny_method_config  # pylint: disable=g-import-not-at-top
+  archive = os.path.join(os.path.dirname(__file__), "data", "simclr_checkpoint_f193c55.tar.gz")
+  with tarfile.open(archive) as tar:
+    tar.extractall(tmp_path, filter="data")
+  encoder = load_encoder(str(tmp_path))
+  assert encoder.step == 2
+  features = encoder(np.zeros((2, 16, 16, 3), np.uint8))
+  assert features.shape == (2, encoder.num_features) and np.isfinite(features).all()
+  config = tiny_method_config("simclr", num_train_steps=3, checkpoint_every_steps=2)
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
+    summary = pretrain.pretrain(config, str(tmp_path))
+  assert summary["resumed_from_step"] == 2 and summary["step"] == 3
+  assert sorted(int(p) for p in os.listdir(tmp_path / "checkpoints")) == [2, 3]

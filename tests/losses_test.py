@@ -9,7 +9,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from simclr_jax import losses
+from simclr_jax.losses import byol, infonce, nt_xent, vicreg
 
 TEMPERATURES = (0.1, 0.5, 1.0)
 SHAPES = ((4, 3), (16, 32))
@@ -138,11 +138,11 @@ def test_references_agree_with_each_other(tau):
 def test_nt_xent_float64_matches_reference(x64, n, d, tau):
   z1, z2 = _pair(n, d, seed=n + d)
   a, b = jnp.asarray(z1, jnp.float64), jnp.asarray(z2, jnp.float64)
-  loss = losses.nt_xent(a, b, tau)
+  loss = nt_xent.nt_xent(a, b, tau)
   assert loss.dtype == jnp.float64
   np.testing.assert_allclose(float(loss), ref_loop(z1, z2, tau), rtol=1e-6)
   np.testing.assert_allclose(float(loss), ref_seed(z1, z2, tau), rtol=1e-6)
-  g1, g2 = jax.grad(losses.nt_xent, argnums=(0, 1))(a, b, tau)
+  g1, g2 = jax.grad(nt_xent.nt_xent, argnums=(0, 1))(a, b, tau)
   r1, r2 = ref_grad(z1, z2, tau)
   scale = max(np.abs(r1).max(), np.abs(r2).max())
   np.testing.assert_allclose(np.asarray(g1), r1, rtol=1e-6, atol=1e-9 * scale)
@@ -154,10 +154,10 @@ def test_nt_xent_float64_matches_reference(x64, n, d, tau):
 def test_nt_xent_float32_matches_reference(n, d, tau):
   z1, z2 = _pair(n, d, seed=10 + n + d)
   a, b = jnp.asarray(z1, jnp.float32), jnp.asarray(z2, jnp.float32)
-  loss = losses.nt_xent(a, b, tau)
+  loss = nt_xent.nt_xent(a, b, tau)
   assert loss.dtype == jnp.float32
   np.testing.assert_allclose(float(loss), ref_seed(z1, z2, tau), rtol=1e-5)
-  g1, g2 = jax.grad(losses.nt_xent, argnums=(0, 1))(a, b, tau)
+  g1, g2 = jax.grad(nt_xent.nt_xent, argnums=(0, 1))(a, b, tau)
   r1, r2 = ref_grad(z1, z2, tau)
   scale = max(np.abs(r1).max(), np.abs(r2).max())
   np.testing.assert_allclose(np.asarray(g1), r1, rtol=1e-5, atol=1e-5 * scale)
@@ -166,7 +166,7 @@ def test_nt_xent_float32_matches_reference(n, d, tau):
 
 def test_nt_xent_default_temperature_is_seed_value():
   z1, z2 = _pair(8, 5, seed=3)
-  np.testing.assert_allclose(float(losses.nt_xent(jnp.asarray(z1, jnp.float32),
+  np.testing.assert_allclose(float(nt_xent.nt_xent(jnp.asarray(z1, jnp.float32),
                                                   jnp.asarray(z2, jnp.float32))),
                              ref_seed(z1, z2, 0.5), rtol=1e-5)
 
@@ -174,7 +174,7 @@ def test_nt_xent_default_temperature_is_seed_value():
 @pytest.mark.parametrize("noise", (0.3, 0.8, 1.5))
 def test_accuracy_matches_numpy_argmax(noise):
   z1, z2 = _pair(32, 8, seed=4, noise=noise)
-  loss, acc = losses.nt_xent_with_accuracy(jnp.asarray(z1, jnp.float32),
+  loss, acc = nt_xent.nt_xent_with_accuracy(jnp.asarray(z1, jnp.float32),
                                            jnp.asarray(z2, jnp.float32), 0.2)
   expected = ref_accuracy(z1, z2)
   np.testing.assert_allclose(float(acc), expected, atol=1e-7)
@@ -186,7 +186,7 @@ def test_accuracy_is_nontrivial_for_correlated_views():
   z1, z2 = _pair(32, 8, seed=4, noise=0.8)
   assert 0.0 < ref_accuracy(z1, z2) < 1.0
   z1, z2 = _pair(32, 8, seed=4, noise=0.0)
-  _, acc = losses.nt_xent_with_accuracy(jnp.asarray(z1, jnp.float32),
+  _, acc = nt_xent.nt_xent_with_accuracy(jnp.asarray(z1, jnp.float32),
                                         jnp.asarray(z2, jnp.float32), 0.5)
   assert float(acc) == 1.0
 
@@ -195,10 +195,10 @@ def test_accuracy_is_nontrivial_for_correlated_views():
 def test_loss_is_scale_invariant(c):
   z1, z2 = _pair(16, 32, seed=5)
   a, b = jnp.asarray(z1, jnp.float32), jnp.asarray(z2, jnp.float32)
-  base = float(losses.nt_xent(a, b, 0.5))
-  np.testing.assert_allclose(float(losses.nt_xent(c * a, c * b, 0.5)), base, rtol=1e-5)
+  base = float(nt_xent.nt_xent(a, b, 0.5))
+  np.testing.assert_allclose(float(nt_xent.nt_xent(c * a, c * b, 0.5)), base, rtol=1e-5)
   # Scaling a single view (or a single row) also leaves the loss unchanged.
-  np.testing.assert_allclose(float(losses.nt_xent(a.at[3].multiply(c), b, 0.5)), base,
+  np.testing.assert_allclose(float(nt_xent.nt_xent(a.at[3].multiply(c), b, 0.5)), base,
                              rtol=1e-5)
 
 
@@ -206,9 +206,9 @@ def test_gradient_finite_with_zero_embedding_row():
   z1, z2 = _pair(4, 3, seed=6)
   z1[1] = 0.0
   a, b = jnp.asarray(z1, jnp.float32), jnp.asarray(z2, jnp.float32)
-  loss = losses.nt_xent(a, b, 0.5)
+  loss = nt_xent.nt_xent(a, b, 0.5)
   np.testing.assert_allclose(float(loss), ref_seed(z1, z2, 0.5), rtol=1e-5)
-  g1, g2 = jax.grad(losses.nt_xent, argnums=(0, 1))(a, b, 0.5)
+  g1, g2 = jax.grad(nt_xent.nt_xent, argnums=(0, 1))(a, b, 0.5)
   assert np.all(np.isfinite(np.asarray(g1))), g1
   assert np.all(np.isfinite(np.asarray(g2))), g2
   # Rows other than the zero one see the zero row as u = 0, exactly as the reference.
@@ -250,18 +250,18 @@ def _rel_err(x, y):
 @pytest.mark.parametrize("tau", (0.1, 0.5))
 def test_sharded_matches_single_device(mesh, tau):
   z1, z2, a, b = _sharded_inputs(mesh)
-  loss, acc = jax.jit(lambda x, y: losses.sharded_nt_xent(x, y, tau, mesh))(a, b)
-  ref_loss, ref_acc = losses.nt_xent_with_accuracy(jnp.asarray(z1, jnp.float32),
+  loss, acc = jax.jit(lambda x, y: nt_xent.sharded_nt_xent(x, y, tau, mesh))(a, b)
+  ref_loss, ref_acc = nt_xent.nt_xent_with_accuracy(jnp.asarray(z1, jnp.float32),
                                                    jnp.asarray(z2, jnp.float32), tau)
   np.testing.assert_allclose(float(loss), float(ref_loss), rtol=1e-6)
   assert float(acc) == float(ref_acc)
   assert 0.0 < float(acc) < 1.0  # Non-trivial accuracy, so the comparison means something.
   np.testing.assert_allclose(float(loss), ref_seed(z1, z2, tau), rtol=1e-5)
 
-  sharded_grad = jax.jit(jax.grad(lambda x, y: losses.sharded_nt_xent(x, y, tau, mesh)[0],
+  sharded_grad = jax.jit(jax.grad(lambda x, y: nt_xent.sharded_nt_xent(x, y, tau, mesh)[0],
                                   argnums=(0, 1)))
   g1, g2 = sharded_grad(a, b)
-  r1, r2 = jax.grad(losses.nt_xent, argnums=(0, 1))(jnp.asarray(z1, jnp.float32),
+  r1, r2 = jax.grad(nt_xent.nt_xent, argnums=(0, 1))(jnp.asarray(z1, jnp.float32),
                                                      jnp.asarray(z2, jnp.float32), tau)
   assert g1.shape == (N, D) and g2.shape == (N, D)
   assert _rel_err(g1, r1) < 1e-6 and _rel_err(g2, r2) < 1e-6
@@ -274,7 +274,7 @@ def test_sharded_matches_single_device(mesh, tau):
 
 def test_sharded_gradients_reach_every_shard(mesh):
   z1, z2, a, b = _sharded_inputs(mesh)
-  g1, g2 = jax.jit(jax.grad(lambda x, y: losses.sharded_nt_xent(x, y, 0.5, mesh)[0],
+  g1, g2 = jax.jit(jax.grad(lambda x, y: nt_xent.sharded_nt_xent(x, y, 0.5, mesh)[0],
                             argnums=(0, 1)))(a, b)
   refs = ref_grad(z1, z2, 0.5)
   rows = N // NUM_DEVICES
@@ -293,7 +293,7 @@ def test_sharded_gradients_reach_every_shard(mesh):
 
 def test_sharded_logits_are_local_anchors_by_global_keys(mesh):
   _, _, a, b = _sharded_inputs(mesh)
-  fn = jax.jit(lambda x, y: losses.sharded_nt_xent(x, y, 0.5, mesh)[0])
+  fn = jax.jit(lambda x, y: nt_xent.sharded_nt_xent(x, y, 0.5, mesh)[0])
   hlo = fn.lower(a, b).compile().as_text()
   dot_shapes = set(re.findall(r"f32\[(\d+),(\d+)\]\{[^}]*\} dot\(", hlo))
   local = 2 * N // NUM_DEVICES
@@ -303,15 +303,15 @@ def test_sharded_logits_are_local_anchors_by_global_keys(mesh):
 
 def test_sharded_anchor_losses_see_local_anchors(mesh, monkeypatch):
   seen = []
-  original = losses._anchor_losses
+  original = nt_xent._anchor_losses
 
   def recording(local_z1, local_z2, keys, offset, temperature):
     seen.append((local_z1.shape, local_z2.shape, keys.shape))
     return original(local_z1, local_z2, keys, offset, temperature)
 
-  monkeypatch.setattr(losses, "_anchor_losses", recording)
+  monkeypatch.setattr(nt_xent, "_anchor_losses", recording)
   _, _, a, b = _sharded_inputs(mesh)
-  jax.jit(lambda x, y: losses.sharded_nt_xent(x, y, 0.5, mesh))(a, b)
+  jax.jit(lambda x, y: nt_xent.sharded_nt_xent(x, y, 0.5, mesh))(a, b)
   rows = N // NUM_DEVICES
   assert seen == [((rows, D), (rows, D), (2 * N, D))]
 
@@ -440,10 +440,10 @@ def test_byol_float64_matches_reference(x64):
   p, z = _pair(16, 8, seed=31, noise=0.7)
   p, z = 3.0 * p, 0.2 * z + 0.1  # Not normalised, different scales.
   a, b = jnp.asarray(p, jnp.float64), jnp.asarray(z, jnp.float64)
-  loss = losses.byol_loss(a, b)
+  loss = byol.byol_loss(a, b)
   assert loss.dtype == jnp.float64
   np.testing.assert_allclose(float(loss), ref_byol(p, z), rtol=1e-12)
-  grads = jax.grad(losses.byol_loss, argnums=(0, 1))(a, b)
+  grads = jax.grad(byol.byol_loss, argnums=(0, 1))(a, b)
   fd = _finite_difference_grad(ref_byol, p, z)
   _assert_grads_close(grads, fd, rtol=1e-6, atol_scale=1e-8)
   # No stop-gradient inside: the targets get their gradient too (the caller stops it).
@@ -453,8 +453,8 @@ def test_byol_float64_matches_reference(x64):
 def test_byol_float32_matches_reference():
   p, z = _pair(16, 32, seed=32, noise=1.0)
   a, b = jnp.asarray(p, jnp.float32), jnp.asarray(z, jnp.float32)
-  np.testing.assert_allclose(float(losses.byol_loss(a, b)), ref_byol(p, z), rtol=1e-5)
-  grads = jax.grad(losses.byol_loss, argnums=(0, 1))(a, b)
+  np.testing.assert_allclose(float(byol.byol_loss(a, b)), ref_byol(p, z), rtol=1e-5)
+  grads = jax.grad(byol.byol_loss, argnums=(0, 1))(a, b)
   _assert_grads_close(grads, _finite_difference_grad(ref_byol, p, z), rtol=1e-4,
                       atol_scale=1e-5)
 
@@ -463,11 +463,11 @@ def test_byol_same_direction_is_zero_and_opposite_is_four():
   z, _ = _pair(8, 16, seed=33)
   c = np.geomspace(0.01, 50.0, 8)[:, None]  # Row scales do not matter.
   a, b = jnp.asarray(c * z, jnp.float32), jnp.asarray(z, jnp.float32)
-  assert float(losses.byol_loss(b, b)) == 0.0
+  assert float(byol.byol_loss(b, b)) == 0.0
   # Scaled rows: a few ulps of the normalisation, squared (2 - 2 cos would leave ~1e-7).
-  assert 0.0 <= float(losses.byol_loss(a, b)) < 1e-11
-  np.testing.assert_allclose(float(losses.byol_loss(-a, b)), 4.0, rtol=1e-6)
-  np.testing.assert_allclose(float(losses.byol_loss(a, -b)), 4.0, rtol=1e-6)
+  assert 0.0 <= float(byol.byol_loss(a, b)) < 1e-11
+  np.testing.assert_allclose(float(byol.byol_loss(-a, b)), 4.0, rtol=1e-6)
+  np.testing.assert_allclose(float(byol.byol_loss(a, -b)), 4.0, rtol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------
@@ -479,12 +479,12 @@ def test_byol_same_direction_is_zero_and_opposite_is_four():
 def test_infonce_float64_matches_reference(x64, tau):
   q, k = _pair(16, 8, seed=41, noise=1.0)
   a, b = jnp.asarray(2.0 * q, jnp.float64), jnp.asarray(k, jnp.float64)
-  loss, acc = losses.infonce_with_accuracy(a, b, tau)
+  loss, acc = infonce.infonce_with_accuracy(a, b, tau)
   assert loss.dtype == jnp.float64
   np.testing.assert_allclose(float(loss), ref_infonce(2.0 * q, k, tau), rtol=1e-12)
-  np.testing.assert_allclose(float(losses.infonce_loss(a, b, tau)), float(loss), rtol=1e-15)
+  np.testing.assert_allclose(float(infonce.infonce_loss(a, b, tau)), float(loss), rtol=1e-15)
   assert float(acc) == ref_infonce_accuracy(q, k)
-  grads = jax.grad(losses.infonce_loss, argnums=(0, 1))(a, b, tau)
+  grads = jax.grad(infonce.infonce_loss, argnums=(0, 1))(a, b, tau)
   _assert_grads_close(grads, ref_infonce_grad(2.0 * q, k, tau), rtol=1e-9, atol_scale=1e-12)
 
 
@@ -492,12 +492,12 @@ def test_infonce_float64_matches_reference(x64, tau):
 def test_infonce_float32_matches_reference(tau):
   q, k = _pair(16, 32, seed=42, noise=2.0)
   a, b = jnp.asarray(q, jnp.float32), jnp.asarray(k, jnp.float32)
-  loss, acc = losses.infonce_with_accuracy(a, b, tau)
+  loss, acc = infonce.infonce_with_accuracy(a, b, tau)
   assert loss.dtype == jnp.float32
   np.testing.assert_allclose(float(loss), ref_infonce(q, k, tau), rtol=1e-5)
   assert float(acc) == ref_infonce_accuracy(q, k)
   assert 0.0 < float(acc) < 1.0
-  grads = jax.grad(losses.infonce_loss, argnums=(0, 1))(a, b, tau)
+  grads = jax.grad(infonce.infonce_loss, argnums=(0, 1))(a, b, tau)
   _assert_grads_close(grads, ref_infonce_grad(q, k, tau), rtol=1e-4, atol_scale=1e-5)
 
 
@@ -505,9 +505,9 @@ def test_infonce_has_moco_v3_two_tau_factor():
   q, k = _pair(16, 8, seed=43, noise=1.0)
   a, b = jnp.asarray(q, jnp.float32), jnp.asarray(k, jnp.float32)
   # At tau = 1 the loss is twice the plain cross entropy; at tau = 0.2, 0.4 times it.
-  np.testing.assert_allclose(float(losses.infonce_loss(a, b, 1.0)),
+  np.testing.assert_allclose(float(infonce.infonce_loss(a, b, 1.0)),
                              2.0 * ref_infonce_cross_entropy(q, k, 1.0), rtol=1e-5)
-  np.testing.assert_allclose(float(losses.infonce_loss(a, b, 0.2)),
+  np.testing.assert_allclose(float(infonce.infonce_loss(a, b, 0.2)),
                              0.4 * ref_infonce_cross_entropy(q, k, 0.2), rtol=1e-5)
   assert not np.isclose(0.4 * ref_infonce_cross_entropy(q, k, 0.2),
                         ref_infonce_cross_entropy(q, k, 0.2), rtol=0.1)
@@ -521,14 +521,14 @@ def test_infonce_has_moco_v3_two_tau_factor():
 def test_vicreg_float64_matches_reference(x64):
   z1, z2 = _vicreg_pair(16, 12, seed=51)
   a, b = jnp.asarray(z1, jnp.float64), jnp.asarray(z2, jnp.float64)
-  loss = losses.vicreg_loss(a, b)
+  loss = vicreg.vicreg_loss(a, b)
   assert loss.dtype == jnp.float64
   np.testing.assert_allclose(float(loss), ref_vicreg(z1, z2), rtol=1e-12)
-  terms = losses.vicreg_terms(a, b)
+  terms = vicreg.vicreg_terms(a, b)
   for name, value in ref_vicreg_terms(z1, z2).items():
     assert value > 0, name  # Every term contributes.
     np.testing.assert_allclose(float(terms[name]), value, rtol=1e-12)
-  grads = jax.grad(losses.vicreg_loss, argnums=(0, 1))(a, b)
+  grads = jax.grad(vicreg.vicreg_loss, argnums=(0, 1))(a, b)
   _assert_grads_close(grads, _finite_difference_grad(ref_vicreg, z1, z2), rtol=1e-6,
                       atol_scale=1e-8)
 
@@ -536,8 +536,8 @@ def test_vicreg_float64_matches_reference(x64):
 def test_vicreg_float32_matches_reference():
   z1, z2 = _vicreg_pair(16, 24, seed=52)
   a, b = jnp.asarray(z1, jnp.float32), jnp.asarray(z2, jnp.float32)
-  np.testing.assert_allclose(float(losses.vicreg_loss(a, b)), ref_vicreg(z1, z2), rtol=1e-5)
-  grads = jax.grad(losses.vicreg_loss, argnums=(0, 1))(a, b)
+  np.testing.assert_allclose(float(vicreg.vicreg_loss(a, b)), ref_vicreg(z1, z2), rtol=1e-5)
+  grads = jax.grad(vicreg.vicreg_loss, argnums=(0, 1))(a, b)
   _assert_grads_close(grads, _finite_difference_grad(ref_vicreg, z1, z2), rtol=1e-4,
                       atol_scale=1e-5)
 
@@ -545,11 +545,11 @@ def test_vicreg_float32_matches_reference():
 def test_vicreg_weights_and_terms_gradients(x64):
   z1, z2 = _vicreg_pair(16, 8, seed=53)
   a, b = jnp.asarray(z1, jnp.float64), jnp.asarray(z2, jnp.float64)
-  np.testing.assert_allclose(float(losses.vicreg_loss(a, b, 2.0, 3.0, 5.0)),
+  np.testing.assert_allclose(float(vicreg.vicreg_loss(a, b, 2.0, 3.0, 5.0)),
                              ref_vicreg(z1, z2, 2.0, 3.0, 5.0), rtol=1e-12)
   # Each term's gradient on its own, so that a wrong term cannot hide behind a weight.
   for name in ("invariance", "variance", "covariance"):
-    grads = jax.grad(lambda x, y, name=name: losses.vicreg_terms(x, y)[name],
+    grads = jax.grad(lambda x, y, name=name: vicreg.vicreg_terms(x, y)[name],
                      argnums=(0, 1))(a, b)
     fd = _finite_difference_grad(lambda x, y, name=name: ref_vicreg_terms(x, y)[name],
                                  z1, z2)
@@ -570,17 +570,17 @@ def _put(mesh, *arrays):
 def test_sharded_infonce_matches_single_device(mesh, tau):
   q, k = _pair(N, D, seed=61, noise=1.2)
   a, b = _put(mesh, q, k)
-  loss, acc = jax.jit(lambda x, y: losses.sharded_infonce(x, y, tau, mesh))(a, b)
+  loss, acc = jax.jit(lambda x, y: infonce.sharded_infonce(x, y, tau, mesh))(a, b)
   single = jnp.asarray(q, jnp.float32), jnp.asarray(k, jnp.float32)
-  ref_loss, ref_acc = losses.infonce_with_accuracy(*single, tau)
+  ref_loss, ref_acc = infonce.infonce_with_accuracy(*single, tau)
   np.testing.assert_allclose(float(loss), float(ref_loss), rtol=1e-6)
   assert float(acc) == float(ref_acc) == ref_infonce_accuracy(q, k)
   assert 0.0 < float(acc) < 1.0  # Labels at the right global offsets, or this would drop.
   np.testing.assert_allclose(float(loss), ref_infonce(q, k, tau), rtol=1e-5)
 
-  grads = jax.jit(jax.grad(lambda x, y: losses.sharded_infonce(x, y, tau, mesh)[0],
+  grads = jax.jit(jax.grad(lambda x, y: infonce.sharded_infonce(x, y, tau, mesh)[0],
                            argnums=(0, 1)))(a, b)
-  single_grads = jax.grad(losses.infonce_loss, argnums=(0, 1))(*single, tau)
+  single_grads = jax.grad(infonce.infonce_loss, argnums=(0, 1))(*single, tau)
   for g, r in zip(grads, single_grads):
     assert g.shape == (N, D)
     assert _rel_err(g, r) < 1e-6
@@ -593,19 +593,19 @@ def test_sharded_vicreg_matches_single_device(mesh, d):
   z1, z2 = _vicreg_pair(N, d, seed=62 + d)
   a, b = _put(mesh, z1, z2)
   single = jnp.asarray(z1, jnp.float32), jnp.asarray(z2, jnp.float32)
-  terms = jax.jit(lambda x, y: losses.sharded_vicreg_terms(x, y, mesh))(a, b)
-  single_terms = losses.vicreg_terms(*single)
+  terms = jax.jit(lambda x, y: vicreg.sharded_vicreg_terms(x, y, mesh))(a, b)
+  single_terms = vicreg.vicreg_terms(*single)
   ref_terms = ref_vicreg_terms(z1, z2)
   for name, value in ref_terms.items():
     np.testing.assert_allclose(float(terms[name]), float(single_terms[name]), rtol=1e-5)
     np.testing.assert_allclose(float(terms[name]), value, rtol=1e-5)
-  loss = jax.jit(lambda x, y: losses.sharded_vicreg(x, y, mesh))(a, b)
-  np.testing.assert_allclose(float(loss), float(losses.vicreg_loss(*single)), rtol=1e-6)
+  loss = jax.jit(lambda x, y: vicreg.sharded_vicreg(x, y, mesh))(a, b)
+  np.testing.assert_allclose(float(loss), float(vicreg.vicreg_loss(*single)), rtol=1e-6)
   np.testing.assert_allclose(float(loss), ref_vicreg(z1, z2), rtol=1e-5)
 
-  grads = jax.jit(jax.grad(lambda x, y: losses.sharded_vicreg(x, y, mesh),
+  grads = jax.jit(jax.grad(lambda x, y: vicreg.sharded_vicreg(x, y, mesh),
                            argnums=(0, 1)))(a, b)
-  single_grads = jax.grad(losses.vicreg_loss, argnums=(0, 1))(*single)
+  single_grads = jax.grad(vicreg.vicreg_loss, argnums=(0, 1))(*single)
   for g, r in zip(grads, single_grads):
     assert g.shape == (N, d)
     # Not multiplied by the device count, nor missing the other devices' share.
@@ -621,9 +621,9 @@ def test_sharded_vicreg_terms_gradients(mesh):
   a, b = _put(mesh, z1, z2)
   single = jnp.asarray(z1, jnp.float32), jnp.asarray(z2, jnp.float32)
   for name in ("invariance", "variance", "covariance"):
-    grads = jax.jit(jax.grad(lambda x, y, name=name: losses.sharded_vicreg_terms(
+    grads = jax.jit(jax.grad(lambda x, y, name=name: vicreg.sharded_vicreg_terms(
         x, y, mesh)[name], argnums=(0, 1)))(a, b)
-    single_grads = jax.grad(lambda x, y, name=name: losses.vicreg_terms(x, y)[name],
+    single_grads = jax.grad(lambda x, y, name=name: vicreg.vicreg_terms(x, y)[name],
                             argnums=(0, 1))(*single)
     for g, r in zip(grads, single_grads):
       assert _rel_err(g, r) < 1e-5, name
@@ -636,7 +636,7 @@ def _dot_shapes(fn, *args):
 
 def test_sharded_infonce_logits_are_local_queries_by_global_keys(mesh):
   a, b = _put(mesh, *_pair(N, D, seed=64))
-  shapes = _dot_shapes(lambda x, y: losses.sharded_infonce(x, y, 0.2, mesh)[0], a, b)
+  shapes = _dot_shapes(lambda x, y: infonce.sharded_infonce(x, y, 0.2, mesh)[0], a, b)
   assert (str(N // NUM_DEVICES), str(N)) in shapes, shapes
   assert (str(N), str(N)) not in shapes, shapes
 
@@ -644,6 +644,6 @@ def test_sharded_infonce_logits_are_local_queries_by_global_keys(mesh):
 def test_sharded_vicreg_covariance_is_split_by_rows(mesh):
   d = 16
   a, b = _put(mesh, *_vicreg_pair(N, d, seed=65))
-  shapes = _dot_shapes(lambda x, y: losses.sharded_vicreg(x, y, mesh), a, b)
+  shapes = _dot_shapes(lambda x, y: vicreg.sharded_vicreg(x, y, mesh), a, b)
   assert (str(d // NUM_DEVICES), str(d)) in shapes, shapes
   assert (str(d), str(d)) not in shapes, shapes

@@ -34,7 +34,8 @@ def test_the_blocker_blocks():
 def test_state_step_and_benchmark_run_without_tensorflow():
   code = """
 import runpy, sys
-from simclr_jax import backbones, losses, methods, precision
+from simclr_jax import backbones, methods, precision
+from simclr_jax.losses import byol, infonce, nt_xent, vicreg
 from simclr_jax.methods import heads
 from simclr_jax.training import checkpoints, optim, pretrain_step, state
 sys.argv = ["train_step.py", "--config=configs/demo.py", "--config.model.width_multiplier=0.0625",

@@ -12,13 +12,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from simclr_jax import losses
+from simclr_jax.losses import normalize
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "k"))
 def _class_scores(queries, keys, key_labels, *, num_classes: int, k: int, temperature):
   """(q, F) queries, (n, F) keys -> (q, num_classes) summed neighbour weights."""
-  similarity = losses.l2_normalize(queries) @ losses.l2_normalize(keys).T  # (q, n)
+  similarity = normalize.l2_normalize(queries) @ normalize.l2_normalize(keys).T  # (q, n)
   top_similarity, top_index = jax.lax.top_k(similarity, k)                # (q, k)
   weights = jnp.exp(top_similarity / temperature)
   votes = jax.nn.one_hot(key_labels[top_index], num_classes) * weights[..., None]

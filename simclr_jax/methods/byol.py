@@ -14,7 +14,7 @@ import jax
 from flax import nnx
 from jax.sharding import Mesh
 
-from simclr_jax import losses
+from simclr_jax.losses import byol as losses
 from simclr_jax.methods import base
 
 

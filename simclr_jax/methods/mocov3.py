@@ -16,7 +16,8 @@ import jax
 from flax import nnx
 from jax.sharding import Mesh
 
-from simclr_jax import config_checks, losses
+from simclr_jax import config_checks
+from simclr_jax.losses import infonce as losses
 from simclr_jax.methods import base
 from simclr_jax.sharding import DATA_AXIS
 

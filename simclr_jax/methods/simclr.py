@@ -12,7 +12,8 @@ import jax
 from flax import nnx
 from jax.sharding import Mesh
 
-from simclr_jax import backbones, config_checks, losses, precision
+from simclr_jax import backbones, config_checks, precision
+from simclr_jax.losses import nt_xent as losses
 from simclr_jax.methods import base, heads
 from simclr_jax.sharding import DATA_AXIS
 
