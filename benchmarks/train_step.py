@@ -38,6 +38,7 @@ from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from simclr_jax import sharding
+from simclr_jax.training import model as model_lib
 from simclr_jax.training import pretrain_step  # pylint: disable=g-import-not-at-top,wrong-import-position
 from simclr_jax.training import state as state_lib
 
@@ -60,7 +61,7 @@ def measure(config, batch_per_device: int, image_size: int, steps: int,
   tx, schedule = state_lib.create_optimizer(config, steps_per_epoch=1000,
                                               num_train_steps=100_000)
   state = state_lib.init_train_state(config, tx, mesh)
-  step = pretrain_step.compile_train_step(config, state_lib.model_graphdef(config), tx,
+  step = pretrain_step.compile_train_step(config, model_lib.model_graphdef(config), tx,
                                           schedule, mesh, num_train_steps=100_000)
   views = np.random.default_rng(0).integers(
       0, 256, (global_batch, 2, image_size, image_size, 3), dtype=np.uint8)

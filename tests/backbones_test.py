@@ -11,7 +11,7 @@ from flax import nnx
 from configs import default as default_config
 from simclr_jax.backbones import resnet
 from simclr_jax.methods import heads
-from simclr_jax.training import state as state_lib
+from simclr_jax.training import model as model_lib
 from tests.helpers import count_params
 
 
@@ -128,7 +128,7 @@ BATCH = 4
 def tiny_models():
   built = {}
   for name, (small, _, widths, bn) in TINY.items():
-    built[name] = state_lib.build_model(_tiny_config(small, widths, bn), nnx.Rngs(0))
+    built[name] = model_lib.build_model(_tiny_config(small, widths, bn), nnx.Rngs(0))
   return built
 
 

@@ -162,6 +162,7 @@ def test_a_checkpoint_of_the_layout_before_the_folders_restores_and_resumes(tmp_
   moved into stages/, training/ and evaluation/ (tests/data/make_simclr_checkpoint.py): its
   encoder loads, and pretraining resumes from its step 2 to step 3."""
   import tarfile  # pylint: disable=g-import-not-at-top
+
   from simclr_jax import load_encoder  # pylint: disable=g-import-not-at-top
   from tests.helpers import tiny_method_config  # pylint: disable=g-import-not-at-top
   archive = os.path.join(os.path.dirname(__file__), "data", "simclr_checkpoint_f193c55.tar.gz")

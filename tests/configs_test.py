@@ -9,7 +9,7 @@ import pytest
 from simclr_jax import config_checks
 from simclr_jax.data.augmentations import settings
 from simclr_jax.stages import finetune, linear_eval, pretrain
-from simclr_jax.training import state
+from simclr_jax.training import model as model_lib
 
 # Every file of configs/ with a get_config (the others hold blocks and presets they use).
 CONFIGS = sorted(
@@ -27,7 +27,7 @@ def test_config_is_valid(name):
   config = importlib.import_module(f"configs.{name}").get_config()
   pretrain.check_config(config)
   linear_eval.check_config(config)
-  state.check_model_config(config)
+  model_lib.check_model_config(config)
   finetune.check_config(config)
 
 
@@ -89,7 +89,7 @@ def test_demo_config_takes_the_method_and_the_validation_split(method):
   from configs import demo  # pylint: disable=g-import-not-at-top
   config = demo.get_config(method)
   assert config.method == method and config.eval_split == "test"
-  state.check_model_config(config)
+  model_lib.check_model_config(config)
   validation = demo.get_config(f"{method},validation")
   assert (validation.train_split, validation.eval_split) == ("train_without_validation",
                                                             "validation")
@@ -123,7 +123,7 @@ def test_finetune_config_carries_simclr_v2_s_protocols_on_the_method_s_encoder(
       cfg = cfg[key]
     return cfg
 
-  for field in state.model_fields(pretraining):
+  for field in model_lib.model_fields(pretraining):
     assert value(config, field) == value(pretraining, field), field
   block = config.finetune
   assert (block.label_fraction, block.epochs) == (fraction, epochs)

@@ -18,7 +18,7 @@ from simclr_jax import sharding
 from simclr_jax.evaluation import encoding
 from simclr_jax.stages import pretrain
 from simclr_jax.training import checkpoints
-from simclr_jax.training import state as state_lib
+from simclr_jax.training import model as model_lib
 from tests.conftest import MOCK_EXAMPLES
 from tests.helpers import tiny_food101_config, tiny_method_config
 
@@ -61,9 +61,9 @@ def _images(n=5, size=16, seed=0):
 def _stage_features(config, workdir, images, num_probe_classes=0, step=None):
   """(step, features) of the encoder as linear_eval restores and runs it (8 devices)."""
   mesh = sharding.create_mesh()
-  restored_step, model = state_lib.restore_model(config, str(workdir), mesh, num_probe_classes,
+  restored_step, model = model_lib.restore_model(config, str(workdir), mesh, num_probe_classes,
                                                  step)
-  encode = encoding.make_encoder(state_lib.model_graphdef(config, num_probe_classes),
+  encode = encoding.make_encoder(model_lib.model_graphdef(config, num_probe_classes),
                                  config.augment.normalize)
   return restored_step, np.asarray(encode(model["params"], model["batch_stats"], images)), model
 

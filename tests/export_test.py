@@ -19,7 +19,7 @@ from simclr_jax.data import input_pipeline
 from simclr_jax.evaluation import encoding
 from simclr_jax.stages import export, extract_features
 from simclr_jax.training import checkpoints
-from simclr_jax.training import state as state_lib
+from simclr_jax.training import model as model_lib
 from tests.conftest import MOCK_EXAMPLES
 from tests.helpers import tiny_food101_config
 
@@ -59,7 +59,7 @@ def _write_checkpoint(workdir, config, step):
   """A checkpoint of `config`'s randomly initialised model with non-trivial BatchNorm
   scales, biases and statistics, as pretraining saves it (on one device)."""
   mesh = Mesh(np.array(jax.devices()[:1]), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-  model = jax.device_get(state_lib.init_model(config, mesh))
+  model = jax.device_get(model_lib.init_model(config, mesh))
   rng = np.random.default_rng(step)
   model["params"]["encoder"] = _perturb_batch_norm(model["params"]["encoder"], rng, "scale",
                                                    "bias", 0.5, 1.5)
@@ -253,8 +253,8 @@ def test_extract_features_writes_every_example_of_each_split(pretrained_workdir,
     summary = extract_features.extract_features(config, str(tmp_path))
     mesh = sharding.create_mesh()
     source = input_pipeline.create_source(config)
-    encode = encoding.make_encoder(state_lib.model_graphdef(config), config.augment.normalize)
-    _, model = state_lib.restore_model(config, str(pretrained_workdir), mesh)
+    encode = encoding.make_encoder(model_lib.model_graphdef(config), config.augment.normalize)
+    _, model = model_lib.restore_model(config, str(pretrained_workdir), mesh)
     expected = {split: encoding.split_features(config, encode, encoding.EncoderState(**model),
                                                mesh, source, split)
                 for split in ("train", "validation")}

@@ -14,7 +14,7 @@ from simclr_jax import config_checks, precision, sharding
 from simclr_jax.data import input_pipeline, sources, subsets
 from simclr_jax.stages import finetune
 from simclr_jax.training import checkpoints, preemption
-from simclr_jax.training import state as state_lib
+from simclr_jax.training import model as model_lib
 from tests.conftest import MOCK_EXAMPLES
 from tests.helpers import tiny_food101_config
 
@@ -76,7 +76,7 @@ def test_the_classifier_starts_from_the_encoder_and_the_head_s_first_layer(head_
                                                                           head_workdir):
   head_config.finetune.from_head_layer = True
   mesh = sharding.create_mesh()
-  _, model = state_lib.restore_model(head_config, head_workdir, mesh)
+  _, model = model_lib.restore_model(head_config, head_workdir, mesh)
   model = jax.device_get(model)
   variables = finetune.classifier_variables(head_config, 7, model)
   params, stats = variables["params"], variables["batch_stats"]
@@ -105,7 +105,7 @@ def test_evaluation_counts_every_example_once_with_a_padded_last_batch(head_conf
   computation over all of them at once."""
   mesh = sharding.create_mesh()
   num_classes = 101
-  _, model = state_lib.restore_model(head_config, head_workdir, mesh)
+  _, model = model_lib.restore_model(head_config, head_workdir, mesh)
   variables = finetune.classifier_variables(head_config, num_classes, jax.device_get(model))
   rng = np.random.default_rng(1)
   variables["params"]["classifier"]["kernel"] = rng.normal(

@@ -13,6 +13,7 @@ from simclr_jax import sharding
 from simclr_jax.evaluation import encoding, linear_probe
 from simclr_jax.stages import linear_eval, pretrain
 from simclr_jax.training import checkpoints
+from simclr_jax.training import model as model_lib
 from simclr_jax.training import state as state_lib
 from tests.conftest import MOCK_EXAMPLES
 from tests.helpers import ArraySource, tiny_food101_config
@@ -60,7 +61,7 @@ def test_features_count_every_example_once_and_leave_encoder_untouched():
   labels = np.arange(37, dtype=np.int32) % 101
   source = ArraySource(images, labels)
 
-  encode = encoding.make_encoder(state_lib.model_graphdef(config), config.augment.normalize)
+  encode = encoding.make_encoder(model_lib.model_graphdef(config), config.augment.normalize)
   features, seen_labels = encoding.split_features(config, encode, state, mesh, source, "x")
 
   assert features.shape == (37, 32)
@@ -84,7 +85,7 @@ def test_lost_examples_are_an_error_not_a_smaller_denominator():
   source = ArraySource(images, np.arange(5, dtype=np.int32))
   source.num_examples = lambda split: 6  # The split claims one more than the pipeline yields.
   with pytest.raises(RuntimeError, match="Encoded 5 examples of split 'x' but it has 6"):
-    encode = encoding.make_encoder(state_lib.model_graphdef(config), config.augment.normalize)
+    encode = encoding.make_encoder(model_lib.model_graphdef(config), config.augment.normalize)
     encoding.split_features(config, encode, state, mesh, source, "x")
 
 
@@ -229,7 +230,7 @@ def test_classifier_on_augmented_images_learns_and_leaves_the_encoder_frozen(tmp
   images = (rng.integers(0, 60, (64, 20, 20, 3)) + 190 * labels[:, None, None, None])
   source = ArraySource(images.astype(np.uint8), labels)
   source.num_classes = 2
-  encode = encoding.make_encoder(state_lib.model_graphdef(config), config.augment.normalize)
+  encode = encoding.make_encoder(model_lib.model_graphdef(config), config.augment.normalize)
 
   classifier = linear_eval.train_linear_classifier_on_images(config, encode, state, mesh,
                                                              source, 32, tmp_path / "ckpt")
@@ -255,7 +256,7 @@ def test_an_sgd_pretrained_checkpoint_evaluates_under_the_lars_protocol(tmp_path
 
 
 def _classifier_run(config, state, mesh, source, checkpoint_dir):
-  encode = encoding.make_encoder(state_lib.model_graphdef(config), config.augment.normalize)
+  encode = encoding.make_encoder(model_lib.model_graphdef(config), config.augment.normalize)
   return linear_eval.train_linear_classifier_on_images(config, encode, state, mesh, source, 32,
                                                        checkpoint_dir)
 

@@ -17,6 +17,7 @@ from jax.sharding import PartitionSpec as P
 from simclr_jax import methods, sharding
 from simclr_jax.methods import base
 from simclr_jax.stages import pretrain
+from simclr_jax.training import model as model_lib
 from simclr_jax.training import pretrain_step
 from simclr_jax.training import state as state_lib
 from tests.conftest import MOCK_EXAMPLES
@@ -38,7 +39,7 @@ def _steps(config, mesh, views, labels=None):
   state = state_lib.init_train_state(config, tx, mesh, num_classes)
   initial = jax.device_get(state)
   step = pretrain_step.compile_train_step(
-      config, state_lib.model_graphdef(config, num_classes), tx, schedule, mesh, 100)
+      config, model_lib.model_graphdef(config, num_classes), tx, schedule, mesh, 100)
   data = NamedSharding(mesh, P("data"))
   for index, batch in enumerate(views):
     inputs = {"views": jax.device_put(batch, data)}
@@ -100,12 +101,12 @@ def test_pretrain_checkpoint_and_the_encoder_for_evaluation(name, tmp_path):
       jax.tree.leaves(resumed.params["encoder"]), jax.tree.leaves(fresh.params["encoder"]))]
   assert max(moved) > 0
 
-  eval_step, model = state_lib.restore_model(config, str(tmp_path), mesh, 101)
+  eval_step, model = model_lib.restore_model(config, str(tmp_path), mesh, 101)
   assert eval_step == 2
   for a, b in zip(jax.tree.leaves(model), jax.tree.leaves(items["model"])):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   # The frozen encoder maps images to (B, num_features) features.
-  graphdef = state_lib.model_graphdef(config, 101)
+  graphdef = model_lib.model_graphdef(config, 101)
   encoder = nnx.merge(graphdef, model["params"], model["batch_stats"]).encoder
   features = encoder(jnp.zeros((2, 16, 16, 3)), train=False)
   assert features.shape == (2, encoder.num_features)
@@ -130,7 +131,7 @@ def test_the_target_is_the_ema_of_the_updated_online_weights(name):
   mesh = sharding.create_mesh()
   tx, schedule = state_lib.create_optimizer(config, 10, 100)
   state = state_lib.init_train_state(config, tx, mesh)
-  step = pretrain_step.compile_train_step(config, state_lib.model_graphdef(config), tx,
+  step = pretrain_step.compile_train_step(config, model_lib.model_graphdef(config), tx,
                                           schedule, mesh, 100)
   momentum = base.target_momentum_schedule(0.9, 1.0, 100)
   for index, batch in enumerate(views):
@@ -154,8 +155,8 @@ def test_the_loss_sends_no_gradient_to_the_target(name):
   config = tiny_method_config(name)
   method = methods.METHODS[name]
   mesh = sharding.create_mesh()
-  graphdef = state_lib.model_graphdef(config)
-  model_item = state_lib.init_model(config, mesh)
+  graphdef = model_lib.model_graphdef(config)
+  model_item = model_lib.init_model(config, mesh)
   views = jax.random.uniform(jax.random.key(0), (16, 2, 16, 16, 3))
 
   def loss_of(params, target_params):
@@ -179,8 +180,8 @@ def _view_outputs(name, separately, *batches):
   config[name].forward_views_separately = separately
   method = methods.METHODS[name]
   mesh = sharding.create_mesh()
-  graphdef = state_lib.model_graphdef(config)
-  item = state_lib.init_model(config, mesh)
+  graphdef = model_lib.model_graphdef(config)
+  item = model_lib.init_model(config, mesh)
 
   @jax.jit
   def outputs(views):
@@ -222,7 +223,7 @@ def test_with_a_pass_per_view_a_view_s_outputs_ignore_the_other_view(name):
                                           ("mocov3", ("projector", "predictor")),
                                           ("vicreg", ("expander",))])
 def test_the_heads_end_without_a_bias_as_the_official_ones(name, heads):
-  model = nnx.eval_shape(lambda: state_lib.build_model(tiny_method_config(name), nnx.Rngs(0)))
+  model = nnx.eval_shape(lambda: model_lib.build_model(tiny_method_config(name), nnx.Rngs(0)))
   for head in heads:
     linears = getattr(model, head).linears
     assert linears[-1].bias is None, head

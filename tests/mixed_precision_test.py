@@ -18,6 +18,7 @@ from simclr_jax import sharding
 from simclr_jax.data import input_pipeline
 from simclr_jax.evaluation import encoding, linear_probe
 from simclr_jax.stages import pretrain
+from simclr_jax.training import model as model_lib
 from simclr_jax.training import pretrain_step
 from simclr_jax.training import state as state_lib
 from tests.conftest import MOCK_EXAMPLES
@@ -28,7 +29,7 @@ def _step_and_state(config):
   mesh = sharding.create_mesh()
   tx, schedule = state_lib.create_optimizer(config, 10, 100)
   state = state_lib.init_train_state(config, tx, mesh)
-  step = pretrain_step.compile_train_step(config, state_lib.model_graphdef(config), tx, schedule, mesh)
+  step = pretrain_step.compile_train_step(config, model_lib.model_graphdef(config), tx, schedule, mesh)
   views = np.random.default_rng(0).integers(0, 256, (16, 2, 16, 16, 3), dtype=np.uint8)
   return step, state, {"views": jax.device_put(views, NamedSharding(mesh, P("data")))}
 
@@ -82,8 +83,8 @@ def test_linear_and_knn_results_under_bfloat16_agree_with_float32():
     config.linear_eval.few_shot_per_class = 0
     mesh = sharding.create_mesh()
     source = input_pipeline.create_source(config)
-    state = encoding.EncoderState(**state_lib.init_model(config, mesh, num_probe_classes=10))
-    encode = encoding.make_encoder(state_lib.model_graphdef(config, 10), config.augment.normalize)
+    state = encoding.EncoderState(**model_lib.init_model(config, mesh, num_probe_classes=10))
+    encode = encoding.make_encoder(model_lib.model_graphdef(config, 10), config.augment.normalize)
     train_x, train_y = encoding.split_features(config, encode, state, mesh, source, "train")
     test_x, test_y = encoding.split_features(config, encode, state, mesh, source, "test")
     assert train_x.dtype == np.float32
@@ -120,7 +121,7 @@ def test_bfloat16_tracks_the_float32_loss_on_the_demo_over_100_steps():
     steps_per_epoch, num_steps = state_lib.training_length(config, source.num_examples("train"))
     tx, schedule = state_lib.create_optimizer(config, steps_per_epoch, num_steps)
     state = state_lib.init_train_state(config, tx, mesh, num_probe_classes=10)
-    step = pretrain_step.compile_train_step(config, state_lib.model_graphdef(config, 10), tx, schedule,
+    step = pretrain_step.compile_train_step(config, model_lib.model_graphdef(config, 10), tx, schedule,
                                     mesh)
     batches = input_pipeline.global_batches(
         input_pipeline.pretrain_dataset(config, source).as_numpy_iterator(),

@@ -50,6 +50,7 @@ from simclr_jax import runtime, sharding
 from simclr_jax.data import input_pipeline
 from simclr_jax.stages import linear_eval, pretrain
 from simclr_jax.training import checkpoints, pretrain_step
+from simclr_jax.training import model as model_lib
 from simclr_jax.training import state as state_lib
 
 # The fixed-batch steps: global batch, steps taken, steps the schedule spans, seed, and
@@ -125,7 +126,7 @@ def fixed_batch_steps(out: str, pair_out: str | None = None) -> None:
   mesh = sharding.create_mesh()
   # Steps per epoch of the 1,347 training digits (only used by warm-up, here none).
   tx, schedule = state_lib.create_optimizer(config, 1347 // GLOBAL_BATCH, SCHEDULE_STEPS)
-  graphdef = state_lib.model_graphdef(config, NUM_CLASSES)
+  graphdef = model_lib.model_graphdef(config, NUM_CLASSES)
   state = state_lib.init_train_state(config, tx, mesh, NUM_CLASSES)
   step_fn = pretrain_step.compile_train_step(config, graphdef, tx, schedule, mesh)
 
@@ -173,11 +174,11 @@ def capture_saves(out: str) -> None:
 def restore_pair_checkpoint(workdir: str, out: str) -> None:
   config = tiny_config(PRETRAIN_STEPS)
   mesh = sharding.create_mesh()
-  num_probe_classes = state_lib.probe_classes(config, input_pipeline.create_source(config))
+  num_probe_classes = model_lib.probe_classes(config, input_pipeline.create_source(config))
   with checkpoints.create_manager(checkpoints.checkpoint_dir(workdir),
                                   read_only=True) as manager:
     step, items = checkpoints.restore(
-        manager, {"model": state_lib.init_model(config, mesh, num_probe_classes)}, config)
+        manager, {"model": model_lib.init_model(config, mesh, num_probe_classes)}, config)
   np.savez(os.path.join(out, "restored.npz"), **flat_arrays(items["model"]))
   with open(os.path.join(out, "restored.json"), "w") as f:
     json.dump({"step": step, "device_count": jax.device_count(),

@@ -6,7 +6,7 @@ import pathlib
 import pytest
 
 from configs import official_recipes
-from simclr_jax.training import state
+from simclr_jax.training import model as model_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -55,7 +55,7 @@ def test_each_method_s_linear_protocol_restores_its_checkpoints(method):
   that shapes the model (so its checkpoints restore), and sets the method's own probe."""
   pretraining = official_recipes.config_for(method, "pretrain")
   linear = official_recipes.config_for(method, "linear")
-  for field in state.model_fields(pretraining):
+  for field in model_lib.model_fields(pretraining):
     assert _value(linear, field.rstrip(".")) == _value(pretraining, field.rstrip(".")), field
   assert linear.method == method and not linear.linear_eval.precompute_features
 

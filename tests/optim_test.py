@@ -10,8 +10,8 @@ from flax import nnx
 
 from configs import default as default_config
 from configs import food101_seed
+from simclr_jax.training import model as model_lib
 from simclr_jax.training import optim
-from simclr_jax.training import state as state_lib
 
 
 def _tiny_model_config(head_batch_norm):
@@ -27,7 +27,7 @@ def _tiny_model_config(head_batch_norm):
 def _abstract_model(head_batch_norm):
   # Structure and shapes only: the optimiser tests fill in their own numbers.
   return nnx.eval_shape(
-      lambda: state_lib.build_model(_tiny_model_config(head_batch_norm), nnx.Rngs(0)))
+      lambda: model_lib.build_model(_tiny_model_config(head_batch_norm), nnx.Rngs(0)))
 
 
 def _expected_mask(model):

@@ -19,7 +19,7 @@ import pytest
 from configs import demo
 from simclr_jax import sharding
 from simclr_jax.training import checkpoints
-from simclr_jax.training import state as state_lib
+from simclr_jax.training import model as model_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 120
@@ -75,7 +75,7 @@ def _run_and_signal(workdir, signum, after_step: int):
 def _final_params(workdir):
   config = _config()
   mesh = sharding.create_mesh()
-  target = state_lib.init_model(config, mesh, num_probe_classes=10)  # demo: online probe.
+  target = model_lib.init_model(config, mesh, num_probe_classes=10)  # demo: online probe.
   with checkpoints.create_manager(checkpoints.checkpoint_dir(workdir), read_only=True) as m:
     step, items = checkpoints.restore(m, {"model": target}, config)
   return step, jax.device_get(items["model"])

@@ -12,6 +12,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from simclr_jax import sharding
+from simclr_jax.training import model as model_lib
 from simclr_jax.training import pretrain_step
 from simclr_jax.training import state as state_lib
 from tests.helpers import tiny_food101_config
@@ -48,7 +49,7 @@ def _three_steps(separately: bool):
   tx, schedule = state_lib.create_optimizer(config, 10, 100)
   state = state_lib.init_train_state(config, tx, mesh, 101)
   models = [_flat({"params": state.params, "batch_stats": state.batch_stats})]
-  step = pretrain_step.compile_train_step(config, state_lib.model_graphdef(config, 101), tx,
+  step = pretrain_step.compile_train_step(config, model_lib.model_graphdef(config, 101), tx,
                                           schedule, mesh, 100)
   data = NamedSharding(mesh, P("data"))
   metrics = []

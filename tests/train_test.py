@@ -18,6 +18,7 @@ from simclr_jax.data import sources
 from simclr_jax.sharding import replicated
 from simclr_jax.stages import pretrain
 from simclr_jax.training import checkpoints, faults, pretrain_step
+from simclr_jax.training import model as model_lib
 from simclr_jax.training import state as state_lib
 from tests.conftest import MOCK_EXAMPLES
 from tests.helpers import count_params, tiny_food101_config
@@ -102,7 +103,7 @@ def test_train_step_on_8_devices_equals_1_device(separately):
   mesh_8 = sharding.create_mesh()
   mesh_1 = Mesh(np.array(jax.devices()[:1]), ("data",),
                 axis_types=(jax.sharding.AxisType.Auto,))
-  steps = {mesh: pretrain_step.compile_train_step(config, state_lib.model_graphdef(config),
+  steps = {mesh: pretrain_step.compile_train_step(config, model_lib.model_graphdef(config),
                                                   tx, schedule, mesh)
            for mesh in (mesh_8, mesh_1)}
 
@@ -141,7 +142,7 @@ def test_temperature_must_be_positive(temperature):
   config = tiny_food101_config()
   config.simclr.temperature = temperature
   with pytest.raises(config_checks.ConfigError, match="simclr.temperature must be > 0"):
-    state_lib.check_model_config(config)
+    model_lib.check_model_config(config)
 
 
 def test_missing_dataset_is_reported_with_instructions(tmp_path):
@@ -180,7 +181,7 @@ def test_a_faulty_step_leaves_the_state_as_it_was():
   mesh = sharding.create_mesh()
   tx, schedule = state_lib.create_optimizer(config, 10, 100)
   state = state_lib.init_train_state(config, tx, mesh)
-  step = pretrain_step.compile_train_step(config, state_lib.model_graphdef(config), tx, schedule, mesh)
+  step = pretrain_step.compile_train_step(config, model_lib.model_graphdef(config), tx, schedule, mesh)
   views = np.random.default_rng(0).integers(0, 256, (16, 2, 16, 16, 3), dtype=np.uint8)
   batch = {"views": jax.device_put(views, NamedSharding(mesh, P("data")))}
   for _ in range(5):
@@ -207,7 +208,7 @@ def test_online_probe_learns_from_labels_but_the_encoder_does_not():
   def one_step(num_probe_classes):
     tx, schedule = state_lib.create_optimizer(config, 10, 100)
     state = state_lib.init_train_state(config, tx, mesh, num_probe_classes)
-    step = pretrain_step.compile_train_step(config, state_lib.model_graphdef(config, num_probe_classes),
+    step = pretrain_step.compile_train_step(config, model_lib.model_graphdef(config, num_probe_classes),
                                     tx, schedule, mesh)
     before = jax.device_get(state.params)
     sharded = jax.device_put(batch, NamedSharding(mesh, P("data")))

@@ -24,7 +24,8 @@ from absl import logging
 from simclr_jax import config_checks, sharding, storage
 from simclr_jax.data import input_pipeline
 from simclr_jax.evaluation import encoding
-from simclr_jax.training import state, summaries
+from simclr_jax.training import model as model_lib
+from simclr_jax.training import summaries
 
 FEATURES_DIR = "features"
 
@@ -60,15 +61,15 @@ def extract_features(config, workdir: str) -> dict[str, Any]:
   splits = feature_splits(config)
   _check_splits(splits)
   config_checks.check_batch_size("linear_eval.batch_size", config.linear_eval.batch_size)
-  state.check_model_config(config)
+  model_lib.check_model_config(config)
   input_pipeline.configure_tensorflow()
   mesh = sharding.create_mesh()
   source = input_pipeline.create_source(config)
-  num_probe_classes = state.probe_classes(config, source)
-  encode = encoding.make_encoder(state.model_graphdef(config, num_probe_classes),
+  num_probe_classes = model_lib.probe_classes(config, source)
+  encode = encoding.make_encoder(model_lib.model_graphdef(config, num_probe_classes),
                                  config.augment.normalize)
   pretrain_workdir = config.export.pretrain_workdir or workdir
-  step, model = state.restore_model(config, pretrain_workdir, mesh, num_probe_classes,
+  step, model = model_lib.restore_model(config, pretrain_workdir, mesh, num_probe_classes,
                                     config.export.checkpoint_step)
   encoder = encoding.EncoderState(**model)
   folder = storage.path(workdir) / FEATURES_DIR

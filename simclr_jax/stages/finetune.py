@@ -33,7 +33,8 @@ from flax import nnx
 from simclr_jax import config_checks, methods, precision, sharding, storage
 from simclr_jax.data import input_pipeline, subsets
 from simclr_jax.sharding import batch_sharded, replicated
-from simclr_jax.training import checkpoints, faults, loop, optim, state, summaries
+from simclr_jax.training import checkpoints, faults, loop, optim, summaries
+from simclr_jax.training import model as model_lib
 
 DATA_FIELDS = ("dataset", "data_dir", "train_split", "eval_split")
 DIVERGED_ADVICE = "Lower config.finetune.optimizer.base_learning_rate, and check the labels."
@@ -103,7 +104,7 @@ def check_config(config) -> None:
                                     "finetune.")
   if block.from_head_layer:
     head = methods.get(config).projection_head
-    model = nnx.eval_shape(lambda: state.build_model(config, nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: model_lib.build_model(config, nnx.Rngs(0)))
     config_checks.require(
         len(getattr(model, head).linears) >= 2,
         f"finetune.from_head_layer keeps the first layer of the {config.method} projection "
@@ -117,7 +118,7 @@ def check_config(config) -> None:
 def build_classifier(config, num_classes: int, rngs: nnx.Rngs) -> Classifier:
   """The method's encoder (and its head's first layer when `finetune.from_head_layer`)
   with a zero-initialised linear classifier, computing in config.compute_dtype."""
-  pretrained = state.build_model(config, rngs)
+  pretrained = model_lib.build_model(config, rngs)
   head_linear = head_norm = None
   if config.finetune.from_head_layer:
     head = getattr(pretrained, methods.get(config).projection_head)
@@ -227,7 +228,7 @@ def finetune(config, workdir: str) -> dict[str, Any]:
   """Runs (or resumes) the fine-tuning stage; returns and writes finetune.json."""
   check_config(config)
   data = data_config(config)
-  state.check_model_config(data)  # The backbone at the fine-tuning image size.
+  model_lib.check_model_config(data)  # The backbone at the fine-tuning image size.
   input_pipeline.configure_tensorflow()
   mesh = sharding.create_mesh()
   full_source = input_pipeline.create_source(data)
@@ -236,7 +237,7 @@ def finetune(config, workdir: str) -> dict[str, Any]:
   step, model_item = _restore_pretrained(config, workdir, mesh)
   starts = {"": model_item}
   if config.finetune.random_init_baseline:
-    starts["random_init_"] = state.init_model(config, mesh)
+    starts["random_init_"] = model_lib.init_model(config, mesh)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0,
                                                 collection="finetune")
   results: dict[str, Any] = {
@@ -267,7 +268,7 @@ def _restore_pretrained(config, workdir: str, mesh):
   config.finetune names (its workdir, default --workdir; its step, default the newest)."""
   block = config.finetune
   modules = ("encoder", methods.get(config).projection_head)
-  return state.restore_model(config, block.pretrain_workdir or workdir, mesh,
+  return model_lib.restore_model(config, block.pretrain_workdir or workdir, mesh,
                              step=block.checkpoint_step, modules=modules)
 
 
@@ -280,7 +281,7 @@ def training_length(config, num_labelled: int) -> tuple[int, int]:
 
 def resume_fields(config) -> tuple[str, ...]:
   """Config fields a resumed fine-tuning run must share with its checkpoint."""
-  return (*state.model_fields(config), "finetune.", "seed", "augment.")
+  return (*model_lib.model_fields(config), "finetune.", "seed", "augment.")
 
 
 def _finetune_from(config, data, source, model_item, mesh, writer, prefix: str,

@@ -24,7 +24,8 @@ from simclr_jax import config_checks, precision, sharding, storage
 from simclr_jax.data import input_pipeline
 from simclr_jax.evaluation import encoding, linear_probe, visualize
 from simclr_jax.sharding import batch_sharded, replicated
-from simclr_jax.training import checkpoints, faults, loop, state, summaries
+from simclr_jax.training import checkpoints, faults, loop, summaries
+from simclr_jax.training import model as model_lib
 
 DIVERGED_ADVICE = "Lower config.linear_eval.learning_rate, and check the labels."
 
@@ -47,7 +48,7 @@ def check_config(config) -> None:
 
 def classifier_fields(config) -> tuple[str, ...]:
   """Config fields a resumed classifier training must share with its checkpoint."""
-  return (*state.model_fields(config), "linear_eval.batch_size", "linear_eval.epochs",
+  return (*model_lib.model_fields(config), "linear_eval.batch_size", "linear_eval.epochs",
           "linear_eval.learning_rate", "linear_eval.lr_scaling", "linear_eval.momentum",
           "linear_eval.nesterov", "linear_eval.weight_decay",
           "train_split", "augment.")
@@ -115,7 +116,7 @@ def train_linear_classifier_on_images(config, encode, encoder, mesh, source, num
 def evaluate(config, workdir: str) -> dict[str, Any]:
   """Runs the linear evaluation stage; returns and writes linear_eval.json."""
   check_config(config)
-  state.check_model_config(config)
+  model_lib.check_model_config(config)
   input_pipeline.configure_tensorflow()
   mesh = sharding.create_mesh()
   source = input_pipeline.create_source(config)
@@ -162,17 +163,17 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
 def _load_encoders(config, workdir: str, mesh, source):
   """(encode, checkpoint step, {result prefix: EncoderState}) for the pretrained encoder
   chosen by config.linear_eval (and the random-init one when asked). Only the model item
-  of the checkpoint is read (state.restore_model)."""
-  num_probe_classes = state.probe_classes(config, source)
-  encode = encoding.make_encoder(state.model_graphdef(config, num_probe_classes),
+  of the checkpoint is read (model_lib.restore_model)."""
+  num_probe_classes = model_lib.probe_classes(config, source)
+  encode = encoding.make_encoder(model_lib.model_graphdef(config, num_probe_classes),
                         config.augment.normalize)
-  step, model = state.restore_model(config, config.linear_eval.pretrain_workdir or workdir,
+  step, model = model_lib.restore_model(config, config.linear_eval.pretrain_workdir or workdir,
                                     mesh, num_probe_classes, config.linear_eval.checkpoint_step)
   logging.info("Linear evaluation of the encoder at pretraining step %d.", step)
   encoders = {"": encoding.EncoderState(**model)}
   if config.linear_eval.random_init_baseline:
     encoders["random_init_"] = encoding.EncoderState(
-        **state.init_model(config, mesh, num_probe_classes))
+        **model_lib.init_model(config, mesh, num_probe_classes))
   return encode, step, encoders
 
 

@@ -17,17 +17,14 @@ from simclr_jax.data.augmentations import settings
 from simclr_jax.evaluation import visualize
 from simclr_jax.sharding import batch_sharded, create_mesh
 from simclr_jax.training import checkpoints, loop, optim, summaries
+from simclr_jax.training import model as model_lib
 
 # The step and the state live in TensorFlow-free modules.
 from simclr_jax.training.pretrain_step import compile_train_step
 from simclr_jax.training.state import (
   TrainState,
-  check_model_config,
   create_optimizer,
   init_train_state,
-  model_fields,
-  model_graphdef,
-  probe_classes,
   training_length,
 )
 
@@ -38,7 +35,7 @@ DIVERGED_ADVICE = ("Lower config.optimizer.base_learning_rate (or raise the meth
 def resume_fields(config) -> tuple[str, ...]:
   """Config fields a resumed run must share with its checkpoint: the model's and those that
   shape the optimiser's state."""
-  return (*model_fields(config), "optimizer.name", "optimizer.learning_rate_multipliers")
+  return (*model_lib.model_fields(config), "optimizer.name", "optimizer.learning_rate_multipliers")
 
 
 def check_config(config) -> None:
@@ -51,7 +48,7 @@ def check_config(config) -> None:
       config, ("log_every_steps", "checkpoint_every_steps", "max_checkpoints_to_keep"))
   optim.check_config("optimizer", config.optimizer)
   settings.check_augment_config(config.augment)
-  check_model_config(config)
+  model_lib.check_model_config(config)
 
 
 def param_counts(params) -> dict[str, int]:
@@ -69,8 +66,8 @@ def pretrain(config, workdir: str) -> dict[str, Any]:
   num_train_examples = source.num_examples(config.train_split)
   steps_per_epoch, num_train_steps = training_length(config, num_train_examples)
   tx, schedule = create_optimizer(config, steps_per_epoch, num_train_steps)
-  num_probe_classes = probe_classes(config, source)
-  graphdef = model_graphdef(config, num_probe_classes)
+  num_probe_classes = model_lib.probe_classes(config, source)
+  graphdef = model_lib.model_graphdef(config, num_probe_classes)
 
   state = init_train_state(config, tx, mesh, num_probe_classes)
   # Closing the manager waits for a save in flight and stops Orbax's background threads,
