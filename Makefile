@@ -6,7 +6,7 @@ METHOD ?= simclr
 WORKDIR ?= /tmp/simclr_demo$(if $(filter-out simclr,$(METHOD)),_$(METHOD))
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-slow bench clean-demo
+.PHONY: demo test test-e2e test-slow check-demos clean-demo
 
 $(VENV)/.installed: requirements.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 needed: make PYTHON=python3.11"'
@@ -19,11 +19,21 @@ demo: $(VENV)/.installed
 	$(PY) main.py --config=configs/demo.py:$(METHOD) --workdir=$(WORKDIR) --mode=pretrain
 	$(PY) main.py --config=configs/demo.py:$(METHOD) --workdir=$(WORKDIR) --mode=linear_eval
 
+# The default suite (<= 6 minutes on 2 cores): every folder of tests/ but e2e/, not `slow`.
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
+# Subprocesses and several processes (tests/e2e/), not `slow`.
+test-e2e: $(VENV)/.installed
+	$(PY) -m pytest -q -m "e2e and not slow"
+
+# The heavier checks, among them every method's short learning check (tests/e2e/learning_test.py).
 test-slow: $(VENV)/.installed
 	$(PY) -m pytest -q -m slow
+
+# Every method's full demo against its targets, one table (docs/development.md: when to run it).
+check-demos: $(VENV)/.installed
+	$(PY) benchmarks/check_demos.py $(if $(SEEDS),--seeds=$(SEEDS))
 
 clean-demo:
 	rm -rf $(WORKDIR)

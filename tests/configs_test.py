@@ -10,11 +10,12 @@ from simclr_jax import config_checks
 from simclr_jax.data.augmentations import settings
 from simclr_jax.stages import finetune, linear_eval, pretrain
 from simclr_jax.training import model as model_lib
+from tests.support import paths
 
 # Every file of configs/ with a get_config (the others hold blocks and presets they use).
 CONFIGS = sorted(
     name for name in (os.path.basename(p)[:-3] for p in glob.glob(
-        os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "*.py")))
+        str(paths.REPO / "configs" / "*.py")))
     if hasattr(importlib.import_module(f"configs.{name}"), "get_config"))
 
 

@@ -10,20 +10,18 @@ import sys
 import jax
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 import simclr_jax
 from simclr_jax import encoder as encoder_lib
 from simclr_jax import sharding
 from simclr_jax.evaluation import encoding
-from simclr_jax.stages import pretrain
 from simclr_jax.training import checkpoints
 from simclr_jax.training import model as model_lib
-from tests.conftest import MOCK_EXAMPLES
-from tests.helpers import tiny_food101_config, tiny_method_config
+from tests.support import paths
+from tests.support.helpers import probed_config, tiny_food101_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Importing tensorflow, tensorflow_datasets or clu fails. Unlike tests/no_tensorflow_test.py's
+ROOT = str(paths.REPO)
+# Importing tensorflow, tensorflow_datasets or clu fails. Unlike tests/e2e/no_tensorflow_test.py's
 # blocker, looking them up (importlib.util.find_spec, as etils.epath does for every path)
 # still works, as on a machine without them, where it answers None.
 BLOCKER = """
@@ -41,17 +39,14 @@ sys.meta_path.insert(0, Block())
 """
 
 
-@pytest.fixture(scope="module")
-def byol_workdir(tmp_path_factory):
-  """BYOL with the online probe, checkpoints at steps 1 and 2."""
-  workdir = tmp_path_factory.mktemp("byol")
-  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-    pretrain.pretrain(_byol_config(), str(workdir))
-  return workdir
+@pytest.fixture
+def byol_workdir(probed_workdir):
+  """BYOL with the online probe, checkpoints at steps 1 and 2 (shared: copy before writing)."""
+  return probed_workdir("byol")
 
 
 def _byol_config():
-  return tiny_method_config("byol", num_train_steps=2, online_probe=True)
+  return probed_config("byol")
 
 
 def _images(n=5, size=16, seed=0):

@@ -3,11 +3,12 @@ package, no model code in it, stages independent, methods and backbones reached 
 their registries, no import cycles, and the folders in layers (runtime > stages >
 evaluation > encoder > training > methods > backbones, losses > leaves)."""
 
-import pathlib
 import subprocess
 import sys
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from tests.support import paths
+
+ROOT = paths.REPO
 
 
 def test_the_import_contracts_are_kept():

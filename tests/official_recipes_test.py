@@ -1,14 +1,14 @@
 """Every Food-101 config against its official recipe (configs/official_recipes.py), and
 docs/recipes.md against the same rows."""
 
-import pathlib
 
 import pytest
 
 from configs import official_recipes
 from simclr_jax.training import model as model_lib
+from tests.support import paths
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = paths.REPO
 
 
 def _value(config, field):

@@ -14,7 +14,7 @@ from jax.experimental import multihost_utils
 from simclr_jax import storage
 from simclr_jax.evaluation import visualize
 from simclr_jax.training import summaries
-from tests.ram_fs import RamPath
+from tests.support.ram_fs import RamPath
 
 
 @pytest.fixture

@@ -1,0 +1,106 @@
+"""Runs every method's full offline demo and checks it against the demo targets.
+
+    python benchmarks/check_demos.py [--methods=simclr,byol,mocov3,vicreg] [--seeds=0]
+        [--workdir_root=/tmp/check_demos] [--no_finetune]      (make check-demos)
+
+For each method and seed: `make demo`'s two commands (600 pretraining steps on the digits,
+then linear evaluation) and fine-tuning with 10% of the labels, each from its own workdir.
+Prints one Markdown table (method, seed, linear top-1, 5-label top-1 against the random
+encoder's and the margin, fine-tuned top-1 against random init's and the margin, minutes,
+pass) and exits 1 when any target is missed:
+
+  linear top-1 >= 0.95; 5-label margin >= 10 points over random init;
+  fine-tuning with 10% of the labels >= 20 points over random init.
+
+Run it when a change touches a method, a backbone, an optimiser, the augmentations or the
+demo configs, and put its table in the note (docs/development.md). About 6-9 minutes per
+method and seed on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LINEAR_TOP1, FEW_SHOT_MARGIN, FINETUNE_MARGIN = 0.95, 0.10, 0.20
+
+
+def run_stage(method: str, seed: int, workdir: str, mode: str) -> None:
+  """One `main.py` stage of `configs/demo.py:method` at `seed`; its log in workdir/<mode>.log."""
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, f"{mode}.log"), "w") as log:
+    subprocess.run([sys.executable, "main.py", f"--config=configs/demo.py:{method}",
+                    f"--config.seed={seed}", f"--workdir={workdir}", f"--mode={mode}"],
+                   cwd=ROOT, check=True, stdout=log, stderr=subprocess.STDOUT,
+                   env={**os.environ, "SIMCLR_NO_DISTRIBUTED": "1"})
+
+
+def check(method: str, seed: int, workdir: str, finetune: bool) -> dict:
+  """Runs the demo of `method` at `seed`; its scores, margins, minutes and misses."""
+  start = time.perf_counter()
+  for mode in ("pretrain", "linear_eval") + (("finetune",) if finetune else ()):
+    run_stage(method, seed, workdir, mode)
+  with open(os.path.join(workdir, "linear_eval.json")) as f:
+    linear = json.load(f)
+  row = {"method": method, "seed": seed, "top1": linear["top1"],
+         "top1_5shot": linear["top1_5shot"], "random_5shot": linear["random_init_top1_5shot"],
+         "minutes": (time.perf_counter() - start) / 60}
+  row["margin_5shot"] = row["top1_5shot"] - row["random_5shot"]
+  misses = []
+  if row["top1"] < LINEAR_TOP1:
+    misses.append(f"linear top-1 < {LINEAR_TOP1}")
+  if row["margin_5shot"] < FEW_SHOT_MARGIN:
+    misses.append(f"5-label margin < {100 * FEW_SHOT_MARGIN:.0f}")
+  if finetune:
+    with open(os.path.join(workdir, "finetune.json")) as f:
+      tuned = json.load(f)
+    row.update(finetune_top1=tuned["top1"], finetune_random=tuned["random_init_top1"])
+    row["finetune_margin"] = row["finetune_top1"] - row["finetune_random"]
+    if row["finetune_margin"] < FINETUNE_MARGIN:
+      misses.append(f"fine-tuning margin < {100 * FINETUNE_MARGIN:.0f}")
+  row["misses"] = misses
+  return row
+
+
+def table(rows: list[dict]) -> str:
+  """The rows as one Markdown table."""
+  lines = ["| method | seed | linear top-1 | 5-label top-1 | random 5-label | margin | "
+           "fine-tuned 10% | random init | margin | minutes | pass |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    tuned = (f"{r['finetune_top1']:.3f} | {r['finetune_random']:.3f} | "
+             f"{100 * r['finetune_margin']:+.1f}" if "finetune_top1" in r else "- | - | -")
+    verdict = "yes" if not r["misses"] else "NO: " + "; ".join(r["misses"])
+    lines.append(f"| {r['method']} | {r['seed']} | {r['top1']:.3f} | {r['top1_5shot']:.3f} | "
+                 f"{r['random_5shot']:.3f} | {100 * r['margin_5shot']:+.1f} | {tuned} | "
+                 f"{r['minutes']:.1f} | {verdict} |")
+  return "\n".join(lines)
+
+
+def main() -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--methods", default="simclr,byol,mocov3,vicreg")
+  parser.add_argument("--seeds", default="0")
+  parser.add_argument("--workdir_root", default="/tmp/check_demos")
+  parser.add_argument("--no_finetune", action="store_true")
+  args = parser.parse_args()
+  rows = []
+  for seed in (int(s) for s in args.seeds.split(",")):
+    for method in args.methods.split(","):
+      workdir = os.path.join(args.workdir_root, f"{method}_seed{seed}")
+      shutil.rmtree(workdir, ignore_errors=True)  # A fresh run, not a resume.
+      print(f"{method}, seed {seed}: {workdir} ...", flush=True)
+      rows.append(check(method, seed, workdir, not args.no_finetune))
+      print(table(rows[-1:]).splitlines()[-1], flush=True)
+  print(table(rows))
+  return 1 if any(r["misses"] for r in rows) else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

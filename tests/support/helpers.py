@@ -1,0 +1,71 @@
+"""Shared test helpers."""
+
+import jax
+import tensorflow as tf
+from flax import nnx
+
+from configs import food101
+
+
+def tiny_food101_config(**overrides):
+  """The food101 config with everything that costs time shrunk."""
+  config = food101.get_config()
+  config.compute_dtype = "float32"  # Tests compute in float32 unless they set it.
+  config.augment.image_size = 16
+  config.model.depth = 18
+  config.model.width_multiplier = 0.0625
+  config.model.small_image_stem = True
+  config.simclr.head_widths = (32, 16)
+  config.batch_size = 16
+  config.num_train_steps = 1
+  config.shuffle_buffer = 64
+  config.log_every_steps = 1
+  config.checkpoint_every_steps = 1
+  config.linear_eval.batch_size = 16
+  config.linear_eval.epochs = 2
+  config.linear_eval.lr_scaling = "none"  # The rate as written, at these tiny batches.
+  config.update(overrides)
+  return config
+
+
+# Test-sized heads per method (the recipes' are thousands wide).
+TINY_HEADS = {
+    "simclr": {"head_widths": (32, 16)},
+    "byol": {"projector_widths": (32, 16), "predictor_widths": (32, 16)},
+    "mocov3": {"projector_widths": (32, 32, 16), "predictor_widths": (32, 16)},
+    "vicreg": {"expander_widths": (32, 32, 32)},
+}
+
+
+def tiny_method_config(method: str, **overrides):
+  """`tiny_food101_config` pretraining `method` with test-sized heads."""
+  config = tiny_food101_config(**overrides)
+  config.method = method
+  config[method].update(TINY_HEADS[method])
+  return config
+
+
+def probed_config(method: str):
+  """2 steps of `method` with the online probe (conftest's `probed_workdir` runs it)."""
+  return tiny_method_config(method, num_train_steps=2, online_probe=True)
+
+
+def count_params(module: nnx.Module) -> int:
+  """Number of trainable (nnx.Param) scalars in `module` (works on abstract modules)."""
+  return sum(x.size for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
+
+
+class ArraySource:
+  """A data source over in-memory arrays: images (n, H, W, 3) uint8, labels (n,)."""
+  num_classes = 101
+
+  def __init__(self, images, labels):
+    self.images, self.labels = images, labels
+
+  def num_examples(self, split):
+    del split
+    return len(self.labels)
+
+  def local_dataset(self, split, shuffle, seed):
+    del split, shuffle, seed
+    return tf.data.Dataset.from_tensor_slices({"image": self.images, "label": self.labels})
