@@ -18,7 +18,8 @@ from simclr_jax.evaluation import encoding
 from simclr_jax.training import checkpoints
 from simclr_jax.training import model as model_lib
 from tests.support import paths
-from tests.support.helpers import probed_config, tiny_food101_config
+from tests.support import toy_backbone
+from tests.support.helpers import TOY_BACKBONE, probed_config, tiny_food101_config
 
 ROOT = str(paths.REPO)
 # Importing tensorflow, tensorflow_datasets or clu fails. Unlike tests/e2e/no_tensorflow_test.py's
@@ -69,9 +70,9 @@ def test_load_encoder_gives_the_stages_features_on_one_device(pretrained_workdir
   step, expected, model = _stage_features(config, pretrained_workdir, images)
   encoder = simclr_jax.load_encoder(str(pretrained_workdir))
 
-  assert encoder.step == step == 1 and encoder.num_features == 32
+  assert encoder.step == step == 1 and encoder.num_features == toy_backbone.FEATURES
   features = encoder(images)
-  assert features.shape == (5, 32) and features.dtype == np.float32
+  assert features.shape == (5, toy_backbone.FEATURES) and features.dtype == np.float32
   np.testing.assert_allclose(np.asarray(features), expected, rtol=1e-6, atol=1e-6)
   np.testing.assert_allclose(np.asarray(encoder(jax.numpy.asarray(images))), expected,
                              rtol=1e-6, atol=1e-6)
@@ -79,7 +80,7 @@ def test_load_encoder_gives_the_stages_features_on_one_device(pretrained_workdir
   saved = checkpoints.config_json(config)
   assert encoder.config.model.to_dict() == saved["model"]
   assert encoder.config.augment.to_dict() == saved["augment"]
-  assert encoder.config.model.width_multiplier == 0.0625 and encoder.config.method == "simclr"
+  assert encoder.config.model.name == TOY_BACKBONE and encoder.config.method == "simclr"
   # Only the encoder, restored as saved, on one device (it was saved from 8).
   for ours, theirs in ((encoder.params, model["params"]["encoder"]),
                        (encoder.batch_stats, model["batch_stats"]["encoder"])):
@@ -145,7 +146,9 @@ try:
 except ImportError:
   pass
 import numpy as np
-from simclr_jax import load_encoder
+from simclr_jax import backbones, load_encoder
+from tests.support import toy_backbone
+backbones.BACKBONES["toy_mlp"] = toy_backbone  # The workdir's backbone, as helpers.py does.
 encoder = load_encoder(sys.argv[1])
 features = encoder(np.zeros((2, 16, 16, 3), np.uint8))
 assert not {"tensorflow", "tensorflow_datasets", "clu"} & set(sys.modules)
@@ -157,4 +160,4 @@ print(json.dumps({"shape": list(features.shape), "step": encoder.step,
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   line = json.loads(result.stdout.strip().splitlines()[-1])
-  assert line == {"shape": [2, 32], "step": 1, "devices": 1}
+  assert line == {"shape": [2, toy_backbone.FEATURES], "step": 1, "devices": 1}

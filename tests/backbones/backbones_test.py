@@ -308,7 +308,7 @@ def test_a_registered_toy_backbone_runs_every_stage(monkeypatch, tmp_path):
 
   assert pretrained["step"] == 1 and pretrained["params_encoder"] == (
       4 * 4 * 3 * toy_backbone.HIDDEN + 2 * toy_backbone.HIDDEN
-      + toy_backbone.HIDDEN * toy_backbone.FEATURES + toy_backbone.FEATURES)
+      + toy_backbone.HIDDEN * toy_backbone.FEATURES)
   assert probed["num_features"] == toy_backbone.FEATURES and 0 <= probed["top1"] <= 1
   assert tuned["num_eval_examples"] == MOCK_EXAMPLES and 0 <= tuned["top1"] <= 1
   meta = json.loads((tmp_path / "export" / "export" / "encoder.json").read_text())

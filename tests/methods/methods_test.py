@@ -54,7 +54,6 @@ def test_a_step_on_8_devices_equals_1_device(name):
   sharding changes nothing. The parameters move, so the comparison can fail."""
   config = tiny_method_config(name)
   config.optimizer.warmup_epochs = 0.0
-  config.model.zero_init_residual = False  # So that one step moves every parameter.
   views = np.random.default_rng(0).integers(0, 256, (1, 16, 2, 16, 16, 3), np.uint8)
   initial, state_8, metrics_8 = _steps(config, sharding.create_mesh(), views)
   mesh_1 = Mesh(np.array(jax.devices()[:1]), ("data",),

@@ -21,7 +21,8 @@ from simclr_jax.stages import export, extract_features
 from simclr_jax.training import checkpoints
 from simclr_jax.training import model as model_lib
 from tests.conftest import MOCK_EXAMPLES
-from tests.support.helpers import tiny_food101_config
+from tests.support import toy_backbone
+from tests.support.helpers import tiny_food101_config, tiny_resnet_config
 
 # torchvision.models.resnet{depth}: (Bottleneck?, blocks per layer), written from its
 # definitions rather than from this project's tables.
@@ -137,7 +138,7 @@ def torchvision_resnet_features(t, x, depth):
 
 
 def _resnet18_config():
-  config = tiny_food101_config()
+  config = tiny_resnet_config()
   config.model.update(depth=18, width_multiplier=1.0, small_image_stem=False)
   config.augment.image_size = 64
   config.augment.normalize = True
@@ -189,7 +190,7 @@ def test_name_table_covers_torchvisions_resnets(depth):
 
 def test_resnet50_names_shapes_and_parameter_count():
   """Every project variable has its torchvision tensor; 23,508,032 parameters without fc."""
-  config = tiny_food101_config()
+  config = tiny_resnet_config()
   config.model.update(depth=50, width_multiplier=1.0, small_image_stem=False)
   abstract = nnx.eval_shape(lambda: backbones.create(config, nnx.Rngs(0)))
   _, params, stats = nnx.split(abstract, nnx.Param, nnx.BatchStat)
@@ -207,7 +208,7 @@ def test_resnet50_names_shapes_and_parameter_count():
 
 
 def test_other_encoders_keep_the_projects_names(tmp_path):
-  config = tiny_food101_config()
+  config = tiny_resnet_config()
   config.model.width_multiplier = 0.125  # 8 channels at the stem; small-image stem.
   config.augment.normalize = False
   summary, tensors, meta = _export(tmp_path, config, step=3)
@@ -259,13 +260,13 @@ def test_extract_features_writes_every_example_of_each_split(pretrained_workdir,
                                                mesh, source, split)
                 for split in ("train", "validation")}
 
-  assert summary["checkpoint_step"] == 1 and summary["num_features"] == 32
+  assert summary["checkpoint_step"] == 1 and summary["num_features"] == toy_backbone.FEATURES
   assert json.loads((tmp_path / "features" / "features.json").read_text()) == summary
   for split, (features, labels) in expected.items():
     assert summary["splits"][split]["num_examples"] == MOCK_EXAMPLES
     saved_features = np.load(tmp_path / "features" / f"{split}_features.npy")
     saved_labels = np.load(tmp_path / "features" / f"{split}_labels.npy")
-    assert saved_features.shape == (MOCK_EXAMPLES, 32) and saved_features.dtype == np.float32
+    assert saved_features.shape == (MOCK_EXAMPLES, toy_backbone.FEATURES) and saved_features.dtype == np.float32
     assert saved_labels.shape == (MOCK_EXAMPLES,) and saved_labels.dtype == np.int32
     np.testing.assert_array_equal(saved_labels, labels)
     np.testing.assert_allclose(saved_features, features, rtol=1e-6, atol=1e-6)

@@ -16,7 +16,7 @@ from simclr_jax.stages import finetune
 from simclr_jax.training import checkpoints, preemption
 from simclr_jax.training import model as model_lib
 from tests.conftest import MOCK_EXAMPLES
-from tests.support.helpers import tiny_food101_config
+from tests.support.helpers import tiny_food101_config, tiny_resnet_config
 
 
 def test_stratified_fraction_keeps_every_class_in_proportion_and_is_reproducible():
@@ -260,7 +260,7 @@ def test_the_update_s_loss_is_smoothed_cross_entropy_of_the_model_s_logits(head_
 
 
 def test_a_fine_tuning_image_size_too_small_for_the_backbone_is_a_config_error(tmp_path):
-  config = tiny_food101_config()
+  config = tiny_resnet_config()
   config.finetune.image_size = 4  # The small-image stem downsamples by 8.
   with pytest.raises(config_checks.ConfigError, match="augment.image_size=4 is too small"):
     _finetune(config, tmp_path)

@@ -16,6 +16,7 @@ from simclr_jax.training import checkpoints
 from simclr_jax.training import model as model_lib
 from simclr_jax.training import state as state_lib
 from tests.conftest import MOCK_EXAMPLES
+from tests.support import toy_backbone
 from tests.support.helpers import ArraySource, tiny_food101_config
 
 
@@ -35,8 +36,7 @@ def test_linear_eval_stage_on_mock_food101(pretrained_workdir, tmp_path):
   assert results["num_eval_examples"] == MOCK_EXAMPLES
   assert results["num_train_examples"] == MOCK_EXAMPLES
   assert results["checkpoint_step"] == 1
-  # Width 0.0625 ResNet-18: 4 * 2**3 = 32 features (the head is dropped).
-  assert results["num_features"] == 32
+  assert results["num_features"] == toy_backbone.FEATURES  # The head is dropped.
   for key in ("top1", "top5", "knn_top1", "top1_1shot", "knn_top1_1shot", "random_init_top1",
               "random_init_top1_1shot", "random_init_knn_top1"):
     assert 0.0 <= results[key] <= 1.0
@@ -64,7 +64,7 @@ def test_features_count_every_example_once_and_leave_encoder_untouched():
   encode = encoding.make_encoder(model_lib.model_graphdef(config), config.augment.normalize)
   features, seen_labels = encoding.split_features(config, encode, state, mesh, source, "x")
 
-  assert features.shape == (37, 32)
+  assert features.shape == (37, toy_backbone.FEATURES)
   np.testing.assert_array_equal(np.sort(seen_labels), np.sort(labels))
   after = jax.device_get(state)
   for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
@@ -233,7 +233,8 @@ def test_classifier_on_augmented_images_learns_and_leaves_the_encoder_frozen(tmp
   encode = encoding.make_encoder(model_lib.model_graphdef(config), config.augment.normalize)
 
   classifier = linear_eval.train_linear_classifier_on_images(config, encode, state, mesh,
-                                                             source, 32, tmp_path / "ckpt")
+                                                             source, toy_backbone.FEATURES,
+                                                             tmp_path / "ckpt")
   features, seen = encoding.split_features(config, encode, state, mesh, source, "x")
   assert linear_probe.top_k_accuracy(classifier, features, seen, 1) >= 0.9
   for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(jax.device_get(state))):
@@ -257,7 +258,8 @@ def test_an_sgd_pretrained_checkpoint_evaluates_under_the_lars_protocol(tmp_path
 
 def _classifier_run(config, state, mesh, source, checkpoint_dir):
   encode = encoding.make_encoder(model_lib.model_graphdef(config), config.augment.normalize)
-  return linear_eval.train_linear_classifier_on_images(config, encode, state, mesh, source, 32,
+  return linear_eval.train_linear_classifier_on_images(config, encode, state, mesh, source,
+                                                       toy_backbone.FEATURES,
                                                        checkpoint_dir)
 
 

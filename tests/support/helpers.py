@@ -1,20 +1,31 @@
-"""Shared test helpers."""
+"""Shared test helpers: tiny configs (on the registered toy backbone, or a ResNet where the
+test is about convolutions), array data sources, parameter counts."""
 
 import jax
+import ml_collections
 import tensorflow as tf
 from flax import nnx
 
 from configs import food101
+from simclr_jax import backbones
+from tests.support import toy_backbone
+
+# Registered for every test process that imports this module (pytest's and the multi-host
+# workers'): a tiny config's backbone, so that the trainer, the stages and the methods are
+# tested without compiling convolutions (XLA's CPU convolutions are what made tests slow).
+TOY_BACKBONE = "toy_mlp"
+backbones.BACKBONES.setdefault(TOY_BACKBONE, toy_backbone)
 
 
 def tiny_food101_config(**overrides):
-  """The food101 config with everything that costs time shrunk."""
+  """The food101 config with everything that costs time shrunk, on the toy backbone
+  (tests/support/toy_backbone.py: pooled pixels through an MLP, 16 features)."""
   config = food101.get_config()
   config.compute_dtype = "float32"  # Tests compute in float32 unless they set it.
   config.augment.image_size = 16
-  config.model.depth = 18
-  config.model.width_multiplier = 0.0625
-  config.model.small_image_stem = True
+  config.model = ml_collections.ConfigDict({"name": TOY_BACKBONE,
+                                            "hidden": toy_backbone.HIDDEN,
+                                            "features": toy_backbone.FEATURES})
   config.simclr.head_widths = (32, 16)
   config.batch_size = 16
   config.num_train_steps = 1
@@ -25,6 +36,15 @@ def tiny_food101_config(**overrides):
   config.linear_eval.epochs = 2
   config.linear_eval.lr_scaling = "none"  # The rate as written, at these tiny batches.
   config.update(overrides)
+  return config
+
+
+def tiny_resnet_config(**overrides):
+  """`tiny_food101_config` on a ResNet-18 at 1/16 width with the small-image stem (32
+  features): for tests of convolutions, the ResNet's layout or checkpoints made with it."""
+  config = tiny_food101_config(**overrides)
+  config.model = food101.get_config().model
+  config.model.update(depth=18, width_multiplier=0.0625, small_image_stem=True)
   return config
 
 

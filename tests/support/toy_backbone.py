@@ -1,6 +1,7 @@
-"""A toy backbone family for the backbone contract's test (simclr_jax/backbones/contract.py):
-images pooled to 4x4, flattened, then Linear -> BatchNorm -> ReLU -> Linear. Nothing outside
-the registry knows it; it has no PyTorch model."""
+"""A toy backbone family (simclr_jax/backbones/contract.py), registered by
+tests/support/helpers.py as the tiny configs' backbone: images pooled to 4x4, flattened, then
+Linear -> BatchNorm -> ReLU -> Linear. Nothing outside the registry knows it; it has no
+PyTorch model. Fields: model.hidden and model.features (defaults HIDDEN, FEATURES)."""
 
 import jax
 import jax.numpy as jnp
@@ -12,11 +13,13 @@ GRID, HIDDEN, FEATURES = 4, 32, 16
 class PooledPixelMLP(nnx.Module):
   """(B, H, W, 3) -> (B, FEATURES) float32, any H and W."""
 
-  def __init__(self, *, rngs: nnx.Rngs, dtype=jnp.float32):
-    self.hidden = nnx.Linear(GRID * GRID * 3, HIDDEN, use_bias=False, dtype=dtype, rngs=rngs)
-    self.norm = nnx.BatchNorm(HIDDEN, momentum=0.9, dtype=dtype, rngs=rngs)
-    self.out = nnx.Linear(HIDDEN, FEATURES, dtype=dtype, rngs=rngs)
-    self.num_features = FEATURES
+  def __init__(self, *, rngs: nnx.Rngs, dtype=jnp.float32, hidden: int = HIDDEN,
+               features: int = FEATURES):
+    self.hidden = nnx.Linear(GRID * GRID * 3, hidden, use_bias=False, dtype=dtype, rngs=rngs)
+    self.norm = nnx.BatchNorm(hidden, momentum=0.9, dtype=dtype, rngs=rngs)
+    # No bias: a head's BatchNorm would cancel it (no gradient), as after a ResNet's pooling.
+    self.out = nnx.Linear(hidden, features, use_bias=False, dtype=dtype, rngs=rngs)
+    self.num_features = features
 
   def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
     x = jax.image.resize(x, (x.shape[0], GRID, GRID, x.shape[-1]), "linear")
@@ -26,8 +29,9 @@ class PooledPixelMLP(nnx.Module):
 
 
 def create(model_config, rngs: nnx.Rngs, dtype=jnp.float32, conv_algorithm: str = "xla"):
-  del model_config, conv_algorithm  # No fields; no convolutions.
-  return PooledPixelMLP(rngs=rngs, dtype=dtype)
+  del conv_algorithm  # No convolutions.
+  return PooledPixelMLP(rngs=rngs, dtype=dtype, hidden=model_config.get("hidden", HIDDEN),
+                        features=model_config.get("features", FEATURES))
 
 
 def check_config(config) -> None:
@@ -35,4 +39,5 @@ def check_config(config) -> None:
 
 
 def describe(model_config) -> str:
-  return f"{model_config.name}: {GRID}x{GRID} pooled pixels, MLP {HIDDEN}-{FEATURES}"
+  return (f"{model_config.name}: {GRID}x{GRID} pooled pixels, MLP "
+          f"{model_config.get('hidden', HIDDEN)}-{model_config.get('features', FEATURES)}")

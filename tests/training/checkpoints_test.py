@@ -43,10 +43,11 @@ def _truncate_files(folder):
 
 
 def _delete_array_files(folder):
-  for root, dirs, _ in os.walk(folder):
+  """Every OCDBT data folder (a process's, and the merged `d/` of small arrays)."""
+  for root, dirs, _ in os.walk(folder, topdown=False):
     for name in dirs:
-      if name.startswith("ocdbt.process_"):
-        shutil.rmtree(os.path.join(root, name))
+      if name.startswith("ocdbt.process_") or name == "d":
+        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
 
 def _unfinished_save(folder):
@@ -95,14 +96,14 @@ def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(two_step_workdir, 
 
 def test_a_checkpoint_of_another_model_names_the_differing_fields(two_step_workdir):
   config = tiny_food101_config()
-  config.model.depth = 34
+  config.model.hidden = 64
   config.simclr.head_widths = (64, 16)
   with pytest.raises(checkpoints.CheckpointMismatchError) as error:
     _restore(two_step_workdir, config)
   message = str(error.value)
-  assert "model.depth: checkpoint 18, config 34" in message
+  assert "model.hidden: checkpoint 32, config 64" in message
   assert "simclr.head_widths: checkpoint [32, 16], config [64, 16]" in message
-  assert "model.width_multiplier" not in message and "\n" not in message
+  assert "model.features" not in message and "\n" not in message
 
 
 def test_a_checkpoint_of_another_structure_is_a_mismatch_not_damage(two_step_workdir, tmp_path):
@@ -155,7 +156,7 @@ def test_a_checkpoint_of_the_layout_before_the_folders_restores_and_resumes(tmp_
   import tarfile  # pylint: disable=g-import-not-at-top
 
   from simclr_jax import load_encoder  # pylint: disable=g-import-not-at-top
-  from tests.support.helpers import tiny_method_config  # pylint: disable=g-import-not-at-top
+  from tests.support.helpers import tiny_method_config, tiny_resnet_config  # pylint: disable=g-import-not-at-top
   archive = str(paths.FILES / "simclr_checkpoint_f193c55.tar.gz")
   with tarfile.open(archive) as tar:
     tar.extractall(tmp_path, filter="data")
@@ -164,6 +165,7 @@ def test_a_checkpoint_of_the_layout_before_the_folders_restores_and_resumes(tmp_
   features = encoder(np.zeros((2, 16, 16, 3), np.uint8))
   assert features.shape == (2, encoder.num_features) and np.isfinite(features).all()
   config = tiny_method_config("simclr", num_train_steps=3, checkpoint_every_steps=2)
+  config.model = tiny_resnet_config().model  # The checkpoint's ResNet.
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
     summary = pretrain.pretrain(config, str(tmp_path))
   assert summary["resumed_from_step"] == 2 and summary["step"] == 3

@@ -22,7 +22,7 @@ from simclr_jax.training import model as model_lib
 from simclr_jax.training import pretrain_step
 from simclr_jax.training import state as state_lib
 from tests.conftest import MOCK_EXAMPLES
-from tests.support.helpers import tiny_food101_config
+from tests.support.helpers import tiny_food101_config, tiny_resnet_config
 
 
 def _step_and_state(config):
@@ -35,7 +35,7 @@ def _step_and_state(config):
 
 
 def test_the_compiled_step_convolves_in_bfloat16_and_keeps_float32_state_and_loss():
-  config = tiny_food101_config(compute_dtype="bfloat16")
+  config = tiny_resnet_config(compute_dtype="bfloat16")
   step, state, batch = _step_and_state(config)
   hlo = step.lower(state, batch).as_text()
   convolutions = re.findall(r"stablehlo.convolution.*", hlo)
@@ -49,7 +49,7 @@ def test_the_compiled_step_convolves_in_bfloat16_and_keeps_float32_state_and_los
           if jnp.issubdtype(x.dtype, jnp.floating)} == {jnp.dtype(jnp.float32)}
   assert metrics["loss"].dtype == jnp.float32 and int(metrics["fault"]) == 0
   # And float32 stays float32 throughout (the default).
-  step32, state32, batch32 = _step_and_state(tiny_food101_config())
+  step32, state32, batch32 = _step_and_state(tiny_resnet_config())
   assert "bf16" not in step32.lower(state32, batch32).as_text()
 
 

@@ -15,7 +15,7 @@ from simclr_jax.training import model as model_lib
 from simclr_jax.training import pretrain_step
 from simclr_jax.training import state as state_lib
 from tests.support import paths
-from tests.support.helpers import tiny_food101_config
+from tests.support.helpers import tiny_resnet_config
 
 EPS32 = float(np.finfo(np.float32).eps)
 PINNED = str(paths.FILES / "simclr_3_steps.npz")
@@ -33,7 +33,7 @@ def _three_steps(separately: bool):
     (metrics (3, 3): loss, probe loss, grad norm per step; the model before the steps,
     after the first and after the 3, flattened as the pin's names).
   """
-  config = tiny_food101_config()
+  config = tiny_resnet_config()
   config.simclr.forward_views_separately = separately
   config.optimizer.warmup_epochs = 0.0
   config.online_probe = True
