@@ -1,11 +1,8 @@
 """load_encoder: the pretrained encoder from a workdir alone, the same features as the
 stages' encoder, on one device whatever saved it, without TensorFlow."""
 
-import json
 import os
 import shutil
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -22,24 +19,6 @@ from tests.support import toy_backbone
 from tests.support.helpers import TOY_BACKBONE, probed_config, tiny_food101_config
 
 ROOT = str(paths.REPO)
-# Importing tensorflow, tensorflow_datasets or clu fails. Unlike tests/e2e/no_tensorflow_test.py's
-# blocker, looking them up (importlib.util.find_spec, as etils.epath does for every path)
-# still works, as on a machine without them, where it answers None.
-BLOCKER = """
-import importlib.abc, importlib.machinery, sys
-class Loader(importlib.abc.Loader):
-  def create_module(self, spec):
-    raise ImportError(f"{spec.name} is blocked: this must run without it")
-  def exec_module(self, module):
-    pass
-class Block(importlib.abc.MetaPathFinder):
-  def find_spec(self, name, path=None, target=None):
-    if name.split(".")[0] in ("tensorflow", "tensorflow_datasets", "clu"):
-      return importlib.machinery.ModuleSpec(name, Loader())
-sys.meta_path.insert(0, Block())
-"""
-
-
 @pytest.fixture
 def byol_workdir(probed_workdir):
   """BYOL with the online probe, checkpoints at steps 1 and 2 (shared: copy before writing)."""
@@ -135,29 +114,3 @@ def test_wrong_images_are_a_clear_error(pretrained_workdir):
   encoder = encoder_lib.load_encoder(str(pretrained_workdir))
   with pytest.raises(ValueError, match=r"uint8 images, got shape \(2, 16, 16, 3\) of float32"):
     encoder(np.zeros((2, 16, 16, 3), np.float32))
-
-
-def test_load_encoder_runs_without_tensorflow(pretrained_workdir):
-  code = """
-import json, sys
-try:
-  import tensorflow
-  raise AssertionError("not blocked")
-except ImportError:
-  pass
-import numpy as np
-from simclr_jax import backbones, load_encoder
-from tests.support import toy_backbone
-backbones.BACKBONES["toy_mlp"] = toy_backbone  # The workdir's backbone, as helpers.py does.
-encoder = load_encoder(sys.argv[1])
-features = encoder(np.zeros((2, 16, 16, 3), np.uint8))
-assert not {"tensorflow", "tensorflow_datasets", "clu"} & set(sys.modules)
-print(json.dumps({"shape": list(features.shape), "step": encoder.step,
-                  "devices": len(__import__("jax").devices())}))
-"""
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, XLA_FLAGS="")
-  result = subprocess.run([sys.executable, "-c", BLOCKER + code, str(pretrained_workdir)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-  assert result.returncode == 0, result.stderr[-3000:]
-  line = json.loads(result.stdout.strip().splitlines()[-1])
-  assert line == {"shape": [2, toy_backbone.FEATURES], "step": 1, "devices": 1}

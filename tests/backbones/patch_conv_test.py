@@ -46,6 +46,7 @@ def test_other_convolutions_go_to_xla_unchanged():
   np.testing.assert_array_equal(grouped, reference)
 
 
+@pytest.mark.slow  # 20 s (two ResNet compilations); each convolution's own check is above.
 def test_a_resnet_computes_the_same_with_either_algorithm():
   """Same parameters (the option changes none), the same features and gradients."""
   config = demo.get_config()

@@ -149,21 +149,29 @@ def test_resuming_with_another_optimiser_is_named(two_step_workdir):
     _restore(two_step_workdir, config)
 
 
-def test_a_checkpoint_of_the_layout_before_the_folders_restores_and_resumes(tmp_path):
-  """tests/support/files/simclr_checkpoint_f193c55.tar.gz was written at f193c55, before the modules
-  moved into stages/, training/ and evaluation/ (tests/support/files/make_simclr_checkpoint.py): its
-  encoder loads, and pretraining resumes from its step 2 to step 3."""
+def _checkpoint_before_the_folders(folder):
+  """tests/support/files/simclr_checkpoint_f193c55.tar.gz, written at f193c55 before the
+  modules moved into stages/, training/ and evaluation/ (tests/support/files/
+  make_simclr_checkpoint.py): a ResNet SimCLR run's checkpoints 1 and 2, unpacked in folder."""
   import tarfile  # pylint: disable=g-import-not-at-top
+  with tarfile.open(str(paths.FILES / "simclr_checkpoint_f193c55.tar.gz")) as tar:
+    tar.extractall(folder, filter="data")
 
+
+def test_a_checkpoint_of_the_layout_before_the_folders_loads_its_encoder(tmp_path):
   from simclr_jax import load_encoder  # pylint: disable=g-import-not-at-top
-  from tests.support.helpers import tiny_method_config, tiny_resnet_config  # pylint: disable=g-import-not-at-top
-  archive = str(paths.FILES / "simclr_checkpoint_f193c55.tar.gz")
-  with tarfile.open(archive) as tar:
-    tar.extractall(tmp_path, filter="data")
+  _checkpoint_before_the_folders(tmp_path)
   encoder = load_encoder(str(tmp_path))
   assert encoder.step == 2
   features = encoder(np.zeros((2, 16, 16, 3), np.uint8))
   assert features.shape == (2, encoder.num_features) and np.isfinite(features).all()
+
+
+@pytest.mark.slow  # 25 s: it compiles the ResNet's training step.
+def test_a_checkpoint_of_the_layout_before_the_folders_resumes(tmp_path):
+  """Pretraining resumes from its step 2 to step 3."""
+  from tests.support.helpers import tiny_method_config, tiny_resnet_config  # pylint: disable=g-import-not-at-top
+  _checkpoint_before_the_folders(tmp_path)
   config = tiny_method_config("simclr", num_train_steps=3, checkpoint_every_steps=2)
   config.model = tiny_resnet_config().model  # The checkpoint's ResNet.
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):

@@ -61,7 +61,8 @@ def _three_steps(separately: bool):
   return np.array(metrics, np.float32), models[0], models[1], models[3]
 
 
-@pytest.mark.parametrize("separately", [False, True])
+# One pass per view (True) compiles another ResNet step: 13 s, so it runs with the slow tier.
+@pytest.mark.parametrize("separately", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_simclr_after_3_steps_equals_the_code_before_the_carve_out(separately):
   tag = "separately" if separately else "together"
   pinned = np.load(PINNED)
