@@ -19,17 +19,22 @@ demo: $(VENV)/.installed
 	$(PY) main.py --config=configs/demo.py:$(METHOD) --workdir=$(WORKDIR) --mode=pretrain
 	$(PY) main.py --config=configs/demo.py:$(METHOD) --workdir=$(WORKDIR) --mode=linear_eval
 
+# Two pytest-xdist workers: one pytest process compiles on about one core.
+JOBS ?= 2
+XDIST := -n $(JOBS)
+
 # The default suite (<= 6 minutes on 2 cores): every folder of tests/ but e2e/, not `slow`.
 test: $(VENV)/.installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(XDIST) --dist loadfile
 
 # Subprocesses and several processes (tests/e2e/), not `slow`.
 test-e2e: $(VENV)/.installed
-	$(PY) -m pytest -q -m "e2e and not slow"
+	$(PY) -m pytest -q $(XDIST) --dist loadfile -m "e2e and not slow"
 
-# The heavier checks, among them every method's short learning check (tests/e2e/learning_test.py).
+# The heavier checks, among them every method's short learning check (tests/e2e/learning_test.py);
+# tests that share a module's runs form an xdist group.
 test-slow: $(VENV)/.installed
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q $(XDIST) --dist loadgroup -m slow
 
 # Every method's full demo against its targets, one table (docs/development.md: when to run it).
 check-demos: $(VENV)/.installed

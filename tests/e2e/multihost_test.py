@@ -28,6 +28,10 @@ import pytest
 
 from tests.support import paths
 
+# The module-scoped runs below serve every test here: one xdist worker takes them all
+# (`make test-slow` distributes by group).
+pytestmark = pytest.mark.xdist_group("multihost")
+
 ROOT = str(paths.REPO)
 WORKER = os.path.join(ROOT, "tests", "e2e", "multihost_worker.py")
 PRETRAIN_STEPS = 2  # multihost_worker.PRETRAIN_STEPS.

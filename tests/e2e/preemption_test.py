@@ -22,6 +22,10 @@ from simclr_jax.training import checkpoints
 from simclr_jax.training import model as model_lib
 from tests.support import paths
 
+# The module-scoped runs below serve every test here: one xdist worker takes them all
+# (`make test-slow` distributes by group).
+pytestmark = pytest.mark.xdist_group("preemption")
+
 ROOT = str(paths.REPO)
 NUM_STEPS = 120
 CHECKPOINT_EVERY = 25

@@ -143,8 +143,7 @@ def _finetune(config, workdir):
   return finetune.finetune(config, str(workdir))
 
 
-def test_finetune_writes_its_results_and_resumes_exactly_after_a_stop(
-    head_config, head_workdir, tmp_path, monkeypatch):
+def test_finetune_writes_its_results(head_config, head_workdir, tmp_path):
   head_config.finetune.pretrain_workdir = head_workdir
   head_config.finetune.from_head_layer = True
   head_config.finetune.label_fraction = 0.02
@@ -164,6 +163,18 @@ def test_finetune_writes_its_results_and_resumes_exactly_after_a_stop(
   assert written["top1"] == written["history"][-1]["top1"]
   # The pretrained and random-init encoders fine-tune to different models.
   assert written["history"] != written["random_init_history"]
+
+
+@pytest.mark.slow  # 15 s: three more runs. The loop's resume is checked in the default suite
+# on the classifier (tests/stages/linear_eval_test.py) and on pretraining (tests/training/).
+def test_finetune_resumes_exactly_after_a_stop(head_config, head_workdir, tmp_path,
+                                                monkeypatch):
+  head_config.finetune.pretrain_workdir = head_workdir
+  head_config.finetune.from_head_layer = True
+  head_config.finetune.label_fraction = 0.02
+  head_config.finetune.random_init_baseline = True
+  head_config.finetune.optimizer.base_learning_rate = 0.5
+  results = _finetune(head_config, tmp_path / "whole")
 
   # Stopped by a signal after the first step (mid-epoch), then resumed: the same history.
   calls = {"n": 0}
