@@ -60,7 +60,10 @@ def test_a_step_on_8_devices_equals_1_device(name):
                 axis_types=(jax.sharding.AxisType.Auto,))
   _, state_1, metrics_1 = _steps(config, mesh_1, views)
   assert metrics_8["fault"] == 0 and np.isfinite(metrics_8["loss"])
-  np.testing.assert_allclose(metrics_8["loss"], metrics_1["loss"], rtol=1e-5)
+  # Float32 sums in another order: SimCLR's loss (13.4, both views' terms) differed by 1.6e-5
+  # relative on the toy backbone (2026-12-03); a sharding error (per-device BatchNorm
+  # statistics or negatives) moves it by percents.
+  np.testing.assert_allclose(metrics_8["loss"], metrics_1["loss"], rtol=5e-5)
   np.testing.assert_allclose(metrics_8["grad_norm"], metrics_1["grad_norm"], rtol=1e-4)
   for a8, a1, a0 in zip(jax.tree.leaves(state_8.params), jax.tree.leaves(state_1.params),
                         jax.tree.leaves(initial.params)):
