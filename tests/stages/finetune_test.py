@@ -143,12 +143,15 @@ def _finetune(config, workdir):
   return finetune.finetune(config, str(workdir))
 
 
+def _from_head_with_2_percent(config, pretrain_workdir):
+  """From the head's first layer, 2% of the digits' labels, with the random-init baseline."""
+  config.finetune.update(pretrain_workdir=pretrain_workdir, from_head_layer=True,
+                         label_fraction=0.02, random_init_baseline=True)
+  config.finetune.optimizer.base_learning_rate = 0.5
+
+
 def test_finetune_writes_its_results(head_config, head_workdir, tmp_path):
-  head_config.finetune.pretrain_workdir = head_workdir
-  head_config.finetune.from_head_layer = True
-  head_config.finetune.label_fraction = 0.02
-  head_config.finetune.random_init_baseline = True
-  head_config.finetune.optimizer.base_learning_rate = 0.5
+  _from_head_with_2_percent(head_config, head_workdir)
   results = _finetune(head_config, tmp_path / "whole")
   written = json.loads((tmp_path / "whole" / "finetune.json").read_text())
   assert written == pytest.approx(results)
@@ -169,11 +172,7 @@ def test_finetune_writes_its_results(head_config, head_workdir, tmp_path):
 # on the classifier (tests/stages/linear_eval_test.py) and on pretraining (tests/training/).
 def test_finetune_resumes_exactly_after_a_stop(head_config, head_workdir, tmp_path,
                                                 monkeypatch):
-  head_config.finetune.pretrain_workdir = head_workdir
-  head_config.finetune.from_head_layer = True
-  head_config.finetune.label_fraction = 0.02
-  head_config.finetune.random_init_baseline = True
-  head_config.finetune.optimizer.base_learning_rate = 0.5
+  _from_head_with_2_percent(head_config, head_workdir)
   results = _finetune(head_config, tmp_path / "whole")
 
   # Stopped by a signal after the first step (mid-epoch), then resumed: the same history.
