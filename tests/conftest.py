@@ -80,7 +80,7 @@ def probed_workdir(tmp_path_factory):
 
 
 def pytest_collection_modifyitems(items):
-  """Tests under tests/e2e/ (subprocesses, several processes, whole demos) are marked `e2e`:
+  """Tests under tests/e2e/ (subprocesses, several processes, short demos) are marked `e2e`:
   `make test` leaves them out, `make test-e2e` and CI run them."""
   for item in items:
     if "e2e" in item.path.relative_to(item.config.rootpath).parts[:2]:
