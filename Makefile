@@ -1,6 +1,8 @@
 # Quick start: `make demo` (pretrain + linear eval on the offline digits; `make demo
 # METHOD=byol` for another method), `make test`.
-PYTHON ?= python3
+# Any Python the pinned requirements support (3.11-3.13): the first found, or `make PYTHON=...`.
+SUPPORTED_PYTHONS := 3.11 3.12 3.13
+PYTHON ?= $(firstword $(foreach v,$(SUPPORTED_PYTHONS),$(shell command -v python$(v))) python3)
 VENV ?= .venv
 METHOD ?= simclr
 WORKDIR ?= /tmp/simclr_demo$(if $(filter-out simclr,$(METHOD)),_$(METHOD))
@@ -9,7 +11,7 @@ PY := $(VENV)/bin/python
 .PHONY: demo test test-e2e test-slow check-demos clean-demo
 
 $(VENV)/.installed: requirements.txt
-	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 needed: make PYTHON=python3.11"'
+	@$(PYTHON) -c 'import sys; v = "%d.%d" % sys.version_info[:2]; sys.exit(0 if v in "$(SUPPORTED_PYTHONS)".split() else "Error: $(PYTHON) is Python " + v + "; requirements.txt is pinned for Python $(SUPPORTED_PYTHONS): make PYTHON=python3.12 (any of them), or install one.")'
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -r requirements.txt
