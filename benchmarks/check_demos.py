@@ -11,7 +11,7 @@ pass) and exits 1 when any target is missed:
 
   linear top-1 >= 0.95; 5-label margin >= 10 points over random init;
   fine-tuning with 10% of the labels >= 20 points over random init;
-  and SimCLR's own (README's table): linear top-1 >= 0.97, 5-label top-1 >= 0.86, kNN with
+  and SimCLR's own (docs/demo_results.md): linear top-1 >= 0.97, 5-label top-1 >= 0.86, kNN with
   5 labels >= 8 points over the random encoder's.
 
 Run it when a change touches a method, a backbone, an optimiser, the augmentations or the
@@ -32,7 +32,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LINEAR_TOP1, FEW_SHOT_MARGIN, FINETUNE_MARGIN = 0.95, 0.10, 0.20
 # Floors of one method's demo beyond the common targets. SimCLR's 5-label top-1: 0.894 on
-# the machine the README's table came from, 0.874 on another (same code and seed: XLA's CPU
+# the machine of docs/demo_results.md's table, 0.874 on another (same code and seed: XLA's CPU
 # rounding depends on the processor, and 600 steps amplify it), 0.875-0.892 over seeds 1-2.
 METHOD_FLOORS = {"simclr": {"top1": 0.97, "top1_5shot": 0.86, "knn_margin_5shot": 0.08}}
 DIGITS_TEST, DIGITS_10_PERCENT = 450, 136  # Examples: the test split, 10% of train's labels.

@@ -23,7 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.shuffle_buffer = 16_384
   config.data_threads = 0  # tf.data threads; 0 = all cores (half when JAX runs on CPU).
   # Deterministic element order: a resumed run sees exactly the batches it would have seen
-  # (bit-for-bit resumption after a preemption). Its cost: BENCHMARKS.md.
+  # (bit-for-bit resumption after a preemption). Its cost: docs/benchmarks.md.
   config.data_deterministic = True
   config.cache_encoded_images = False  # Hold the encoded training images in host memory.
 
@@ -58,7 +58,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.augment.normalize = True  # ImageNet mean/std, on the device (models.image_input).
   # Antialiased bilinear resize, as PIL and so torchvision's RandomResizedCrop do. False:
   # plain bilinear, as big_vision and TF SimCLR do (no antialiasing); about 1.1-1.2x the
-  # views/s on the CPU (BENCHMARKS.md).
+  # views/s on the CPU (docs/benchmarks.md).
   config.augment.resize_antialias = True
   config.augment.eval_crop_fraction = 0.875
 
@@ -67,7 +67,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.compute_dtype = "float32"
   # How convolutions compute: 'xla' (XLA's convolution op; TPU and GPU) or 'patches' (a
   # patch extraction times one matmul, the same parameters and sums; a CPU option,
-  # BENCHMARKS.md). Like compute_dtype, checkpoints move freely between the settings.
+  # docs/benchmarks.md). Like compute_dtype, checkpoints move freely between the settings.
   config.conv_algorithm = "xla"
 
   # The backbone (encoder): a family from the registry (simclr_jax/backbones) and its fields.

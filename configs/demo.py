@@ -10,7 +10,7 @@ The argument picks the method and, with `validation`, the split for choosing
 hyper-parameters: `--config=configs/demo.py:byol` (any registered method; SimCLR when
 unset), `--config=configs/demo.py:byol,validation` pretrains on 80% of the training split
 and evaluates on the other 20% (the test split is then never seen). Each method's settings
-below were chosen that way (README: "Choosing the demo settings").
+below were chosen that way (docs/demo_results.md: "Choosing the demo settings").
 
 Where the demos depart from the papers' recipes (docs/recipes.md has the recipes): the
 model, data, views, batch, steps and rates are the digits' (above and below); every demo
@@ -20,7 +20,7 @@ through BatchNorm together, where their codes pass each view alone (their settin
 chosen that way); MoCo v3's projector has 3 layers (its ViT recipe's; the ResNet recipe's
 has 2). MoCo v3 passes each view alone, as its code: with the heads' official bias-free last
 layers the joint pass missed linear 0.95 on validation seed 1 (0.941), the per-view pass
-met both targets on seeds 0-2 (README).
+met both targets on seeds 0-2 (docs/demo_results.md).
 """
 
 from configs import default
@@ -80,7 +80,7 @@ def get_config(arg: str | None = None):
   config.finetune.batch_size = 64
   config.finetune.epochs = 30
   # SimCLR v2's 0.005 * sqrt(batch) (0.04 at 64): steadier on validation than 4x and 16x
-  # that (README: "Choosing the demo settings").
+  # that (docs/demo_results.md: "Choosing the demo settings").
   config.finetune.optimizer.base_learning_rate = 0.005
   config.finetune.log_every_steps = 10
   config.finetune.checkpoint_every_steps = 100
@@ -106,10 +106,10 @@ def _byol(config):
   config.byol.predictor_widths = (256, 64)
   # 600 steps are short for BYOL: a target that follows faster (0.9, not the paper's 0.99),
   # weight decay 5e-5 and the predictor at 10x the learning rate gave the best validation
-  # scores of 15 settings (README). BYOL's argument for why it does not collapse is a
-  # predictor kept near its optimum; without the 10x, the demo encoder's features vary
-  # along about 2 directions (feature_rank) and the linear probe is no better than a random
-  # encoder's.
+  # scores of 15 settings (docs/demo_results.md). BYOL's argument for why it does not
+  # collapse is a predictor kept near its optimum; without the 10x, the demo encoder's
+  # features vary along about 2 directions (feature_rank) and the linear probe is no better
+  # than a random encoder's.
   config.byol.base_target_momentum = 0.9
   config.optimizer.base_learning_rate = 1.5
   config.optimizer.lr_scaling = "linear"
@@ -117,7 +117,8 @@ def _byol(config):
   config.optimizer.learning_rate_multipliers = (("^predictor/", 10.0),)
   # BYOL's own 10 warm-up epochs (42 steps, not 2 epochs' 9): on validation, seeds 0-2,
   # linear top-1 0.967 / 0.952 / 0.970 and 5-label margins +18.8 / +17.1 / +12.7 points
-  # (n's 2 epochs: 0.963 on seed 0, and 0.949 on test, seed 0, on two machines; README).
+  # (n's 2 epochs: 0.963 on seed 0, and 0.949 on test, seed 0, on two machines;
+  # docs/demo_results.md).
   config.optimizer.warmup_epochs = 10.0
 
 
@@ -125,7 +126,7 @@ def _mocov3(config):
   # The target network's forward pass makes each step about 1.25x SimCLR's here, so 480
   # steps take the time of SimCLR's 600 (the demo's 5 minutes on 2 cores). Chosen on
   # validation (480 steps: linear 0.959, 5/class 0.864); on test, seeds 0-2, it meets
-  # both targets (README: "The other methods' demos").
+  # both targets (docs/demo_results.md: "The other methods' demos").
   config.num_train_steps = 480
   # Each view through the networks alone (MoCo v3's own, the block's default): on
   # validation, seeds 0-2, linear 0.970 / 0.956 / 0.963, 5-label margins +20.1 / +15.4 /
@@ -142,7 +143,7 @@ def _vicreg(config):
   _joint_views(config.vicreg)
   config.vicreg.expander_widths = (256, 256, 256)
   # The best validation scores of four settings (0.3, 0.6 and 1.0 x b/256, and 0.6 with 10
-  # warm-up epochs; README).
+  # warm-up epochs; docs/demo_results.md).
   config.optimizer.base_learning_rate = 1.0
   config.optimizer.lr_scaling = "linear"
 

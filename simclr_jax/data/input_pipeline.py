@@ -32,7 +32,7 @@ def configure_tensorflow() -> None:
     For image-sized work the hand-offs cost more than they save: on 2 cores they took
     about a third of the pipeline's CPU time (thread-pool stealing and futex waits under
     `perf`), and removing them made the two-view pipeline about 1.4x faster
-    (BENCHMARKS.md). tf.data's parallel calls are the parallelism.
+    (docs/benchmarks.md). tf.data's parallel calls are the parallelism.
 
   Once TensorFlow has run an op these can no longer change; then it leaves them as they are
   and warns if the pipeline is left on the slower threading.

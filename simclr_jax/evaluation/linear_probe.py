@@ -4,7 +4,7 @@ cosine decay), top-k accuracy, the few-shot subsets and the features' effective 
 `probe` is what the linear evaluation stage reports for one encoder: linear top-1/top-5 and
 kNN top-1 with all labels and, if asked, k labels per class. The classifier visits the
 training features one shuffled epoch at a time (a step costs O(batch), not O(n):
-BENCHMARKS.md, "Linear probe").
+docs/benchmarks.md, "Linear probe").
 """
 
 from __future__ import annotations

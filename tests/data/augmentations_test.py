@@ -803,7 +803,8 @@ def test_default_pipeline_views_are_bit_identical_to_before_per_view_settings():
   per-view settings and solarize existed, bit for bit: same draws, seeds and ops.
 
   The pin was made on this project's 2-core CPU machine; XLA's CPU code (so its float
-  rounding) depends on the processor (README), so elsewhere a few pixels could be off by 1.
+  rounding) depends on the processor (docs/demo_results.md), so elsewhere a few pixels could
+  be off by 1.
   """
   pin = np.load(PIN_FILE)
   jpegs = [pin[f"jpeg_{i}"].tobytes() for i in range(4)]

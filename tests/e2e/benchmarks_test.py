@@ -1,4 +1,4 @@
-"""The input-pipeline benchmark runs end to end and prints what BENCHMARKS.md quotes."""
+"""The input-pipeline benchmark runs end to end and prints what docs/benchmarks.md quotes."""
 
 import json
 import os
