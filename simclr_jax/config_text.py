@@ -60,11 +60,13 @@ def render(config: ml_collections.ConfigDict, header: str = "") -> str:
 
 def write(config: ml_collections.ConfigDict, workdir, mode: str) -> str:
   """Writes `render(config)` to `WORKDIR/config/<mode>.py` (local or gs://, whole or not
-  at all); returns that path. Call it from process 0 only."""
+  at all) from process 0; returns that path on every process."""
+  import jax  # pylint: disable=g-import-not-at-top  Here: render() stays free of JAX.
   target = storage.path(workdir) / "config" / f"{mode}.py"
-  storage.write_bytes(target, render(
-      config, header=f"The config of the last `--mode={mode}` run in this workdir; rerun "
-                     f"it with --config={target}").encode())
+  if jax.process_index() == 0:
+    storage.write_bytes(target, render(
+        config, header=f"The config of the last `{mode}` run in this workdir; rerun it with "
+                       f"--config={target}").encode())
   return str(target)
 
 
