@@ -285,7 +285,14 @@ def test_the_update_s_loss_is_smoothed_cross_entropy_of_the_model_s_logits(head_
 
 
 def test_a_fine_tuning_image_size_too_small_for_the_backbone_is_a_config_error(tmp_path):
-  config = tiny_resnet_config()
-  config.finetune.image_size = 4  # The small-image stem downsamples by 8.
+  """The backbone checked is the checkpoint's (a ResNet, whose small-image stem downsamples
+  by 8), not the given config's (the toy one takes any size)."""
+  pretrained = tiny_resnet_config()
+  with checkpoints.create_manager(checkpoints.checkpoint_dir(tmp_path)) as manager:
+    checkpoints.save(manager, 1, {"model": model_lib.init_model(
+        pretrained, sharding.create_mesh())}, pretrained)
+    manager.wait_until_finished()
+  config = tiny_food101_config()
+  config.finetune.image_size = 4
   with pytest.raises(config_checks.ConfigError, match="augment.image_size=4 is too small"):
     _finetune(config, tmp_path)
