@@ -2,6 +2,8 @@
 results, resumption after a stop signal, transfer to another dataset, config errors."""
 
 import json
+import logging
+import runpy
 
 import jax
 import numpy as np
@@ -150,9 +152,22 @@ def _from_head_with_2_percent(config, pretrain_workdir):
   config.finetune.optimizer.base_learning_rate = 0.5
 
 
-def test_finetune_writes_its_results(head_config, head_workdir, tmp_path):
+def test_finetune_writes_its_results(head_config, head_workdir, tmp_path, caplog):
+  """Also: from a config whose model differs from pretraining's (a one-layer head, which
+  has no first layer to keep, another hidden width), the checkpoint's model is fine-tuned,
+  the fields named, and the config it ran with written to workdir/config/finetune.py."""
   _from_head_with_2_percent(head_config, head_workdir)
-  results = _finetune(head_config, tmp_path / "whole")
+  given = head_config.copy_and_resolve_references()
+  given.model.hidden = 64
+  given.simclr.head_widths = (16,)
+  with caplog.at_level(logging.INFO):
+    results = _finetune(given, tmp_path / "whole")
+  assert ("model.hidden=32 (config: 64), simclr.head_widths=(32, 32, 16) (config: (16,))"
+          in " ".join(r.getMessage() for r in caplog.records))
+  written = runpy.run_path(str(tmp_path / "whole" / "config" / "finetune.py"))["get_config"]()
+  given.model.hidden = 32
+  given.simclr.head_widths = (32, 32, 16)
+  assert written.to_dict() == given.to_dict()  # With _finetune's data fields.
   written = json.loads((tmp_path / "whole" / "finetune.json").read_text())
   assert written == pytest.approx(results)
   for key in ("top1", "top5", "random_init_top1", "random_init_top5", "eval_selected_epoch",
@@ -270,7 +285,14 @@ def test_the_update_s_loss_is_smoothed_cross_entropy_of_the_model_s_logits(head_
 
 
 def test_a_fine_tuning_image_size_too_small_for_the_backbone_is_a_config_error(tmp_path):
-  config = tiny_resnet_config()
-  config.finetune.image_size = 4  # The small-image stem downsamples by 8.
+  """The backbone checked is the checkpoint's (a ResNet, whose small-image stem downsamples
+  by 8), not the given config's (the toy one takes any size)."""
+  pretrained = tiny_resnet_config()
+  with checkpoints.create_manager(checkpoints.checkpoint_dir(tmp_path)) as manager:
+    checkpoints.save(manager, 1, {"model": model_lib.init_model(
+        pretrained, sharding.create_mesh())}, pretrained)
+    manager.wait_until_finished()
+  config = tiny_food101_config()
+  config.finetune.image_size = 4
   with pytest.raises(config_checks.ConfigError, match="augment.image_size=4 is too small"):
     _finetune(config, tmp_path)
