@@ -146,8 +146,8 @@ def load_config(argument: str) -> ml_collections.ConfigDict:
     config = get_config(*args)
   except ValueError as e:  # The config's own message, e.g. a choice its ARG lacks.
     raise ConfigFileError(f"--config={argument}: {_one_line(e)}") from None
-  except Exception as e:  # pylint: disable=broad-except
-    raise ConfigFileError(f"--config={argument}: {_described(e, path)}") from None
+  except Exception as e:  # Anything a user's file can raise: one line, as above.
+    raise ConfigFileError(f"--config={argument}: {_described(e, path)}") from e
   if not isinstance(config, ml_collections.ConfigDict):
     raise ConfigFileError(f"{file}: get_config() returned {type(config).__name__}, not an "
                           f"ml_collections.ConfigDict.")
@@ -193,9 +193,9 @@ def _load_module(path: pathlib.Path, file: str):
   sys.modules[name] = module  # Dataclasses and pickling look their module up there.
   try:
     spec.loader.exec_module(module)
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:  # Anything a user's file can raise: one line.
     del sys.modules[name]
-    raise ConfigFileError(f"config file {file} failed to load: {_described(e, path)}") from None
+    raise ConfigFileError(f"config file {file} failed to load: {_described(e, path)}") from e
   return module
 
 
@@ -232,7 +232,7 @@ def help_text() -> str:
   for name in available_configs():
     try:
       module = importlib.import_module(name[:-len(".py")].replace("/", "."))
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:  # noqa: BLE001  One broken file does not hide the others.
       lines.append(f"  {name}: cannot be imported ({_described(e, ROOT / name)})")
       continue
     args = getattr(module, "ARGS", None)
@@ -243,6 +243,6 @@ def help_text() -> str:
     if args is not None:
       lines += textwrap.wrap(f"ARG: {args.usage()}", 92, initial_indent=" " * 6,
                              subsequent_indent=" " * 8)
-  lines += ["", "Every field, with its meaning: configs/default.py (the defaults the files "
-            "above build on), or", "python main.py --config=FILE --mode=show_config.", ""]
+  lines += ["", ("Every field, with its meaning: configs/default.py (the defaults the files "
+                 "above build on), or"), "python main.py --config=FILE --mode=show_config.", ""]
   return "\n".join(lines)

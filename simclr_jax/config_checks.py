@@ -14,8 +14,8 @@ It imports no JAX at the top, so that main.py's flag parsing (simclr_jax/cli.py)
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
-from typing import Any, Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import ml_collections
 
@@ -97,7 +97,7 @@ def tuple_fields(config: ml_collections.ConfigDict, prefix: str = "") -> dict[st
   """'augment.crop_area_range' -> its value, for every field of `config` that holds a
   tuple (or list) or is a tuple placeholder (None until set)."""
   fields = {}
-  for key in config.keys():
+  for key in config:
     value, name = config[key], f"{prefix}{key}"
     if isinstance(value, ml_collections.ConfigDict):
       fields.update(tuple_fields(value, f"{name}."))

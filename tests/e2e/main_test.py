@@ -50,6 +50,8 @@ def _assert_one_error_line(result, *fragments):
   assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
   errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
   assert len(errors) == 1, result.stderr[-2000:]
+  # Printed once: not also logged (an `E... runtime.py] <message>` line before it).
+  assert result.stderr.count(errors[0][len("Error: "):]) == 1, result.stderr[-2000:]
   for fragment in fragments:
     assert fragment in errors[0], errors[0]
 
@@ -125,3 +127,28 @@ def test_a_bad_label_fraction_is_one_line(tmp_path):
   result = run_main(DEMO, "--mode=finetune", "--config.finetune.label_fraction=0",
                     tmp_path=tmp_path)
   _assert_one_error_line(result, "finetune.label_fraction must be in (0, 1]")
+
+
+def test_a_wrong_config_path_from_another_folder_is_one_line_and_nothing_else(tmp_path):
+  """Before JAX or TensorFlow load (the walkthrough's #15 took 17 s and two tracebacks)."""
+  env = dict(os.environ, SIMCLR_NO_DISTRIBUTED="1", JAX_PLATFORMS="cpu")
+  result = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"),
+                           "--config=configs/food101x.py", f"--workdir={tmp_path}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+  assert result.returncode == 1 and result.stdout == ""
+  assert result.stderr.startswith("Error: config file configs/food101x.py not found (looked in "
+                                  f"{tmp_path} and {ROOT}; did you mean configs/food101.py?")
+  assert result.stderr.count("\n") == 1, result.stderr
+
+
+def test_help_lists_the_configs_without_loading_jax_or_tensorflow():
+  script = ("import runpy, sys\n"
+            "sys.argv = ['main.py', '--help']\n"
+            "try:\n  runpy.run_path('main.py', run_name='__main__')\n"
+            "except SystemExit:\n  pass\n"
+            "print('loaded:', sorted({'jax', 'tensorflow'} & set(sys.modules)))\n")
+  result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+  assert "configs/food101_finetune.py[:ARG]" in result.stdout, result.stdout
+  assert "METHOD: simclr (default), byol, mocov3, vicreg" in result.stdout
+  assert "show_config" in result.stdout and result.stdout.endswith("loaded: []\n")
