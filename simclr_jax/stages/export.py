@@ -30,8 +30,9 @@ import numpy as np
 import safetensors.numpy
 from absl import logging
 
-from simclr_jax import backbones, precision, storage
+from simclr_jax import backbones, config_text, precision, storage
 from simclr_jax import encoder as encoder_lib
+from simclr_jax.training import model as model_lib
 from simclr_jax.training import summaries
 
 EXPORT_DIR = "export"
@@ -147,6 +148,9 @@ def export_encoder(config, workdir: str) -> dict[str, Any]:
   """Runs the export stage: writes workdir/export/encoder.safetensors and encoder.json for
   the pretrained encoder (config.export); returns and writes export.json."""
   pretrain_workdir = config.export.pretrain_workdir or workdir
+  # What is exported is the checkpoint's model: the config file written says so.
+  config_text.write(model_lib.config_from_checkpoint(
+      config, pretrain_workdir, config.export.checkpoint_step), workdir, "export")
   encoder = encoder_lib.load_encoder(pretrain_workdir, config.export.checkpoint_step)
   layout, tensors, pytorch_weights = encoder_tensors(encoder)
   metadata = encoder_metadata(encoder, layout, pytorch_weights)

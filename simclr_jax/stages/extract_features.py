@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from simclr_jax import config_checks, sharding, storage
+from simclr_jax import config_checks, config_text, sharding, storage
 from simclr_jax.data import input_pipeline
 from simclr_jax.evaluation import encoding
 from simclr_jax.training import model as model_lib
@@ -61,7 +61,10 @@ def extract_features(config, workdir: str) -> dict[str, Any]:
   splits = feature_splits(config)
   _check_splits(splits)
   config_checks.check_batch_size("linear_eval.batch_size", config.linear_eval.batch_size)
+  config = model_lib.config_from_checkpoint(
+      config, config.export.pretrain_workdir or workdir, config.export.checkpoint_step)
   model_lib.check_model_config(config)
+  config_text.write(config, workdir, "extract_features")
   input_pipeline.configure_tensorflow()
   mesh = sharding.create_mesh()
   source = input_pipeline.create_source(config)

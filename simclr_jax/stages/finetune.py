@@ -30,7 +30,7 @@ from absl import logging
 from clu import metric_writers
 from flax import nnx
 
-from simclr_jax import config_checks, methods, precision, sharding, storage
+from simclr_jax import config_checks, config_text, methods, precision, sharding, storage
 from simclr_jax.data import input_pipeline, subsets
 from simclr_jax.sharding import batch_sharded, replicated
 from simclr_jax.training import checkpoints, faults, loop, optim, summaries
@@ -226,7 +226,10 @@ def evaluate_split(eval_fn, train_state: FinetuneState, data, source,
 
 def finetune(config, workdir: str) -> dict[str, Any]:
   """Runs (or resumes) the fine-tuning stage; returns and writes finetune.json."""
+  config = model_lib.config_from_checkpoint(
+      config, config.finetune.pretrain_workdir or workdir, config.finetune.checkpoint_step)
   check_config(config)
+  config_text.write(config, workdir, "finetune")
   data = data_config(config)
   model_lib.check_model_config(data)  # The backbone at the fine-tuning image size.
   input_pipeline.configure_tensorflow()

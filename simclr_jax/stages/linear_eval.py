@@ -20,7 +20,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers
 
-from simclr_jax import config_checks, precision, sharding, storage
+from simclr_jax import config_checks, config_text, precision, sharding, storage
 from simclr_jax.data import input_pipeline
 from simclr_jax.evaluation import encoding, linear_probe, visualize
 from simclr_jax.sharding import batch_sharded, replicated
@@ -116,7 +116,10 @@ def train_linear_classifier_on_images(config, encode, encoder, mesh, source, num
 def evaluate(config, workdir: str) -> dict[str, Any]:
   """Runs the linear evaluation stage; returns and writes linear_eval.json."""
   check_config(config)
+  config = model_lib.config_from_checkpoint(
+      config, config.linear_eval.pretrain_workdir or workdir, config.linear_eval.checkpoint_step)
   model_lib.check_model_config(config)
+  config_text.write(config, workdir, "linear_eval")
   input_pipeline.configure_tensorflow()
   mesh = sharding.create_mesh()
   source = input_pipeline.create_source(config)

@@ -11,7 +11,7 @@ from absl import logging
 from clu import metric_writers, parameter_overview
 from jax.sharding import Mesh
 
-from simclr_jax import config_checks
+from simclr_jax import config_checks, config_text
 from simclr_jax.data import input_pipeline
 from simclr_jax.data.augmentations import settings
 from simclr_jax.evaluation import visualize
@@ -77,6 +77,9 @@ def pretrain(config, workdir: str) -> dict[str, Any]:
     ckpt = loop.Checkpointing(manager, config, TrainState.checkpoint_items,
                               TrainState.from_checkpoint_items, resume_fields(config))
     state = loop.resume(ckpt, state, "pretraining")
+    # Only now: a resume refused for another model leaves the file of the run it was made
+    # with, which the refusal names (checkpoints._rerun_advice).
+    config_text.write(config, workdir, "pretrain")
     start_step = int(state.step)
     counts = param_counts(state.params)
     if start_step >= num_train_steps:

@@ -10,7 +10,8 @@ Restoring walks back from the newest step: a damaged checkpoint (truncated or mi
 files, an unfinished save) is named in a warning and the next older one is tried; only
 when none is readable is it an error. A run that resumes moves the damaged ones aside (to
 `checkpoints_damaged/`, kept), so that it can save those steps again. A checkpoint made
-with another model is an error naming the differing config fields, never a fallback.
+with another model is an error naming the differing config fields, never a fallback; a
+later stage takes those fields from the pretraining checkpoint instead (`adopt_fields`).
 """
 
 from __future__ import annotations
@@ -91,12 +92,42 @@ def restore_pretrained(workdir, targets, config=None, step: int | None = None,
         restored = restore(manager, targets, config, step, check_fields=check_fields,
                            partial=partial)
   if restored is None:
-    raise NoCheckpointError(
-        f"No pretraining checkpoint{'' if step is None else f' at step {step}'} in "
-        f"{directory} (it has steps {steps}). Run `python main.py --config=... "
-        f"--workdir={workdir}` (pretraining) first, or pick another checkpoint step (the "
-        f"stage's checkpoint_step field; load_encoder's step).")
+    raise _no_checkpoint(workdir, step, steps)
   return restored
+
+
+def read_config(workdir, step: int | None = None) -> tuple[int, dict[str, Any]]:
+  """(step, its saved config as a dict) of `workdir`'s pretraining checkpoint at `step`,
+  or of the newest step whose config item reads; nothing else is read.
+
+  Raises:
+    NoCheckpointError: there is no checkpoint (at `step`).
+    CheckpointError: no step's config item is readable.
+  """
+  directory = checkpoint_dir(workdir)
+  steps = []
+  if directory.exists():
+    with create_manager(directory, read_only=True) as manager:
+      steps = sorted(manager.all_steps(), reverse=True)
+      failures = []
+      for candidate in ([step] if step in steps else [] if step is not None else steps):
+        try:
+          return candidate, manager.restore(candidate, args=ocp.args.Composite(
+              **{CONFIG_ITEM: ocp.args.JsonRestore()}))[CONFIG_ITEM]
+        except Exception as e:  # noqa: BLE001  Orbax raises many types.
+          failures.append(f"step {candidate}: {_one_line(e)}")
+      if failures:
+        raise CheckpointError(f"No readable checkpoint config in {directory} "
+                              f"({'; '.join(failures)}).")
+  raise _no_checkpoint(workdir, step, sorted(steps))
+
+
+def _no_checkpoint(workdir, step: int | None, steps: Sequence[int]) -> NoCheckpointError:
+  return NoCheckpointError(
+      f"No pretraining checkpoint{'' if step is None else f' at step {step}'} in "
+      f"{checkpoint_dir(workdir)} (it has steps {list(steps)}). Run `python main.py "
+      f"--config=... --workdir={workdir}` (pretraining) first, or pick another checkpoint "
+      f"step (the stage's checkpoint_step field; load_encoder's step).")
 
 
 def restore(manager: ocp.CheckpointManager, targets, config,
@@ -216,8 +247,62 @@ def _check_same_fields(saved: dict[str, Any], current: dict[str, Any],
   if differing:
     raise CheckpointMismatchError(
         f"The checkpoint {path} was made with a different config: {'; '.join(differing)}. "
-        f"Use the config it was made with (its copy: {path}/{CONFIG_ITEM}) or a fresh "
-        f"--workdir.")
+        f"{_rerun_advice(epath.Path(path).parent)}, or use a fresh --workdir.")
+
+
+# Where a stage's checkpoints live (`<workdir>/checkpoints` for pretraining, else
+# `<workdir>/<mode>_checkpoints/<run>`) and the config file each run writes beside them
+# (simclr_jax/config_text.py: `<workdir>/config/<mode>.py`).
+PRETRAIN_CONFIG_FILE = "config/pretrain.py"
+
+
+def _rerun_advice(directory: epath.Path) -> str:
+  """How to resume from the checkpoints in `directory`: pretraining's with the config file
+  its run wrote (written only once the run had resumed or started: it is theirs); another
+  stage's by starting that stage's checkpoints again."""
+  if directory.name == "checkpoints":
+    config_file = directory.parent / PRETRAIN_CONFIG_FILE
+    if config_file.exists():
+      return f"To resume, rerun with --config={config_file} (the config it was made with)"
+    return f"To resume, use the config it was made with (saved as JSON in {directory}/<step>/config)"
+  return (f"To train it again with this config, delete {directory} (a run of this stage with "
+          f"other settings)")
+
+
+def adopt_fields(config, saved: dict[str, Any], prefixes: Sequence[str]):
+  """`config` (a ConfigDict, left as is) with the fields under `prefixes` (dotted prefixes,
+  as `check_fields`) taken from `saved`, a checkpoint's config; fields that `saved` lacks
+  (newer than the checkpoint) keep the config's value.
+
+  Returns:
+    (the new ConfigDict, [(dotted name, checkpoint value, config value)] of the fields that
+    differed), values as in `saved` (lists made tuples).
+  """
+  adopted = config.copy_and_resolve_references()
+  saved_flat = traverse_util.flatten_dict(saved, sep=".")
+  current_flat = traverse_util.flatten_dict(config_json(config), sep=".")
+  differing = []
+  with adopted.unlocked():
+    for name in sorted(saved_flat):
+      if not name.startswith(tuple(prefixes)) or saved_flat[name] == current_flat.get(name):
+        continue
+      value = _tuples(saved_flat[name])
+      differing.append((name, value, _tuples(current_flat.get(name))))
+      *parents, key = name.split(".")
+      block = adopted
+      for parent in parents:
+        if parent not in block:
+          block[parent] = {}
+        block = block[parent]
+      if key in block and block.get_ref(key).get_type() not in (type(value), type(None)):
+        del block[key]  # Another type in the checkpoint (e.g. None): the checkpoint's.
+      block[key] = value
+  return adopted, differing
+
+
+def _tuples(value):
+  """JSON's lists as the config's tuples, nested."""
+  return tuple(_tuples(item) for item in value) if isinstance(value, list) else value
 
 
 def _warn_about_unfinished_saves(manager: ocp.CheckpointManager) -> None:

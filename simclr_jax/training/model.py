@@ -1,6 +1,7 @@
 """The model of `config.method`, shared by every stage: its config check and the fields a
 checkpoint must share, built (backbone, heads, online probe) or only traced, initialised
-from `config.seed`, or restored from a pretraining checkpoint's `model` item.
+from `config.seed`, or restored from a pretraining checkpoint's `model` item (whose config
+gives a later stage its model's fields).
 
 It imports no TensorFlow, TFDS or CLU (a test checks).
 """
@@ -10,6 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import ml_collections
+from absl import logging
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -32,6 +35,25 @@ def model_fields(config) -> tuple[str, ...]:
   pixels fed normalised ones would give wrong features without a word)."""
   return ("method", "model.", "online_probe", "augment.normalize",
           *methods.get(config).model_fields)
+
+
+def config_from_checkpoint(config, pretrain_workdir, step: int | None = None):
+  """`config` with the model that `pretrain_workdir`'s checkpoint (at `step`, default the
+  newest) was pretrained with: its `model_fields` (the backbone, the method and its heads,
+  the online probe, the input normalisation) taken from the checkpoint's config, one log
+  line naming those that differed. A later stage never repeats a pretraining override.
+
+  Raises:
+    NoCheckpointError: there is none (at `step`).
+  """
+  step, saved = checkpoints.read_config(pretrain_workdir, step)
+  saved_fields = model_fields(ml_collections.ConfigDict(saved))
+  adopted, differing = checkpoints.adopt_fields(config, saved, saved_fields)
+  if differing:
+    logging.info("Model from the checkpoint (%s, step %d): %s.", pretrain_workdir, step,
+                 ", ".join(f"{name}={saved_value!r} (config: {value!r})"
+                           for name, saved_value, value in differing))
+  return adopted
 
 
 def probe_classes(config, source) -> int:

@@ -3,6 +3,8 @@ follows torchvision's definition, the project's layout for other encoders, encod
 and the extracted features of whole splits."""
 
 import json
+import logging
+import runpy
 
 import jax
 import numpy as np
@@ -247,11 +249,19 @@ def test_feature_splits_and_their_file_names():
   assert extract_features.file_stem("train[:10%]") == "train_10"
 
 
-def test_extract_features_writes_every_example_of_each_split(pretrained_workdir, tmp_path):
+def test_extract_features_writes_every_example_of_each_split(pretrained_workdir, tmp_path,
+                                                            caplog):
+  """Also: a config whose model differs from pretraining's (the given one's: hidden width,
+  head, input normalisation) extracts with the checkpoint's model, says so, and writes the
+  config it ran with."""
   config = tiny_food101_config()
-  config.export.pretrain_workdir = str(pretrained_workdir)
-  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-    summary = extract_features.extract_features(config, str(tmp_path))
+  given = tiny_food101_config()
+  given.export.pretrain_workdir = str(pretrained_workdir)
+  given.model.hidden = 2 * toy_backbone.HIDDEN
+  given.simclr.head_widths = (64, 16)
+  given.augment.normalize = not config.augment.normalize
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES), caplog.at_level(logging.INFO):
+    summary = extract_features.extract_features(given, str(tmp_path))
     mesh = sharding.create_mesh()
     source = input_pipeline.create_source(config)
     encode = encoding.make_encoder(model_lib.model_graphdef(config), config.augment.normalize)
@@ -270,3 +280,20 @@ def test_extract_features_writes_every_example_of_each_split(pretrained_workdir,
     assert saved_labels.shape == (MOCK_EXAMPLES,) and saved_labels.dtype == np.int32
     np.testing.assert_array_equal(saved_labels, labels)
     np.testing.assert_allclose(saved_features, features, rtol=1e-6, atol=1e-6)
+  logged = [r.getMessage() for r in caplog.records if "Model from the checkpoint" in r.getMessage()]
+  assert len(logged) == 1
+  assert ("model.hidden=32 (config: 64), simclr.head_widths=(32, 16) (config: (64, 16))"
+          in logged[0] and f"augment.normalize={config.augment.normalize!r}" in logged[0])
+  written = runpy.run_path(str(tmp_path / "config" / "extract_features.py"))["get_config"]()
+  assert written.model.hidden == 32 and written.simclr.head_widths == (32, 16)
+  assert written.export.pretrain_workdir == str(pretrained_workdir)
+
+
+def test_export_writes_the_config_of_the_checkpoint_s_model(pretrained_workdir, tmp_path):
+  config = tiny_food101_config()
+  config.model.hidden = 2 * toy_backbone.HIDDEN
+  config.export.pretrain_workdir = str(pretrained_workdir)
+  summary = export.export_encoder(config, str(tmp_path))
+  written = runpy.run_path(str(tmp_path / "config" / "export.py"))["get_config"]()
+  assert written.model.hidden == 32 and summary["num_features"] == toy_backbone.FEATURES
+  assert written.export.pretrain_workdir == str(pretrained_workdir)

@@ -2,6 +2,8 @@
 results, resumption after a stop signal, transfer to another dataset, config errors."""
 
 import json
+import logging
+import runpy
 
 import jax
 import numpy as np
@@ -150,9 +152,22 @@ def _from_head_with_2_percent(config, pretrain_workdir):
   config.finetune.optimizer.base_learning_rate = 0.5
 
 
-def test_finetune_writes_its_results(head_config, head_workdir, tmp_path):
+def test_finetune_writes_its_results(head_config, head_workdir, tmp_path, caplog):
+  """Also: from a config whose model differs from pretraining's (a one-layer head, which
+  has no first layer to keep, another hidden width), the checkpoint's model is fine-tuned,
+  the fields named, and the config it ran with written to workdir/config/finetune.py."""
   _from_head_with_2_percent(head_config, head_workdir)
-  results = _finetune(head_config, tmp_path / "whole")
+  given = head_config.copy_and_resolve_references()
+  given.model.hidden = 64
+  given.simclr.head_widths = (16,)
+  with caplog.at_level(logging.INFO):
+    results = _finetune(given, tmp_path / "whole")
+  assert ("model.hidden=32 (config: 64), simclr.head_widths=(32, 32, 16) (config: (16,))"
+          in " ".join(r.getMessage() for r in caplog.records))
+  written = runpy.run_path(str(tmp_path / "whole" / "config" / "finetune.py"))["get_config"]()
+  given.model.hidden = 32
+  given.simclr.head_widths = (32, 32, 16)
+  assert written.to_dict() == given.to_dict()  # With _finetune's data fields.
   written = json.loads((tmp_path / "whole" / "finetune.json").read_text())
   assert written == pytest.approx(results)
   for key in ("top1", "top5", "random_init_top1", "random_init_top5", "eval_selected_epoch",

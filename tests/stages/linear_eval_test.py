@@ -1,6 +1,8 @@
 """Linear evaluation: exact counts, frozen encoder, probe numerics, the stage on mock data."""
 
 import json
+import logging
+import runpy
 import shutil
 
 import jax
@@ -193,17 +195,29 @@ def test_a_chosen_checkpoint_step_is_evaluated_or_reported_missing(pretrained_wo
   assert (tmp_path / "linear_eval.json").exists() and not (tmp_path / "tsne.png").exists()
 
 
-def test_evaluating_with_another_input_normalisation_is_a_named_mismatch(pretrained_workdir,
-                                                                        tmp_path):
-  """The encoder was pretrained on raw [0, 1] pixels (food101's paper details): evaluating
-  it on normalised ones would give wrong features without a word."""
+def test_evaluation_takes_the_model_and_its_input_from_the_checkpoint(pretrained_workdir,
+                                                                       tmp_path, caplog):
+  """A config whose model differs from pretraining's (hidden width, head, and normalised
+  input where the encoder was pretrained on raw [0, 1] pixels, food101's paper details)
+  evaluates the checkpoint's model as it was pretrained, names the fields, and writes the
+  config it ran with to workdir/config/linear_eval.py."""
   config = tiny_food101_config()
-  config.augment.normalize = not config.augment.normalize
-  config.linear_eval.pretrain_workdir = str(pretrained_workdir)
-  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-    with pytest.raises(checkpoints.CheckpointMismatchError,
-                       match="augment.normalize: checkpoint False, config True"):
-      linear_eval.evaluate(config, str(tmp_path))
+  config.model.hidden = 2 * toy_backbone.HIDDEN
+  config.simclr.head_widths = (64, 16)
+  config.augment.normalize = True
+  config.linear_eval.update(pretrain_workdir=str(pretrained_workdir), tsne_points=0,
+                            precompute_features=True)
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES), caplog.at_level(logging.INFO):
+    results = linear_eval.evaluate(config, str(tmp_path))
+  assert results["num_features"] == toy_backbone.FEATURES and results["checkpoint_step"] == 1
+  logged = " ".join(r.getMessage() for r in caplog.records)
+  assert ("model.hidden=32 (config: 64), simclr.head_widths=(32, 16) (config: (64, 16))"
+          in logged and "augment.normalize=False (config: True)" in logged)
+  written = runpy.run_path(str(tmp_path / "config" / "linear_eval.py"))["get_config"]()
+  expected = tiny_food101_config()
+  expected.linear_eval.update(pretrain_workdir=str(pretrained_workdir), tsne_points=0,
+                              precompute_features=True)
+  assert written.to_dict() == expected.to_dict()
 
 
 def test_food101_linear_config_carries_the_protocol():

@@ -104,6 +104,8 @@ def test_a_checkpoint_of_another_model_names_the_differing_fields(two_step_workd
   assert "model.hidden: checkpoint 32, config 64" in message
   assert "simclr.head_widths: checkpoint [32, 16], config [64, 16]" in message
   assert "model.features" not in message and "\n" not in message
+  # The file its pretraining run wrote (simclr_jax/config_text.py), which --config reads.
+  assert f"rerun with --config={two_step_workdir}/config/pretrain.py" in message
 
 
 def test_a_checkpoint_of_another_structure_is_a_mismatch_not_damage(two_step_workdir, tmp_path):
@@ -178,3 +180,20 @@ def test_a_checkpoint_of_the_layout_before_the_folders_resumes(tmp_path):
     summary = pretrain.pretrain(config, str(tmp_path))
   assert summary["resumed_from_step"] == 2 and summary["step"] == 3
   assert sorted(int(p) for p in os.listdir(tmp_path / "checkpoints")) == [2, 3]
+
+
+def test_adopt_fields_takes_the_checkpoint_s_values_under_the_prefixes_only():
+  config = tiny_food101_config()
+  saved = checkpoints.config_json(config)
+  saved["model"]["hidden"] = 8
+  del saved["model"]["features"]  # A field newer than the checkpoint: the config's.
+  saved["simclr"]["head_widths"] = [8, 4]
+  saved["augment"]["normalize"] = True
+  saved["batch_size"] = 3  # Not under the prefixes.
+  adopted, differing = checkpoints.adopt_fields(config, saved, ("model.", "simclr.head_",
+                                                                "augment.normalize"))
+  assert differing == [("augment.normalize", True, False), ("model.hidden", 8, 32),
+                       ("simclr.head_widths", (8, 4), (32, 16))]
+  assert (adopted.model.hidden, adopted.model.features) == (8, config.model.features)
+  assert adopted.simclr.head_widths == (8, 4) and adopted.augment.normalize
+  assert adopted.batch_size == config.batch_size and config.model.hidden == 32
