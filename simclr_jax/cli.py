@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import difflib
 import importlib
-import importlib.util
 import inspect
 import pathlib
 import sys
 import textwrap
 import traceback
+import types
 from collections.abc import Sequence
 
 import ml_collections
@@ -84,6 +84,20 @@ def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> l
   return rest
 
 
+def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
+  """Runs the parsed flags' --mode: prints the config (show_config) or runs its stages."""
+  if len(argv) > 1:
+    raise SystemExit(f"Error: unexpected arguments {' '.join(argv[1:])}: every argument is a "
+                     f"flag (python main.py --help).")
+  if flag_values.mode == SHOW_CONFIG:
+    from simclr_jax import config_text  # pylint: disable=g-import-not-at-top
+    print(config_text.render(flag_values.config), end="")
+    return
+  # Imported here so that --help and flag errors need no JAX or TensorFlow.
+  from simclr_jax import runtime  # pylint: disable=g-import-not-at-top
+  runtime.run(flag_values.config, flag_values.workdir, flag_values.mode)
+
+
 def _require_flags(flag_values: flags.FlagValues) -> None:
   if flag_values.config is None:
     raise SystemExit("Error: --config is required: a config file, e.g. "
@@ -123,16 +137,16 @@ class _ConfigFileParser(flags.ArgumentParser):
 def load_config(argument: str) -> ml_collections.ConfigDict:
   """The config of `--config=FILE[:ARG]`: FILE's `get_config()`, or `get_config(ARG)`.
 
-  A relative FILE is looked for in the current folder, then in main.py's. ConfigFileError
-  (one line) for a file not found (naming the configs there are), a file that is no config,
-  an ARG the config does not take (its own message), or any exception inside the file.
+  A relative FILE is looked for in the current folder, then in main.py's; a gs:// one
+  (e.g. a run's WORKDIR/config/pretrain.py) is read through simclr_jax.storage.
+  ConfigFileError (one line) for a file not found (naming the configs there are), a file
+  that is no config, an ARG the config does not take (its own message), or any exception
+  inside the file.
   """
-  file, has_arg, arg = argument.partition(":")
-  if "://" in argument:
-    raise ConfigFileError(f"config file {argument}: config files are read from the local "
-                          f"disk; copy it here first (e.g. gcloud storage cp).")
-  path = find_config_file(file)
-  module = _load_module(path, file)
+  scheme, remote, rest = argument.rpartition("://")
+  file, has_arg, arg = rest.partition(":")
+  file = f"{scheme}{remote}{file}"
+  module = _load_module(file, _read_remote(file) if remote else find_config_file(file))
   get_config = getattr(module, "get_config", None)
   if not callable(get_config):
     raise ConfigFileError(f"{file} has no get_config(), so it is not a config file "
@@ -147,21 +161,32 @@ def load_config(argument: str) -> ml_collections.ConfigDict:
   except ValueError as e:  # The config's own message, e.g. a choice its ARG lacks.
     raise ConfigFileError(f"--config={argument}: {_one_line(e)}") from None
   except Exception as e:  # Anything a user's file can raise: one line, as above.
-    raise ConfigFileError(f"--config={argument}: {_described(e, path)}") from e
+    raise ConfigFileError(f"--config={argument}: {_described(e, module.__file__)}") from e
   if not isinstance(config, ml_collections.ConfigDict):
     raise ConfigFileError(f"{file}: get_config() returned {type(config).__name__}, not an "
                           f"ml_collections.ConfigDict.")
   return config
 
 
-def find_config_file(file: str) -> pathlib.Path:
-  """`file` as given, or else relative to main.py's folder; ConfigFileError if neither
-  is a file."""
+def _read_remote(file: str) -> tuple[str, str]:
+  """(`file`, its text) for a `scheme://` path; ConfigFileError if it cannot be read."""
+  from simclr_jax import storage  # pylint: disable=g-import-not-at-top  (JAX: only for these)
+  try:
+    return file, storage.require_existing(file, "--config").read_text()
+  except storage.StorageError as e:
+    raise ConfigFileError(str(e)) from None
+  except Exception as e:  # The backend's own errors (permissions, network): one line.
+    raise ConfigFileError(f"Cannot read {file} (--config): {_described(e, file)}") from e
+
+
+def find_config_file(file: str) -> tuple[str, str]:
+  """(the path, its text) of the local config file `file`: as given, or else relative to
+  main.py's folder; ConfigFileError if neither is a file."""
   given = pathlib.Path(file)
   candidates = [given] if given.is_absolute() else [given, ROOT / given]
   for candidate in candidates:
     if candidate.is_file():
-      return candidate
+      return str(candidate), candidate.read_text(encoding="utf-8")
   looked = [str(pathlib.Path.cwd())] + ([str(ROOT)] if pathlib.Path.cwd() != ROOT else [])
   where = "" if given.is_absolute() else f"looked in {' and '.join(looked)}; "
   available = available_configs()
@@ -183,30 +208,30 @@ def _defines_get_config(path: pathlib.Path) -> bool:
              for line in path.read_text(encoding="utf-8").splitlines())
 
 
-def _load_module(path: pathlib.Path, file: str):
-  """The module of the Python file `path`, executed; ConfigFileError for any exception."""
-  name = f"_simclr_config_{abs(hash(str(path.resolve())))}"
-  spec = importlib.util.spec_from_file_location(name, path)
-  if spec is None or spec.loader is None:
-    raise ConfigFileError(f"config file {file} is not a Python file (.py).")
-  module = importlib.util.module_from_spec(spec)
+def _load_module(file: str, found: tuple[str, str]):
+  """The module of config file `file`, at `found` = (its path, its text), executed;
+  ConfigFileError for any exception."""
+  path, text = found
+  name = f"_simclr_config_{abs(hash(path))}"
+  module = types.ModuleType(name)
+  module.__file__ = path
   sys.modules[name] = module  # Dataclasses and pickling look their module up there.
   try:
-    spec.loader.exec_module(module)
+    exec(compile(text, path, "exec"), module.__dict__)  # noqa: S102  What --config asks.
   except Exception as e:  # Anything a user's file can raise: one line.
     del sys.modules[name]
     raise ConfigFileError(f"config file {file} failed to load: {_described(e, path)}") from e
   return module
 
 
-def _described(error: BaseException, path: pathlib.Path) -> str:
+def _described(error: BaseException, path: str) -> str:
   """'ZeroDivisionError: division by zero (configs/x.py, line 12)': the error, with the
-  last line of `path` it passed through."""
+  last line of the file `path` it passed through."""
   text = f"{type(error).__name__}: {_one_line(error)}"
   if isinstance(error, SyntaxError):
     return f"{text} (line {error.lineno})" if error.lineno else text
   lines = [frame.lineno for frame in traceback.extract_tb(error.__traceback__)
-           if pathlib.Path(frame.filename).resolve() == path.resolve()]
+           if frame.filename == path]
   return f"{text} ({path}, line {lines[-1]})" if lines else text
 
 
@@ -233,7 +258,7 @@ def help_text() -> str:
     try:
       module = importlib.import_module(name[:-len(".py")].replace("/", "."))
     except Exception as e:  # noqa: BLE001  One broken file does not hide the others.
-      lines.append(f"  {name}: cannot be imported ({_described(e, ROOT / name)})")
+      lines.append(f"  {name}: cannot be imported ({_described(e, str(ROOT / name))})")
       continue
     args = getattr(module, "ARGS", None)
     lines.append(f"  {name}" + ("[:ARG]" if args is not None else ""))

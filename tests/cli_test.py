@@ -17,6 +17,7 @@ from simclr_jax import (
   precision,
   runtime,
   stages,
+  storage,
 )
 from simclr_jax.backbones import patch_conv, resnet
 from simclr_jax.training import optim
@@ -214,6 +215,28 @@ def test_a_later_stage_s_bad_choice_stops_the_run_before_the_first_stage(monkeyp
   assert not [r for r in caplog.records if "lr_scaling" in r.getMessage()]
 
 
+# ------------------------------------------------------------------------- show_config
+
+
+def test_show_config_prints_a_commented_config_file_that_loads_back(tmp_path, capsys):
+  shown = parse("--config=configs/demo.py:byol", "--config.batch_size=64",
+                "--config.augment.crop_area_range=(0.2, 1.0)", "--mode=show_config",
+                workdir=None)
+  cli.main(["main.py"], shown)
+  text = capsys.readouterr().out
+  assert "config.batch_size = 64  # Global, across all devices and hosts." in text
+  (tmp_path / "shown.py").write_text(text)
+  again = parse(f"--config={tmp_path / 'shown.py'}").config
+  assert again.to_dict() == shown.config.to_dict()
+  assert (again.method, again.augment.crop_area_range) == ("byol", (0.2, 1.0))
+
+
+def test_a_stray_argument_is_one_line():
+  with pytest.raises(SystemExit, match="^Error: unexpected arguments pretrain: every argument "
+                                       "is a flag"):
+    cli.main(["main.py", "pretrain"], parse("--config=configs/demo.py"))
+
+
 # ------------------------------------------------------------------------- --help
 
 
@@ -230,3 +253,13 @@ def test_help_lists_every_config_with_its_purpose_and_argument():
       assert f"{name}[:ARG]" in text
       assert " ".join(module.ARGS.usage().split()) in " ".join(text.split())
   assert "configs/methods.py" not in text and "configs/augment_presets.py" not in text
+
+
+def test_a_config_file_on_gcs_loads_like_a_local_one(fake_gcs, tmp_path):
+  """A run's WORKDIR/config/<mode>.py on a gs:// workdir is what its messages say to rerun."""
+  with fake_gcs.environ():
+    file = f"{fake_gcs.bucket_url}/run/config/pretrain.py"
+    storage.write_bytes(file, (paths.REPO / "configs" / "demo.py").read_bytes())
+    assert parse(f"--config={file}:vicreg").config.method == "vicreg"
+    assert error_of(f"--config={file}x").startswith(
+        f"Error: {file}x (--config) does not exist.")
