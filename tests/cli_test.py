@@ -3,6 +3,7 @@ enumerated field ends in one `Error:` line before anything compiles; --help list
 configs."""
 
 import importlib
+import inspect
 
 import pytest
 from absl import flags
@@ -85,6 +86,9 @@ def test_every_config_in_configs_rejects_a_bad_argument_in_one_line():
                                 f"choice"), message
       assert module.ARGS.usage() in message
     else:
+      assert not inspect.signature(module.get_config).parameters, (
+          f"{name} takes an argument: declare its choices as ARGS (configs/arguments.py), "
+          f"for --help to list them")
       assert message == (f"Error: {name} takes no argument: use --config={name} "
                          f"(got :simsiam,10pct).")
 
