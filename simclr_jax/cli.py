@@ -1,11 +1,12 @@
-"""main.py's command line: its flags, the config file, `--help`'s list of configs.
+"""main.py's command line: its flags, the config file, `--help`'s list of configs, and
+`main`, which runs the --mode (or prints the config, for --mode=show_config).
 
 `--config=FILE[:ARG]` is loaded while the flags are parsed, from the current folder or else
 main.py's (so `configs/food101.py` works from anywhere), and anything wrong with it (no such
 file, a bad `:ARG`, an exception inside the file, a tuple field given a scalar) ends the
-process with one `Error: ...` line. Nothing here imports JAX or TensorFlow, so those errors
-come in a fraction of a second; the stages' own checks run later, before anything compiles
-(simclr_jax/runtime.py).
+process with one `Error: ...` line. Until `main` runs, nothing imports JAX or TensorFlow
+(but for a gs:// config file), so those errors come in a fraction of a second; the stages'
+own checks run later, before anything compiles (simclr_jax/runtime.py).
 """
 
 from __future__ import annotations
