@@ -1,6 +1,8 @@
-"""CIFAR-10 with the SimCLR paper's CIFAR recipe (Appendix B.9): small-image stem, no blur,
-colour strength s = 0.5, 32x32 views, temperature 0.5, batch 1024, LARS, with the official
-code's details (configs/methods.py: use_simclr_paper_details)."""
+"""SimCLR on CIFAR-10 with the paper's CIFAR recipe (Appendix B.9): 500 epochs, batch 1024.
+
+Small-image stem, no blur, colour strength s = 0.5, 32x32 views, temperature 0.5, batch
+1024, LARS, with the official code's details (configs/methods.py: use_simclr_paper_details).
+"""
 
 from configs import default, methods
 

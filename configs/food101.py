@@ -1,5 +1,7 @@
-"""Food-101 with SimCLR's ImageNet recipe (google-research/simclr README.md:100-107, "the
-default hyperparameters in our paper"), sized for a TPU v3-8 / v4-8.
+"""SimCLR on Food-101 with the paper's ImageNet recipe (ResNet-50), for a TPU v3-8 / v4-8.
+
+SimCLR's ImageNet recipe (google-research/simclr README.md:100-107, "the default
+hyperparameters in our paper"), sized for a TPU v3-8 / v4-8.
 
 ResNet-50; LARS (weight decay 1e-4, trust coefficient 1e-3, BatchNorm and biases excluded),
 10 warm-up epochs then cosine, lr = 0.075 * sqrt(batch) (the square-root scaling), 100

@@ -1,5 +1,6 @@
-"""BYOL on Food-101 (Grill et al., 2020, "Bootstrap Your Own Latent"), for a TPU v3-8 /
-v4-8 or 8 GPUs:
+"""BYOL on Food-101, its 300-epoch ResNet-50 recipe, for a TPU v3-8 / v4-8 or 8 GPUs.
+
+BYOL: Grill et al., 2020, "Bootstrap Your Own Latent".
 
   python main.py --config=configs/food101_byol.py --workdir=gs://BUCKET/byol
 

@@ -1,13 +1,13 @@
-"""Fine-tuning a Food-101 encoder with 1% or 10% of the labels (SimCLR v2's protocols).
+"""Fine-tuning a Food-101 encoder with 1%, 10% or all of the labels (SimCLR v2's protocols).
 
   python main.py --config=configs/food101_finetune.py:10pct --workdir=/tmp/simclr \
       --mode=finetune
   python main.py --config=configs/food101_finetune.py:byol,1pct --workdir=/tmp/byol ...
 
-The argument is `[METHOD,]PROTOCOL`: the pretraining config it builds on (SimCLR's
-configs/food101.py when no method is named, else configs/food101_<method>.py, so that the
-encoder matches the checkpoint) and `1pct` or `10pct` (default `10pct`); `100pct` uses all
-labels.
+The argument is `METHOD,PROTOCOL`, each optional: the pretraining config it builds on
+(SimCLR's configs/food101.py when no method is named, else configs/food101_<method>.py, so
+that the encoder matches the checkpoint) and `1pct` or `10pct` (default `10pct`); `100pct`
+uses all labels.
 
 SimCLR v2 (Chen et al., 2020b, Section 3 and Appendix B): the classifier on the first layer
 of the projection head with 1% and 10% of the labels, on the encoder (the head's input) with
@@ -28,18 +28,17 @@ no projection head; docs/recipes.md), and MoCo v3 publishes none for ResNets.
 
 import importlib
 
-from configs import food101
+from configs import arguments, food101, methods
 
 PROTOCOLS = {"1pct": (0.01, 60), "10pct": (0.1, 30), "100pct": (1.0, 30)}
+ARGS = arguments.Args(arguments.Part("METHOD", methods.NAMES, default="simclr"),
+                      arguments.Part("PROTOCOL", tuple(PROTOCOLS), default="10pct"))
 
 
 def get_config(arg: str | None = None):
-  *method, protocol = (arg or "10pct").split(",")
-  if protocol not in PROTOCOLS:
-    raise ValueError(f"configs/food101_finetune.py takes [METHOD,]PROTOCOL with PROTOCOL one of "
-                     f"{sorted(PROTOCOLS)}, got {arg!r}.")
-  if method and method[0] != "simclr":
-    config = importlib.import_module(f"configs.food101_{method[0]}").get_config()
+  method, protocol = ARGS.parse(arg)
+  if method != "simclr":
+    config = importlib.import_module(f"configs.food101_{method}").get_config()
   else:
     config = food101.get_config()
   fraction, epochs = PROTOCOLS[protocol]

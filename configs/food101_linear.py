@@ -1,4 +1,4 @@
-"""Linear evaluation of a Food-101 encoder, with the protocol of the method that made it.
+"""Linear and kNN evaluation of a Food-101 encoder, with its method's own probe protocol.
 
   python main.py --config=configs/food101_linear.py --workdir=/tmp/simclr --mode=linear_eval
   python main.py --config=configs/food101_linear.py:byol --workdir=/tmp/byol --mode=linear_eval
@@ -18,7 +18,7 @@ per epoch).
 
 import importlib
 
-from configs import food101
+from configs import arguments, food101, methods
 
 # method -> (epochs, batch, learning_rate, lr_scaling, nesterov, weight_decay).
 PROTOCOLS = {
@@ -35,11 +35,11 @@ PROTOCOLS = {
 }
 
 
+ARGS = arguments.Args(arguments.Part("METHOD", methods.NAMES, default="simclr"))
+
+
 def get_config(arg: str | None = None):
-  method = arg or "simclr"
-  if method not in PROTOCOLS:
-    raise ValueError(f"configs/food101_linear.py takes a METHOD, one of {sorted(PROTOCOLS)}, "
-                     f"got {arg!r}.")
+  method, = ARGS.parse(arg)
   if method == "simclr":
     config = food101.get_config()
   else:

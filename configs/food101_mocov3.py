@@ -1,5 +1,6 @@
-"""MoCo v3 on Food-101, the ResNet-50 100-epoch recipe (Chen, Xie and He, 2021;
-facebookresearch/moco-v3 CONFIG.md), for a TPU v3-8 / v4-8 or 8 GPUs:
+"""MoCo v3 on Food-101, its 100-epoch ResNet-50 recipe, for a TPU v3-8 / v4-8 or 8 GPUs.
+
+MoCo v3: Chen, Xie and He, 2021; facebookresearch/moco-v3 CONFIG.md.
 
   python main.py --config=configs/food101_mocov3.py --workdir=gs://BUCKET/mocov3
 

@@ -1,4 +1,6 @@
-"""The seed document's run, parameter for parameter (shared/seed/simclr_food101_post.txt).
+"""SimCLR on Food-101 as the PyTorch post this project began from ran it (SGD, batch 64).
+
+The seed document's run, parameter for parameter (shared/seed/simclr_food101_post.txt).
 
 ResNet-50, head 2048-512-128 (no BatchNorm), image 256, batch 64, temperature 0.5, 100
 epochs, SGD lr 0.03 momentum 0.9 weight decay 1e-4 on every parameter, cosine over epochs

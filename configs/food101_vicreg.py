@@ -1,5 +1,6 @@
-"""VICReg on Food-101 (Bardes, Ponce and LeCun, 2022; facebookresearch/vicreg), its
-100-epoch ResNet-50 command, for a TPU v3-8 / v4-8 or 8 GPUs:
+"""VICReg on Food-101, its 100-epoch ResNet-50 command, for a TPU v3-8 / v4-8 or 8 GPUs.
+
+VICReg: Bardes, Ponce and LeCun, 2022; facebookresearch/vicreg.
 
   python main.py --config=configs/food101_vicreg.py --workdir=gs://BUCKET/vicreg
 

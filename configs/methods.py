@@ -7,6 +7,11 @@ The optimiser and augmentations of a recipe live in the full configs
 
 import ml_collections
 
+# The methods, one block each: simclr_jax.methods.METHODS's names, here for the configs'
+# arguments (`configs/demo.py:byol`) without importing the model code (a test holds them
+# equal).
+NAMES = ("simclr", "byol", "mocov3", "vicreg")
+
 
 def simclr() -> ml_collections.ConfigDict:
   """SimCLR (Chen et al., 2020): NT-Xent at temperature 0.1, SimCLR v2's 3-layer head."""

@@ -3,6 +3,7 @@ line) around the stages of a `--mode` (`stages.STAGES`): what main.py calls."""
 
 from __future__ import annotations
 
+import importlib
 import logging as std_logging
 import os
 import shlex
@@ -45,14 +46,25 @@ def run(config, workdir: str, mode: str) -> None:
   try:
     _run_stages(config, workdir, mode)
   except USER_ERRORS as e:
+    # Printed once, by Python as it exits with status 1 (not logged as well).
     message = " ".join(str(e).split("\n", 1)[0].split())
     details = str(e).split("\n", 1)[1:]
-    logging.error("%s", e)
     raise SystemExit(f"Error: {message}" + (f"\n{details[0]}" if details else "")) from None
   except preemption.Preempted as e:
     resume = shlex.join([os.path.basename(sys.executable), *sys.argv])
     logging.warning("%s Resume with the same command:\n  %s", e, resume)
     print(f"{e} Resume with the same command:\n  {resume}", flush=True)
+
+
+def check_config(config, mode: str, first: int = 0) -> None:
+  """The config checks of the stages of `mode` (`check_config` of each stage's module,
+  where it has one), from its `first`: a ConfigError whose message names the field and,
+  for a choice, the choices. Run before the first stage, so that a later stage's fields
+  (the linear probe's, for --mode=pretrain_and_eval) fail before anything compiles."""
+  for target in stages.STAGES[mode].runs[first:]:
+    module = importlib.import_module(f"{stages.__name__}.{target.split(':')[0]}")
+    if hasattr(module, "check_config"):
+      module.check_config(config)
 
 
 def check_storage(config, workdir: str) -> None:
@@ -70,6 +82,7 @@ def _run_stages(config, workdir: str, mode: str) -> None:
   input_pipeline.configure_tensorflow()
   logging.info("JAX %s: %d processes, %d devices (%s).", jax.__version__, jax.process_count(),
                jax.device_count(), jax.devices()[0].platform)
+  check_config(config, mode, first=1)  # The first stage checks its own as it starts.
   check_storage(config, workdir)
   with preemption.handle_stop_signals():
     stages.run(mode, config, workdir)

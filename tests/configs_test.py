@@ -137,5 +137,5 @@ def test_finetune_config_carries_simclr_v2_s_protocols_on_the_method_s_encoder(
 
 def test_finetune_config_rejects_an_unknown_protocol():
   from configs import food101_finetune  # pylint: disable=g-import-not-at-top
-  with pytest.raises(ValueError, match="PROTOCOL one of"):
+  with pytest.raises(ValueError, match="PROTOCOL: 1pct, 10pct \\(default\\), 100pct"):
     food101_finetune.get_config("5pct")

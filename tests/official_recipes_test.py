@@ -62,5 +62,5 @@ def test_each_method_s_linear_protocol_restores_its_checkpoints(method):
 
 def test_food101_linear_rejects_an_unknown_method():
   from configs import food101_linear  # pylint: disable=g-import-not-at-top
-  with pytest.raises(ValueError, match="METHOD, one of"):
+  with pytest.raises(ValueError, match="METHOD: simclr \\(default\\), byol"):
     food101_linear.get_config("simsiam")

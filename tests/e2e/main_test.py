@@ -15,7 +15,8 @@ def run_main(*args, tmp_path):
   env = dict(os.environ, SIMCLR_NO_DISTRIBUTED="1", TFDS_DATA_DIR=str(tmp_path / "tfds"),
              XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
   return subprocess.run([sys.executable, "main.py", f"--workdir={tmp_path / 'work'}", *args],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+                        check=False)
 
 
 def test_unknown_config_field_is_rejected(tmp_path):
@@ -50,6 +51,8 @@ def _assert_one_error_line(result, *fragments):
   assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
   errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
   assert len(errors) == 1, result.stderr[-2000:]
+  # Printed once: not also logged (an `E... runtime.py] <message>` line before it).
+  assert result.stderr.count(errors[0][len("Error: "):]) == 1, result.stderr[-2000:]
   for fragment in fragments:
     assert fragment in errors[0], errors[0]
 
@@ -63,9 +66,9 @@ def test_unknown_config_field_is_one_line_with_the_suggestion(tmp_path):
 @pytest.mark.parametrize("override, message", [
     ("--config.log_every_steps=0", "log_every_steps must be a positive integer, got 0"),
     ("--config.checkpoint_every_steps=-5", "checkpoint_every_steps must be a positive integer"),
-    ("--config.augment.image_size=4", "augment.image_size=4 is too small for the ResNet with "
-                                      "the small-image stem, which downsamples by 8: use at "
-                                      "least 8"),
+    ("--config.augment.image_size=4", ("augment.image_size=4 is too small for the ResNet "
+                                       "with the small-image stem, which downsamples by 8: "
+                                       "use at least 8")),
 ])
 def test_bad_intervals_and_image_sizes_stop_before_compiling(override, message, tmp_path):
   _assert_one_error_line(run_main(DEMO, override, tmp_path=tmp_path), message)
@@ -76,7 +79,7 @@ def test_unwritable_workdir_is_one_line(tmp_path):
   env = dict(os.environ, SIMCLR_NO_DISTRIBUTED="1", JAX_PLATFORMS="cpu")
   result = subprocess.run([sys.executable, "main.py", DEMO,
                            f"--workdir={tmp_path / 'a_file' / 'work'}"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, check=False)
   _assert_one_error_line(result, "Cannot write to", "a_file/work")
 
 
@@ -125,3 +128,29 @@ def test_a_bad_label_fraction_is_one_line(tmp_path):
   result = run_main(DEMO, "--mode=finetune", "--config.finetune.label_fraction=0",
                     tmp_path=tmp_path)
   _assert_one_error_line(result, "finetune.label_fraction must be in (0, 1]")
+
+
+def test_a_wrong_config_path_from_another_folder_is_one_line_and_nothing_else(tmp_path):
+  """Before JAX or TensorFlow load (the walkthrough's #15 took 17 s and two tracebacks)."""
+  env = dict(os.environ, SIMCLR_NO_DISTRIBUTED="1", JAX_PLATFORMS="cpu")
+  result = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"),
+                           "--config=configs/food101x.py", f"--workdir={tmp_path}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+                          check=False)
+  assert result.returncode == 1 and result.stdout == ""
+  assert result.stderr.startswith("Error: config file configs/food101x.py not found (looked in "
+                                  f"{tmp_path} and {ROOT}; did you mean configs/food101.py?")
+  assert result.stderr.count("\n") == 1, result.stderr
+
+
+def test_help_lists_the_configs_without_loading_jax_or_tensorflow():
+  script = ("import runpy, sys\n"
+            "sys.argv = ['main.py', '--help']\n"
+            "try:\n  runpy.run_path('main.py', run_name='__main__')\n"
+            "except SystemExit:\n  pass\n"
+            "print('loaded:', sorted({'jax', 'tensorflow'} & set(sys.modules)))\n")
+  result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, check=False)
+  assert "configs/food101_finetune.py[:ARG]" in result.stdout, result.stdout
+  assert "METHOD: simclr (default), byol, mocov3, vicreg" in result.stdout
+  assert "show_config" in result.stdout and result.stdout.endswith("loaded: []\n")
