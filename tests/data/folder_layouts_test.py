@@ -250,10 +250,10 @@ def test_a_finetuning_batch_larger_than_the_labelled_part_warns(monkeypatch):
   subsets.warn_if_batch_repeats(subset, "train", 10)
   assert not warnings
   subsets.warn_if_batch_repeats(subset, "train", 1024)
-  assert warnings == [
+  assert warnings == [(
       "finetune.batch_size=1024 is larger than the 10 labelled examples of 'train': every "
       "batch repeats each about 102 times (other crops) and an epoch is one step. A batch of "
-      "at most 10 takes more, distinct steps."]
+      "at most 10 takes more, distinct steps.")]
 
 
 # --------------------------------------------------------------------- dataset names
@@ -285,23 +285,21 @@ def test_an_unknown_tfds_config_is_one_line():
   assert message.startswith("TFDS dataset 'mnist/no_such_config' (config.dataset): ")
 
 
-# ---------------------------------------------------------------------- the config
-
-
-@pytest.mark.parametrize("method", ["simclr", "byol", "mocov3", "vicreg"])
-def test_folder_config_takes_the_method_s_recipe(method):
-  config = folder.get_config(method)
-  recipe = __import__(f"configs.{folder.RECIPES[method]}", fromlist=["_"]).get_config()
-  assert (config.method, config.dataset, config.eval_split) == (method, "folder", "test")
-  assert config.batch_size == 256 and config.holdout_fraction == 0.0
-  assert config.optimizer.base_learning_rate == recipe.optimizer.base_learning_rate
-  assert config[method] == recipe[method]
-  pretrain.check_config(config)
-  linear_eval.check_config(config)
-  finetune.check_config(config)
-
-
-def test_folder_config_refuses_an_unknown_method():
-  with pytest.raises(ValueError, match=r"^configs/folder.py takes a METHOD, one of simclr, "
-                                       r"byol, mocov3, vicreg, got 'simsiam'.$"):
-    folder.get_config("simsiam")
+def test_holdout_and_the_label_check_on_gs(fake_gcs):
+  """gs:// through storage (epath, tf.io.gfile), on the in-process fake."""
+  with fake_gcs.environ():
+    bucket = fake_gcs.bucket_url
+    _class_tree(f"{bucket}/mine", (6, 6, 6))
+    _flat(f"{bucket}/flat", 2)
+    source = input_pipeline.create_source(
+        _config(f"{bucket}/mine", holdout_fraction=0.25), "finetune")
+    local = subsets.holdout_mask(
+        [f"{c}/{i:03d}.png" for c in CLASSES for i in range(6)], np.repeat([0, 1, 2], 6), 0.25)
+    assert _names(source._files("test")) == sorted(
+        f"{c}/{i:03d}.png" for k, (c, i) in enumerate(
+            (c, i) for c in CLASSES for i in range(6)) if local[k])
+    assert len(list(source.local_dataset("train", False, 0))) == 18 - local.sum()
+    message = _one_line_error(sources.DatasetNotFoundError, input_pipeline.create_source,
+                              _config(f"{bucket}/flat"), "linear_eval")
+    assert message.startswith(f"linear_eval needs labels, but data_dir {bucket}/flat has no "
+                              f"class folders (2 images directly in it)")
