@@ -137,6 +137,16 @@ def _read_files(ds: tf.data.Dataset) -> tf.data.Dataset:
 
 
 SPLIT_FOLDERS = ("train", "test", "val", "validation")
+
+
+def _may_be_a_folder(entry: epath.Path) -> bool:
+  """A class or split folder: a folder, not hidden (.ipynb_checkpoints, .git). The name
+  is tested first: on gs:// each is_dir() is a request."""
+  name = entry.name
+  return not name.startswith(".") and not name.lower().endswith(IMAGE_EXTENSIONS) and (
+      entry.is_dir())
+
+
 HOLDOUT_SPLITS = ("train", "test")  # The splits a holdout_fraction makes of class folders.
 
 
@@ -164,8 +174,7 @@ class FolderSource(_FileSource):
     self._cache: dict[str, FileList] = {}  # By split.
     self._listings: dict[str, FileList] = {}  # By folder: a flat folder's splits share one.
     # One listing of root: on gs:// each is_dir() is a request, so the names are tested first.
-    folders = sorted(d.name for d in self.root.iterdir()
-                     if not d.name.lower().endswith(IMAGE_EXTENSIONS) and d.is_dir())
+    folders = sorted(d.name for d in self.root.iterdir() if _may_be_a_folder(d))
     self.split_folders = [name for name in folders if name in SPLIT_FOLDERS]
     if self.split_folders:
       self.layout = "splits"
@@ -196,10 +205,8 @@ class FolderSource(_FileSource):
 
   @staticmethod
   def _class_names(folder: epath.Path) -> list[str]:
-    # The name test first: on gs:// each is_dir() is a request.
     return sorted(d.name for d in folder.iterdir()
-                  if d.name not in SPLIT_FOLDERS and
-                  not d.name.lower().endswith(IMAGE_EXTENSIONS) and d.is_dir())
+                  if d.name not in SPLIT_FOLDERS and _may_be_a_folder(d))
 
   def _check_same_classes(self, folder: epath.Path) -> None:
     """DatasetNotFoundError naming the classes each side lacks, if `folder` holds other

@@ -80,8 +80,10 @@ def test_split_folders_are_the_splits_and_a_missing_one_is_named(tmp_path):
 
 def test_holdout_splits_each_class_and_keeps_one_on_each_side(tmp_path):
   _class_tree(tmp_path, (40, 2, 1))
+  (tmp_path / ".ipynb_checkpoints").mkdir()  # Hidden: not a class.
   source = folder_sources.FolderSource(str(tmp_path), holdout_fraction=0.25)
   assert source.layout == "classes" and source.splits() == ("train", "test")
+  assert source.classes == list(CLASSES)
   train, test = source.labels("train"), source.labels("test")
   assert len(train) + len(test) == 43
   assert not set(_names(source._files("train"))) & set(_names(source._files("test")))
