@@ -13,13 +13,19 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
 
   # Data. dataset: a TFDS image dataset's name (read from data_dir), 'digits' (scikit-learn's,
-  # offline), 'folder' (data_dir/<class>/<image>, or a flat folder of unlabelled images;
-  # data_dir/train and data_dir/test are the splits when present) or 'food101_raw'
-  # (data_dir = the unpacked food-101/ with images/ and meta/; splits train and test).
+  # offline), 'folder' (your own images: data_dir/train/<class>/<image> and
+  # data_dir/test/<class>/<image>; or data_dir/<class>/<image> split by holdout_fraction;
+  # or a flat folder of unlabelled images, for pretraining only: configs/folder.py) or
+  # 'food101_raw' (data_dir = the unpacked food-101/ with images/ and meta/; splits train
+  # and test).
   config.dataset = "food101"
   config.data_dir = ml_collections.config_dict.placeholder(str)  # Local path or gs://.
   config.train_split = "train"
-  config.eval_split = "validation"
+  config.eval_split = "validation"  # 'train' evaluates on the training images (optimistic).
+  # dataset='folder' with class folders but no split folders: this fraction of each class
+  # (by a hash of each file's path under data_dir, so fixed across runs and hosts) is the
+  # 'test' split, the rest 'train'. Use the same value in every stage. 0: no holdout.
+  config.holdout_fraction = 0.0
   config.shuffle_buffer = 16_384
   config.data_threads = 0  # tf.data threads; 0 = all cores (half when JAX runs on CPU).
   # Deterministic element order: a resumed run sees exactly the batches it would have seen

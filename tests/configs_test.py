@@ -139,3 +139,25 @@ def test_finetune_config_rejects_an_unknown_protocol():
   from configs import food101_finetune  # pylint: disable=g-import-not-at-top
   with pytest.raises(ValueError, match="PROTOCOL: 1pct, 10pct \\(default\\), 100pct"):
     food101_finetune.get_config("5pct")
+
+
+@pytest.mark.parametrize("method", ["simclr", "byol", "mocov3", "vicreg"])
+def test_folder_config_takes_the_method_s_recipe(method):
+  from configs import folder  # pylint: disable=g-import-not-at-top
+  config = folder.get_config(method)
+  recipe = importlib.import_module(f"configs.{folder.RECIPES[method]}").get_config()
+  assert (config.method, config.dataset, config.eval_split) == (method, "folder", "test")
+  assert config.batch_size == 256 and config.holdout_fraction == 0.0
+  assert config.optimizer.base_learning_rate == recipe.optimizer.base_learning_rate
+  assert config[method] == recipe[method]
+  model_lib.check_model_config(config)
+  pretrain.check_config(config)
+  linear_eval.check_config(config)
+  finetune.check_config(config)
+
+
+def test_folder_config_refuses_an_unknown_method():
+  from configs import folder  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match=r"^configs/folder.py takes a METHOD, one of simclr, "
+                                       r"byol, mocov3, vicreg, got 'simsiam'.$"):
+    folder.get_config("simsiam")

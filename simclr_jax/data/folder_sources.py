@@ -19,6 +19,7 @@ from absl import logging
 from etils import epath
 
 from simclr_jax import storage
+from simclr_jax.data import subsets
 from simclr_jax.data.sources import DatasetNotFoundError, process_share
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
@@ -138,70 +139,183 @@ def _read_files(ds: tf.data.Dataset) -> tf.data.Dataset:
 SPLIT_FOLDERS = ("train", "test", "val", "validation")
 
 
-class FolderSource(_FileSource):
-  """torchvision's ImageFolder layout: root/<class>/<image>; or a flat folder of images
-  (unlabelled, label -1, for pretraining only). If root/<split> exists (e.g. root/train,
-  root/test), the split is read from there, else every split is the whole root; every
-  split folder must hold the same class folders. Local or gs://."""
+def _may_be_a_folder(entry: epath.Path) -> bool:
+  """A class or split folder: a folder, not hidden (.ipynb_checkpoints, .git). The name
+  is tested first: on gs:// each is_dir() is a request."""
+  name = entry.name
+  return not name.startswith(".") and not name.lower().endswith(IMAGE_EXTENSIONS) and (
+      entry.is_dir())
 
-  def __init__(self, root):
+
+HOLDOUT_SPLITS = ("train", "test")  # The splits a holdout_fraction makes of class folders.
+
+
+class FolderSource(_FileSource):
+  """Image files under `root` (local or gs://), in one of three layouts (`self.layout`):
+
+  - 'splits': root/<split>/<class>/<image>, e.g. root/train and root/test (split folders
+    are named train, test, val or validation). Every split folder holds the same class
+    folders (checked here, before any training: a mismatch would shift the labels), and a
+    split is read only from its own folder.
+  - 'classes': root/<class>/<image> (torchvision's ImageFolder). With `holdout_fraction` in
+    (0, 1), about that fraction of every class is the split 'test' and the rest 'train',
+    chosen by a hash of each file's path under root (`subsets.holdout_mask`), so the same
+    on every run and host; without it the one split is 'train', every image.
+  - 'flat': root/<image>, no class folders: unlabelled (label -1), for pretraining only;
+    every split name reads all of the images.
+  """
+
+  def __init__(self, root, holdout_fraction: float = 0.0):
     self.root = storage.path(root)
     if not self.root.is_dir():
       raise DatasetNotFoundError(
           f"Image folder {str(self.root)!r} does not exist (config.data_dir).")
-    self._cache: dict[str, FileList] = {}
-    self.classes = self._class_names(self._split_root("train"))
+    self.holdout_fraction = holdout_fraction
+    self._cache: dict[str, FileList] = {}  # By split.
+    self._listings: dict[str, FileList] = {}  # By folder: a flat folder's splits share one.
+    # One listing of root: on gs:// each is_dir() is a request, so the names are tested first.
+    folders = sorted(d.name for d in self.root.iterdir() if _may_be_a_folder(d))
+    self.split_folders = [name for name in folders if name in SPLIT_FOLDERS]
+    if self.split_folders:
+      self.layout = "splits"
+      self._class_root = self.root / ("train" if "train" in self.split_folders
+                                      else self.split_folders[0])
+      self.classes = self._class_names(self._class_root)
+      for split in self.split_folders:  # Before any training: a mismatch shifts the labels.
+        self._check_same_classes(self.root / split)
+    else:
+      self._class_root = self.root
+      self.classes = folders
+      self.layout = "classes" if folders else "flat"
     self.num_classes = len(self.classes)
-    for split in SPLIT_FOLDERS:  # Before any training: a mismatch would shift the labels.
-      if (self.root / split).is_dir():
-        self._check_same_classes(self._split_root(split))
+    self._check_holdout()
 
-  def _split_root(self, split: str) -> epath.Path:
-    candidate = self.root / split
-    return candidate if candidate.is_dir() else self.root
+  def _check_holdout(self) -> None:
+    fraction = self.holdout_fraction
+    if not fraction or self.layout == "classes":
+      return
+    if self.layout == "splits":
+      raise DatasetNotFoundError(
+          f"config.holdout_fraction={fraction} holds out part of each class folder, but "
+          f"{self.root} has split folders already ({', '.join(self.split_folders)}): drop "
+          f"--config.holdout_fraction.")
+    raise DatasetNotFoundError(
+        f"config.holdout_fraction={fraction} holds out part of each class folder, but "
+        f"{self.unlabelled_reason()}, or drop --config.holdout_fraction to pretrain on them.")
 
   @staticmethod
   def _class_names(folder: epath.Path) -> list[str]:
-    # The name test first: on gs:// each is_dir() is a request.
     return sorted(d.name for d in folder.iterdir()
-                  if d.name not in SPLIT_FOLDERS and d.is_dir())
+                  if d.name not in SPLIT_FOLDERS and _may_be_a_folder(d))
 
   def _check_same_classes(self, folder: epath.Path) -> None:
     """DatasetNotFoundError naming the classes each side lacks, if `folder` holds other
     class folders than the training split's (labels are indices into self.classes)."""
-    train_folder = self._split_root("train")
-    if folder == train_folder:
+    if folder == self._class_root:
       return
     found = self._class_names(folder)
     if found != self.classes:
+      train_folder = self._class_root
       raise DatasetNotFoundError(
           f"{train_folder} and {folder} hold different class folders: "
           f"{folder} lacks {_listed(sorted(set(self.classes) - set(found)))}; "
           f"{train_folder} lacks {_listed(sorted(set(found) - set(self.classes)))}. "
           f"Every split folder of config.data_dir must hold the same class folders.")
 
+  # ------------------------------------------------------------------ splits and labels
+
+  def splits(self) -> tuple[str, ...] | None:
+    """The split names this folder has; None for a flat folder (any name: every image)."""
+    if self.layout == "splits":
+      return tuple(self.split_folders)
+    if self.layout == "classes":
+      return HOLDOUT_SPLITS if self.holdout_fraction else ("train",)
+    return None
+
+  def check_split(self, split: str, field: str | None = None) -> None:
+    """DatasetNotFoundError saying how to fix config.<field> (e.g. 'eval_split'), unless
+    `split` is one of `splits()`."""
+    splits = self.splits()
+    if splits is None or split in splits:
+      return
+    train = field == "train_split"
+    if self.layout == "splits":
+      fix = ("train" if "train" in splits else splits[0]) if train else next(
+          (s for s in ("test", "validation", "val") if s in splits), splits[0])
+      raise DatasetNotFoundError(
+          f"no split folder {split!r} under {self.root} (found: {', '.join(splits)}): set "
+          f"--config.{field or 'eval_split'}={fix}.")
+    if self.holdout_fraction:
+      raise DatasetNotFoundError(
+          f"config.holdout_fraction={self.holdout_fraction} splits the class folders of "
+          f"{self.root} into 'train' and 'test', not {split!r}: set "
+          f"--config.{field or 'eval_split'}={'train' if train else 'test'}.")
+    if train:
+      raise DatasetNotFoundError(
+          f"data_dir {self.root} has class folders but no {split!r} folder: set "
+          f"--config.train_split=train (every image, or with --config.holdout_fraction=0.1 "
+          f"all but 10% of each class).")
+    raise DatasetNotFoundError(
+        f"data_dir {self.root} has class folders but no {split!r} folder: set "
+        f"--config.holdout_fraction=0.1 to hold out 10% of each class, or "
+        f"--config.eval_split=train to evaluate on the training images.")
+
+  def unlabelled_reason(self) -> str:
+    """Why this source has no labels, and the fix: '<folder> has no class folders (N
+    images directly in it): put each class in its own folder (...)'."""
+    folder = self._class_root
+    count = len(_image_files(folder))
+    return (f"data_dir {folder} has no class folders ({count} images directly in it): put "
+            f"each class in its own folder ({folder}/<class>/*.jpg)")
+
   def _files(self, split: str) -> FileList:
     if split not in self._cache:
-      folder = self._split_root(split)
-      self._check_same_classes(folder)
-      if self.classes:
-        paths, labels = [], []
-        for label, name in enumerate(self.classes):
-          files = _image_files(folder / name)
-          paths += files
-          labels += [label] * len(files)
-        if not paths:
-          raise DatasetNotFoundError(
-              f"No images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}: its class folders "
-              f"({_listed(self.classes)}) are all empty.")
+      self.check_split(split)
+      if self.layout == "splits":
+        self._cache[split] = self._listing(self.root / split)
+      elif self.layout == "flat" or not self.holdout_fraction:
+        self._cache[split] = self._listing(self.root)
       else:
-        paths = _image_files(folder)
-        labels = [-1] * len(paths)
-        if not paths:
-          raise DatasetNotFoundError(
-              f"No images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}, and no class folders.")
-      self._cache[split] = _keep_readable(paths, labels, folder)
+        self._cache.update(self._holdout_splits())
     return self._cache[split]
+
+  def _listing(self, folder: epath.Path) -> FileList:
+    """The readable images of `folder`'s class folders (labelled), or of `folder` itself
+    when there are none (unlabelled, -1)."""
+    if str(folder) in self._listings:
+      return self._listings[str(folder)]
+    self._check_same_classes(folder)
+    if self.classes:
+      paths, labels = [], []
+      for label, name in enumerate(self.classes):
+        files = _image_files(folder / name)
+        paths += files
+        labels += [label] * len(files)
+      if not paths:
+        raise DatasetNotFoundError(
+            f"No images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}: its class folders "
+            f"({_listed(self.classes)}) are all empty.")
+    else:
+      paths = _image_files(folder)
+      labels = [-1] * len(paths)
+      if not paths:
+        raise DatasetNotFoundError(
+            f"No images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}, and no class folders.")
+    self._listings[str(folder)] = _keep_readable(paths, labels, folder)
+    return self._listings[str(folder)]
+
+  def _holdout_splits(self) -> dict[str, FileList]:
+    """{'train', 'test'} of the class folders: `subsets.holdout_mask` over each readable
+    file's path relative to root ('<class>/<name>'). Unreadable files count as 'train''s."""
+    everything = self._listing(self.root)
+    keys = ["/".join(p.rsplit("/", 2)[-2:]) for p in everything.paths]
+    held = subsets.holdout_mask(keys, np.array(everything.labels), self.holdout_fraction)
+
+    def part(mask, skipped):
+      return FileList([p for p, m in zip(everything.paths, mask) if m],
+                      [label for label, m in zip(everything.labels, mask) if m], skipped)
+
+    return {"train": part(~held, everything.skipped), "test": part(held, [])}
 
 
 class Food101RawSource(_FileSource):
@@ -220,11 +334,15 @@ class Food101RawSource(_FileSource):
     self.num_classes = len(self.classes)
     self._cache: dict[str, FileList] = {}
 
+  def splits(self) -> tuple[str, ...]:
+    return ("train", "test")
+
   def _files(self, split: str) -> FileList:
     if split not in self._cache:
       listing = self.root / "meta" / f"{split}.txt"
       if not listing.exists():
-        raise ValueError(f"Food-101 has splits 'train' and 'test' (meta/*.txt), not {split!r}.")
+        raise DatasetNotFoundError(
+            f"Food-101 has splits 'train' and 'test' (meta/*.txt), not {split!r}.")
       index = {name: i for i, name in enumerate(self.classes)}
       entries = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
       images = str(self.root / "images")  # Joined as strings: 101,000 paths for tf.data.

@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from simclr_jax import config_checks
 from simclr_jax.data import folder_sources, sources
 from simclr_jax.data.augmentations import randomness, recipes
 
@@ -51,19 +52,78 @@ def configure_tensorflow() -> None:
                       "slower (about 1.4x on 2 cores). Call it before using TensorFlow.")
 
 
-def create_source(config):
+def create_source(config, stage: str | None = None):
   """The data source that `config.dataset` names: 'digits' (scikit-learn's, offline),
-  'folder' or 'food101_raw' (image files under config.data_dir), else a TFDS dataset."""
+  'folder' or 'food101_raw' (image files under config.data_dir), else a TFDS dataset.
+
+  With `stage` ('pretrain', 'linear_eval' or 'finetune'), also checks that the data can
+  serve that stage (`check_source`), so a problem is one line before anything is built.
+  """
   if config.dataset == "digits":
-    return sources.DigitsSource()
+    return _checked(sources.DigitsSource(), config, stage)
   if config.dataset in ("folder", "food101_raw") and not config.get("data_dir"):
     raise sources.DatasetNotFoundError(f"dataset={config.dataset!r} reads image files: set "
                                        f"--config.data_dir to their folder.")
   if config.dataset == "folder":
-    return folder_sources.FolderSource(config.data_dir)
-  if config.dataset == "food101_raw":
-    return folder_sources.Food101RawSource(config.data_dir)
-  return sources.TfdsSource(config.dataset, config.get("data_dir"))
+    source = folder_sources.FolderSource(config.data_dir, config.get("holdout_fraction", 0.0))
+  elif config.dataset == "food101_raw":
+    source = folder_sources.Food101RawSource(config.data_dir)
+  else:
+    source = sources.TfdsSource(config.dataset, config.get("data_dir"))
+  return _checked(source, config, stage)
+
+
+def _checked(source, config, stage: str | None):
+  if stage is not None:
+    check_source(config, source, stage)
+  return source
+
+
+def check_config(config) -> None:
+  """ConfigError for data fields that cannot work (every stage calls it first)."""
+  fraction = config.get("holdout_fraction", 0.0)
+  config_checks.require(
+      isinstance(fraction, (int, float)) and 0 <= fraction < 1,
+      f"holdout_fraction must be in [0, 1) (0.1 holds out 10% of each class folder), got "
+      f"{fraction!r}.")
+
+
+def check_source(config, source, stage: str) -> None:
+  """One-line errors, before anything is built, for data that cannot serve `stage`:
+
+  - no labels (a flat folder) for linear_eval, finetune or pretraining's online probe;
+  - config.train_split or config.eval_split naming a split the data lacks (for a folder:
+    the split folders found, or the holdout_fraction that makes 'train' and 'test');
+  - linear_eval.few_shot_per_class above the smallest class's training images (sources
+    whose labels come from their file listing: counting TFDS's would read the split).
+
+  Evaluating on the training split (eval_split == train_split, asked for explicitly) logs
+  a warning: the scores are optimistic.
+  """
+  if (stage != "pretrain" or config.online_probe) and source.num_classes == 0:
+    needs, fix = ((stage, "") if stage != "pretrain" else
+                  ("config.online_probe=True", ", or set --config.online_probe=False"))
+    reason = getattr(source, "unlabelled_reason", lambda: f"{config.dataset} has no classes")
+    raise sources.DatasetNotFoundError(f"{needs} needs labels, but {reason()}{fix}.")
+  for field in ("train_split", "eval_split"):
+    if hasattr(source, "check_split"):
+      source.check_split(config[field], field)
+    else:
+      sources.require_split(config[field], field, source.splits(), repr(config.dataset))
+  if stage != "pretrain" and config.eval_split == config.train_split:
+    logging.warning("Evaluating on the training images (config.eval_split=%r, the training "
+                    "split): the scores are optimistic, not a measure on unseen images.",
+                    config.eval_split)
+  shots = config.linear_eval.few_shot_per_class
+  if stage == "linear_eval" and shots > 0 and getattr(source, "reads_files", False):
+    counts = np.bincount(source.labels(config.train_split), minlength=source.num_classes)
+    smallest = int(np.argmin(counts))
+    config_checks.require(
+        shots <= counts[smallest],
+        f"linear_eval.few_shot_per_class={shots} is more than the {counts[smallest]} "
+        f"training images of class {source.classes[smallest]!r} (the smallest class of "
+        f"{config.train_split!r}): set it to at most {counts[smallest]}, or 0 for no "
+        f"few-shot probe.")
 
 
 # --------------------------------------------------------------------------- pipelines

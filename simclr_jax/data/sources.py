@@ -11,6 +11,7 @@ protocol.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 
 import jax
@@ -20,7 +21,18 @@ import tensorflow_datasets as tfds
 
 
 class DatasetNotFoundError(RuntimeError):
-  """The requested dataset is not prepared where we were told to look."""
+  """Data that cannot serve the run as configured (a user error, one `Error:` line): not
+  prepared where we were told to look, an unknown name or split, no labels for a stage
+  that needs them."""
+
+
+def require_split(split: str, field: str, splits, dataset: str) -> None:
+  """DatasetNotFoundError naming `field` (e.g. 'eval_split') unless `split` is one of
+  `splits` (None: not known before the data is read; then nothing is checked)."""
+  if splits is not None and split not in splits:
+    raise DatasetNotFoundError(
+        f"{dataset} has no split {split!r} (config.{field}); it has {', '.join(splits)}: "
+        f"set --config.{field} to one of them.")
 
 
 @dataclasses.dataclass
@@ -33,9 +45,17 @@ class TfdsSource:
     try:
       self._builder = tfds.builder(self.name, data_dir=self.data_dir)
     except tfds.core.registered.DatasetNotFoundError as e:
-      raise DatasetNotFoundError(
-          f"Unknown dataset {self.name!r}: config.dataset is a TFDS name (e.g. food101, "
-          f"cifar10) or one of {LOCAL_DATASETS}.\n{e}") from e
+      raise DatasetNotFoundError(unknown_dataset_message(self.name)) from e
+    except ValueError as e:  # A malformed name ('food-101') or an unknown config/version.
+      if str(e).startswith("Parsing builder name string"):
+        raise DatasetNotFoundError(unknown_dataset_message(self.name)) from e
+      first_line = next((line for line in str(e).splitlines() if line.strip()), "")
+      raise DatasetNotFoundError(f"TFDS dataset {self.name!r} (config.dataset): "
+                                 f"{first_line}") from e
+
+  def splits(self) -> tuple[str, ...] | None:
+    """The split names, or None when not prepared (then reading fails clearly)."""
+    return tuple(sorted(self._builder.info.splits)) or None
 
   @property
   def num_classes(self) -> int:
@@ -46,8 +66,9 @@ class TfdsSource:
     splits = self._builder.info.splits
     if splits:
       if split not in splits:
-        raise ValueError(f"Dataset '{self.name}' has no split {split!r}; it has "
-                         f"{sorted(splits)}. Set config.train_split / config.eval_split.")
+        raise DatasetNotFoundError(
+            f"Dataset '{self.name}' has no split {split!r}; it has {sorted(splits)}. Set "
+            f"config.train_split / config.eval_split.")
       return splits[split].num_examples
     # No split metadata: not prepared (raises), or mocked data (tfds.testing.mock_data).
     return int(self._as_dataset(split, shuffle=False, seed=0).reduce(0, lambda n, _: n + 1))
@@ -126,7 +147,11 @@ class DigitsSource:
           train_x, train_y, test_size=self.validation_fraction, stratify=train_y,
           random_state=self.split_seed)
       return (val_x, val_y) if split == "validation" else (fit_x, fit_y)
-    raise ValueError(f"The digits source has splits {self.SPLITS}, not {split!r}.")
+    raise DatasetNotFoundError(f"The digits source has splits {', '.join(self.SPLITS)}, "
+                               f"not {split!r}.")
+
+  def splits(self) -> tuple[str, ...]:
+    return self.SPLITS
 
   def num_examples(self, split: str) -> int:
     return len(self.arrays(split)[1])
@@ -146,6 +171,21 @@ class DigitsSource:
 
 
 LOCAL_DATASETS = ("digits", "folder", "food101_raw")  # Any other name is a TFDS dataset.
+MAX_SUGGESTIONS = 3
+
+
+def unknown_dataset_message(name: str) -> str:
+  """One line: what config.dataset accepts, and the few closest names (never all ~450
+  TFDS names)."""
+  names = [*LOCAL_DATASETS, *tfds.list_builders(with_community_datasets=False)]
+  # The name with case and separators aside ('Food-101' -> food101), else difflib's closest.
+  folded = {n.replace("_", ""): n for n in names}
+  key = name.lower().replace("-", "").replace("_", "").replace(" ", "")
+  close = [folded[key]] if key in folded else difflib.get_close_matches(
+      name.lower(), names, n=MAX_SUGGESTIONS, cutoff=0.6)
+  hint = f": did you mean {' or '.join(close)}?" if close else "."
+  return (f"Unknown dataset {name!r}: config.dataset is a TFDS name (e.g. food101, cifar10) "
+          f"or one of {', '.join(LOCAL_DATASETS)}{hint}")
 
 
 def _image_and_label(example):

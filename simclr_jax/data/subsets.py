@@ -1,18 +1,49 @@
-"""A labelled part of a training split: the fine-tuning protocols' 1% and 10% of the labels.
+"""Parts of a split: the fine-tuning protocols' 1% and 10% of the labels (`labelled_subset`),
+and the held-out part of a folder of class folders (`holdout_mask`).
 
-The part is stratified (every class keeps `fraction` of its examples, at least one) and
-chosen from the seed alone, so every process, and every rerun, picks the same examples; each
-process then reads its own share of them.
+The labelled part is stratified (every class keeps `fraction` of its examples, at least one)
+and chosen from the seed alone, so every process, and every rerun, picks the same examples;
+each process then reads its own share of them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from simclr_jax.data.sources import process_share
+
+
+def key_hash(key: str) -> float:
+  """A number in [0, 1) fixed by `key` alone (SHA-256): the same in every process, run and
+  Python version (unlike hash(), which is salted per process)."""
+  return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2.0**64
+
+
+def holdout_mask(keys: list[str], labels: np.ndarray, fraction: float) -> np.ndarray:
+  """(n,) bool, True for the held-out examples: about `fraction` of every class.
+
+  Each key (a file's path relative to the dataset folder) is held out when its hash is
+  below `fraction`, so the choice depends on that key alone: adding, removing or reordering
+  other files moves no file from one side to the other. Then every class of two or more
+  examples is given one held-out example (its lowest hash) if the hashes gave it none, and
+  every class keeps one training example (its highest hash): only in those classes can a
+  new file move another (it may take over the lowest or highest hash).
+  """
+  labels = np.asarray(labels)
+  hashes = np.array([key_hash(key) for key in keys], np.float64)
+  held = hashes < fraction
+  for label in np.unique(labels):
+    members = np.flatnonzero(labels == label)
+    if len(members) >= 2 and not held[members].any():
+      held[members[np.argmin(hashes[members])]] = True
+    if held[members].all():
+      held[members[np.argmax(hashes[members])]] = False
+  return held
 
 
 def stratified_fraction(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -86,3 +117,21 @@ def labelled_subset(source, split: str, fraction: float, seed: int):
     return source
   return LabelledSubset(source, split, stratified_fraction(source.labels(split), fraction,
                                                            seed))
+
+
+def warn_if_batch_repeats(source, split: str, batch_size: int,
+                          field: str = "finetune.batch_size") -> None:
+  """Logs a warning when the global batch is larger than the labelled examples of `split`.
+
+  A warning, not an error: such a run still trains on as many augmented views as
+  epochs x batch (each batch repeats examples under other crops), and the shipped 1%
+  protocol is one (808 Food-101 labels at batch 1024). But an epoch is then one step, so
+  a tiny labelled set at a large batch takes few steps with near-copies in every batch.
+  """
+  count = source.num_examples(split)
+  if batch_size > count:
+    logging.warning(
+        "%s=%d is larger than the %d labelled examples of %r: every batch repeats each "
+        "about %.0f times (other crops) and an epoch is one step. A batch of at most %d "
+        "takes more, distinct steps.", field, batch_size, count, split, batch_size / count,
+        count)

@@ -100,6 +100,7 @@ def check_config(config) -> None:
   config_checks.require(0 <= block.label_smoothing < 1, f"finetune.label_smoothing must be in "
                         f"[0, 1), got {block.label_smoothing}.")
   optim.check_config("finetune.optimizer", block.optimizer)
+  input_pipeline.check_config(config)
   config_checks.check_positive_ints(block, ("log_every_steps", "checkpoint_every_steps"),
                                     "finetune.")
   if block.from_head_layer:
@@ -234,9 +235,10 @@ def finetune(config, workdir: str) -> dict[str, Any]:
   model_lib.check_model_config(data)  # The backbone at the fine-tuning image size.
   input_pipeline.configure_tensorflow()
   mesh = sharding.create_mesh()
-  full_source = input_pipeline.create_source(data)
+  full_source = input_pipeline.create_source(data, stage="finetune")
   source = subsets.labelled_subset(full_source, data.train_split,
                                    config.finetune.label_fraction, config.seed)
+  subsets.warn_if_batch_repeats(source, data.train_split, config.finetune.batch_size)
   step, model_item = _restore_pretrained(config, workdir, mesh)
   starts = {"": model_item}
   if config.finetune.random_init_baseline:

@@ -44,6 +44,7 @@ def check_config(config) -> None:
   require(block.knn_temperature > 0, "linear_eval.knn_temperature must be > 0.")
   for name in ("weight_decay", "few_shot_weight_decay"):
     require(block[name] >= 0, f"linear_eval.{name} must be >= 0, got {block[name]}.")
+  input_pipeline.check_config(config)
 
 
 def classifier_fields(config) -> tuple[str, ...]:
@@ -122,7 +123,7 @@ def evaluate(config, workdir: str) -> dict[str, Any]:
   config_text.write(config, workdir, "linear_eval")
   input_pipeline.configure_tensorflow()
   mesh = sharding.create_mesh()
-  source = input_pipeline.create_source(config)
+  source = input_pipeline.create_source(config, stage="linear_eval")
   encode, step, encoders = _load_encoders(config, workdir, mesh, source)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0,
                                                 collection="linear_eval")

@@ -49,6 +49,7 @@ def check_config(config) -> None:
   optim.check_config("optimizer", config.optimizer)
   settings.check_augment_config(config.augment)
   model_lib.check_model_config(config)
+  input_pipeline.check_config(config)
 
 
 def param_counts(params) -> dict[str, int]:
@@ -62,7 +63,7 @@ def pretrain(config, workdir: str) -> dict[str, Any]:
   check_config(config)
   input_pipeline.configure_tensorflow()
   mesh = create_mesh()
-  source = input_pipeline.create_source(config)
+  source = input_pipeline.create_source(config, stage="pretrain")
   num_train_examples = source.num_examples(config.train_split)
   steps_per_epoch, num_train_steps = training_length(config, num_train_examples)
   tx, schedule = create_optimizer(config, steps_per_epoch, num_train_steps)

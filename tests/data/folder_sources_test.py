@@ -64,7 +64,7 @@ def test_raw_food101_layout_uses_the_official_splits(tmp_path):
   (root / "meta" / "test.txt").write_text("apple_pie/2\nsushi/2\n")
   source = folder_sources.Food101RawSource(str(root))
   assert source.num_examples("train") == 4 and _labels(source, "test") == [0, 1]
-  with pytest.raises(ValueError, match="splits 'train' and 'test'"):
+  with pytest.raises(sources.DatasetNotFoundError, match="splits .train. and .test."):
     source.num_examples("validation")
 
 

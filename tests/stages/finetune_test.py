@@ -296,3 +296,19 @@ def test_a_fine_tuning_image_size_too_small_for_the_backbone_is_a_config_error(t
   config.finetune.image_size = 4
   with pytest.raises(config_checks.ConfigError, match="augment.image_size=4 is too small"):
     _finetune(config, tmp_path)
+
+
+def test_an_unlabelled_folder_stops_fine_tuning_before_any_checkpoint_is_read(tmp_path):
+  """#12 (was a ZeroDivisionError after 43 s of training): one line, first."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  (tmp_path / "flat").mkdir()
+  for i in range(3):
+    (tmp_path / "flat" / f"{i}.png").write_bytes(
+        tf.io.encode_png(np.full((8, 8, 3), i, np.uint8)).numpy())
+  config = tiny_food101_config()
+  config.finetune.update(dataset="folder", data_dir=str(tmp_path / "flat"))
+  with pytest.raises(sources.DatasetNotFoundError,
+                     match=r"^finetune needs labels, but data_dir .*flat has no class folders "
+                           r"\(3 images directly in it\)"):
+    finetune.finetune(config, str(tmp_path / "work"))
+  assert not (tmp_path / "work").exists()

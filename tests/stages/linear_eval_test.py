@@ -338,3 +338,27 @@ def test_few_shot_probe_makes_as_many_updates_as_the_all_labels_probe(monkeypatc
       few_shot_trials=2, few_shot_weight_decay=0.0, knn_k=5, knn_temperature=0.07))
   linear_probe.probe(features, labels, features[:8], labels[:8], 4, le_config, seed=0)
   assert calls == [(1000, 10), (20, 30), (20, 30)]
+
+
+def _flat_folder(root, count=3):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  root.mkdir(parents=True, exist_ok=True)
+  for i in range(count):
+    (root / f"{i}.png").write_bytes(tf.io.encode_png(np.full((8, 8, 3), i, np.uint8)).numpy())
+
+
+def test_an_unlabelled_folder_stops_the_stage_in_one_line_before_any_checkpoint_is_read(
+    tmp_path, monkeypatch):
+  """#11 (was an argmax of an empty sequence in kNN): the data is checked before the
+  checkpoint (there is none here: that error would come first otherwise) or any compile;
+  runtime.run prints it as one `Error:` line."""
+  from simclr_jax import runtime  # pylint: disable=g-import-not-at-top
+  _flat_folder(tmp_path / "flat")
+  config = tiny_food101_config(dataset="folder", data_dir=str(tmp_path / "flat"))
+  monkeypatch.setenv("SIMCLR_NO_DISTRIBUTED", "1")
+  with pytest.raises(SystemExit) as raised:
+    runtime.run(config, str(tmp_path / "work"), "linear_eval")
+  assert str(raised.value) == (
+      f"Error: linear_eval needs labels, but data_dir {tmp_path / 'flat'} has no class "
+      f"folders (3 images directly in it): put each class in its own folder "
+      f"({tmp_path / 'flat'}/<class>/*.jpg).")
