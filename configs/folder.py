@@ -42,17 +42,16 @@ overfits less and trains about 2x faster: --config.model.depth=18 (pretraining o
 
 import importlib
 
-# The method argument and the config each builds on (its Food-101 recipe).
-RECIPES = {"simclr": "food101", "byol": "food101_byol", "mocov3": "food101_mocov3",
-           "vicreg": "food101_vicreg"}
+from configs import arguments, methods
+
+ARGS = arguments.Args(arguments.Part("METHOD", methods.NAMES, default="simclr"))
 
 
 def get_config(arg: str | None = None):
-  method = arg or "simclr"
-  if method not in RECIPES:
-    raise ValueError(f"configs/folder.py takes a METHOD, one of {', '.join(RECIPES)}, got "
-                     f"{arg!r}.")
-  config = importlib.import_module(f"configs.{RECIPES[method]}").get_config()
+  method, = ARGS.parse(arg)
+  # The config each method builds on: its Food-101 recipe.
+  recipe = "food101" if method == "simclr" else f"food101_{method}"
+  config = importlib.import_module(f"configs.{recipe}").get_config()
   config.dataset = "folder"
   config.train_split = "train"
   config.eval_split = "test"
