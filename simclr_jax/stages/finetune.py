@@ -227,15 +227,17 @@ def evaluate_split(eval_fn, train_state: FinetuneState, data, source,
 
 def finetune(config, workdir: str) -> dict[str, Any]:
   """Runs (or resumes) the fine-tuning stage; returns and writes finetune.json."""
+  input_pipeline.configure_tensorflow()
+  # The data first: a problem with it is one line before any checkpoint is read (the data
+  # fields are the given config's, never the checkpoint's).
+  full_source = input_pipeline.create_source(data_config(config), stage="finetune")
   config = model_lib.config_from_checkpoint(
       config, config.finetune.pretrain_workdir or workdir, config.finetune.checkpoint_step)
   check_config(config)
   config_text.write(config, workdir, "finetune")
   data = data_config(config)
   model_lib.check_model_config(data)  # The backbone at the fine-tuning image size.
-  input_pipeline.configure_tensorflow()
   mesh = sharding.create_mesh()
-  full_source = input_pipeline.create_source(data, stage="finetune")
   source = subsets.labelled_subset(full_source, data.train_split,
                                    config.finetune.label_fraction, config.seed)
   subsets.warn_if_batch_repeats(source, data.train_split, config.finetune.batch_size)

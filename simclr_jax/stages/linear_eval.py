@@ -117,13 +117,15 @@ def train_linear_classifier_on_images(config, encode, encoder, mesh, source, num
 def evaluate(config, workdir: str) -> dict[str, Any]:
   """Runs the linear evaluation stage; returns and writes linear_eval.json."""
   check_config(config)
+  input_pipeline.configure_tensorflow()
+  # The data first: a problem with it is one line before any checkpoint is read (the data
+  # fields are the given config's, never the checkpoint's).
+  source = input_pipeline.create_source(config, stage="linear_eval")
   config = model_lib.config_from_checkpoint(
       config, config.linear_eval.pretrain_workdir or workdir, config.linear_eval.checkpoint_step)
   model_lib.check_model_config(config)
   config_text.write(config, workdir, "linear_eval")
-  input_pipeline.configure_tensorflow()
   mesh = sharding.create_mesh()
-  source = input_pipeline.create_source(config, stage="linear_eval")
   encode, step, encoders = _load_encoders(config, workdir, mesh, source)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0,
                                                 collection="linear_eval")
