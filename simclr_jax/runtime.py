@@ -29,20 +29,34 @@ def initialize_distributed() -> None:
   try:
     jax.distributed.initialize()
   except (ValueError, RuntimeError) as e:  # Not in a recognised cluster: single process.
-    logging.info("Single-process run (jax.distributed.initialize: %s).", e)
+    logging.debug("Single-process run (jax.distributed.initialize: %s).", e)
 
 
-class _QuietLibraryInfo(std_logging.Filter):
-  """Drops Orbax's many per-save INFO lines; its warnings and errors still show."""
+class _QuietLibraries(std_logging.Filter):
+  """Drops library lines a user does not need (`--verbosity=1` shows them): Orbax's many
+  per-save INFO lines and its "Given directory is read only" warning (the stages that read
+  a checkpoint open its directory read-only on purpose), JAX's INFO lines looking for a TPU
+  on other machines, and clu's dump of the hyper-parameters and image shapes (they are in
+  TensorBoard and WORKDIR/config/). Other warnings and errors still show."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+    if logging.get_verbosity() >= logging.DEBUG:
+      return True
+    if "/orbax/" in record.pathname:
+      return (record.levelno >= std_logging.WARNING and
+              not record.getMessage().startswith("Given directory is read only"))
+    if record.name.startswith("jax._src.xla_bridge"):
+      return record.levelno >= std_logging.WARNING
+    if record.pathname.endswith("metric_writers/logging_writer.py"):
+      message = record.getMessage()
+      return "[Hyperparameters]" not in message and " Got images: " not in message
+    return True
 
 
 def run(config, workdir: str, mode: str) -> None:
   """Runs the stages. Errors a user can fix end the process with one line and status 1; a
   stop signal (SIGTERM, SIGINT) ends it with status 0 after saving the step reached."""
-  logging.get_absl_handler().addFilter(_QuietLibraryInfo())
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   try:
     _run_stages(config, workdir, mode)
   except USER_ERRORS as e:

@@ -9,14 +9,13 @@ from typing import Any
 import flax
 import jax
 import numpy as np
-from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
 from simclr_jax import encoder as encoder_lib
 from simclr_jax.data import input_pipeline
 from simclr_jax.sharding import batch_sharded, replicated
-from simclr_jax.training import preemption
+from simclr_jax.training import preemption, progress
 
 
 @flax.struct.dataclass
@@ -44,18 +43,21 @@ def split_features(config, encode, encoder, mesh, source,
       ds, input_pipeline.local_batch_size(batch_size))
   params = jax.device_put(encoder.params, replicated(mesh))
   batch_stats = jax.device_put(encoder.batch_stats, replicated(mesh))
-  features, labels = [], []
-  for index, batch in enumerate(input_pipeline.global_batches(host_batches, data), 1):
-    encoded = encode(params, batch_stats, batch["image"])
-    encoded, label, mask = to_host((encoded, batch["label"], batch["mask"]))
-    features.append(encoded[mask])
-    labels.append(label[mask])
-    if index % 50 == 0:
-      logging.info("Encoded %d examples of split '%s'.", sum(map(len, labels)), split)
-    if preemption.reached():
-      raise preemption.Preempted(f"Encoding split '{split}'", index, None)
-  features, labels = np.concatenate(features), np.concatenate(labels)
+  features, labels, count = [], [], 0
   expected = source.num_examples(split)
+  with progress.Progress(expected, label=f"Encoding '{split}'", unit="image") as shown:
+    for index, batch in enumerate(input_pipeline.global_batches(host_batches, data), 1):
+      encoded = encode(params, batch_stats, batch["image"])
+      encoded, label, mask = to_host((encoded, batch["label"], batch["mask"]))
+      features.append(encoded[mask])
+      labels.append(label[mask])
+      count += len(labels[-1])
+      shown.update(count)
+      if index % 50 == 0:
+        shown.report()
+      if preemption.reached():
+        raise preemption.Preempted(f"Encoding split '{split}'", index, None)
+  features, labels = np.concatenate(features), np.concatenate(labels)
   if len(labels) != expected:
     raise RuntimeError(f"Encoded {len(labels)} examples of split '{split}' but it has "
                        f"{expected}: examples were lost or duplicated in the input pipeline.")

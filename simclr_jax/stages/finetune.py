@@ -326,7 +326,8 @@ def _finetune_from(config, data, source, model_item, mesh, writer, prefix: str,
     result = loop.run(update, train_state, batches, start_step=start, cadence=cadence,
                       ckpt=ckpt, writer=writer, diverged_advice=DIVERGED_ADVICE,
                       examples_per_step=block.batch_size, metric_prefix=prefix,
-                      end_of_epoch=end_of_epoch)
+                      end_of_epoch=end_of_epoch,
+                      label=f"{prefix.replace('_', ' ')}fine-tuning".capitalize())
     result.raise_if_stopped(f"{prefix}fine-tuning")
   return _run_results(np.asarray(jax.device_get(result.state.history)), steps_per_epoch,
                       num_steps)

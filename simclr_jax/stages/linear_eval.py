@@ -108,7 +108,8 @@ def train_linear_classifier_on_images(config, encode, encoder, mesh, source, num
     result = loop.run(step, classifier, batches, start_step=start, cadence=cadence, ckpt=ckpt,
                       writer=writer or metric_writers.LoggingWriter(),
                       diverged_advice=DIVERGED_ADVICE, examples_per_step=le_config.batch_size,
-                      metric_prefix=f"{prefix}classifier_")
+                      metric_prefix=f"{prefix}classifier_",
+                      label=f"{prefix}linear classifier".replace("_", " ").capitalize())
     result.raise_if_stopped("The linear classifier's training")
   return {**jax.device_get(result.state["params"]), "mean": np.zeros(num_features, np.float32),
           "std": np.ones(num_features, np.float32)}

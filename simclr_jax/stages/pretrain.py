@@ -11,7 +11,7 @@ from absl import logging
 from clu import metric_writers, parameter_overview
 from jax.sharding import Mesh
 
-from simclr_jax import config_checks, config_text
+from simclr_jax import config_checks, config_text, storage
 from simclr_jax.data import input_pipeline
 from simclr_jax.data.augmentations import settings
 from simclr_jax.evaluation import visualize
@@ -28,6 +28,7 @@ from simclr_jax.training.state import (
   training_length,
 )
 
+PARAMETERS_FILE = "parameters.txt"  # The parameter table: name, shape, size, mean, std.
 DIVERGED_ADVICE = ("Lower config.optimizer.base_learning_rate (or raise the method's "
                    "temperature), and check the input data.")
 
@@ -91,13 +92,16 @@ def pretrain(config, workdir: str) -> dict[str, Any]:
 
     writer = metric_writers.create_default_writer(workdir,
                                                   just_logging=jax.process_index() > 0)
-    if start_step == 0:
-      parameter_overview.log_parameter_overview(state.params)
+    if start_step == 0:  # The table and the hyper-parameters, out of the log.
+      summaries.write_text(workdir, PARAMETERS_FILE,
+                           parameter_overview.get_parameter_overview(state.params) + "\n")
       writer.write_hparams(_flat_hparams(config))
     logging.info("Pretraining %s on %d %s examples, %d steps (%d per epoch), global batch %d "
-                 "over %d devices; parameters: %s.", config.method, num_train_examples,
-                 config.train_split, num_train_steps, steps_per_epoch, config.batch_size,
-                 jax.device_count(), counts)
+                 "over %d devices; %s parameters (%s; each tensor in %s).", config.method,
+                 num_train_examples, config.train_split, num_train_steps, steps_per_epoch,
+                 config.batch_size, jax.device_count(), f"{sum(counts.values()):,}",
+                 ", ".join(f"{name[len('params_'):]} {count:,}" for name, count in counts.items()),
+                 storage.path(workdir) / PARAMETERS_FILE)
 
     step_fn = compile_train_step(config, graphdef, tx, schedule, mesh, num_train_steps)
     batches = _device_batches(config, source, mesh, start_step, writer)
@@ -106,7 +110,8 @@ def pretrain(config, workdir: str) -> dict[str, Any]:
     with jax.set_mesh(mesh):
       result = loop.run(step_fn, state, batches, start_step=start_step, cadence=cadence,
                         ckpt=ckpt, writer=writer, diverged_advice=DIVERGED_ADVICE,
-                        examples_per_step=2 * config.batch_size, rate_name="views_per_second")
+                        examples_per_step=2 * config.batch_size, rate_name="views_per_second",
+                        label="Pretraining")
 
     summary = {"method": config.method, "step": result.step, "num_train_steps": num_train_steps,
                "resumed_from_step": start_step, **counts,

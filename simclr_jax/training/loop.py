@@ -12,7 +12,9 @@ checkpointed (`Checkpointing`); the loop owns the rest, the same for all three:
   written, and a faulty step raises `faults.TrainingDivergedError` naming it;
 - save-on-signal: a stop signal (`preemption`) ends the loop after the step in flight, which
   is saved; `Result.raise_if_stopped` then raises `preemption.Preempted`;
-- progress: CLU's `ReportProgress` (steps/s, ETA) and a throughput metric.
+- progress: a live bar on a terminal, else a line at every log (`progress`: step/total,
+  steps/s, ETA, loss); steps/s and examples/s (`rate_name`) go to TensorBoard with the
+  metrics.
 
 A step returns (state, metrics): scalar metrics, among them `fault` (`faults.fault_code`) and
 `learning_rate`. Logged means are over the steps since the last log; `learning_rate` is the
@@ -22,7 +24,6 @@ last step's.
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -30,10 +31,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
-from clu import metric_writers, periodic_actions
+from clu import metric_writers
 
 from simclr_jax import storage
-from simclr_jax.training import checkpoints, faults, preemption
+from simclr_jax.training import checkpoints, faults, preemption, progress
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +102,8 @@ def run(step_fn: Callable[[Any, Any], tuple[Any, dict[str, jax.Array]]], state,
         batches: Iterator[Any], *, start_step: int, cadence: Cadence, ckpt: Checkpointing,
         writer: metric_writers.MetricWriter, diverged_advice: str, examples_per_step: int,
         rate_name: str = "examples_per_second", metric_prefix: str = "",
-        end_of_epoch: Callable[[Any, int], Any] | None = None) -> Result:
+        end_of_epoch: Callable[[Any, int], Any] | None = None,
+        label: str = "Training") -> Result:
   """Steps start_step + 1 .. cadence.num_steps of `step_fn` on `batches` (which start at
   start_step + 1); logs, checkpoints and stops as the module says.
 
@@ -109,41 +111,42 @@ def run(step_fn: Callable[[Any, Any], tuple[Any, dict[str, jax.Array]]], state,
   before its checkpoint, and first of all when a run resumes exactly at an epoch's end (it
   may have stopped before it ran; the stage's function skips work already recorded).
   `diverged_advice` says what to change when a step is not finite. Metrics are written with
-  `metric_prefix` (the random-init baseline's 'random_init_').
+  `metric_prefix` (the random-init baseline's 'random_init_'); `label` names the loop in
+  its progress ("Pretraining").
   """
   if end_of_epoch is not None and cadence.is_epoch_end(start_step):
     state = end_of_epoch(state, start_step)
-  report = periodic_actions.ReportProgress(num_train_steps=cadence.num_steps, writer=writer)
-  meter = _ThroughputMeter(examples_per_step)
   pending, last, step, stop = [], {}, start_step, False
-  for step in range(start_step + 1, cadence.num_steps + 1):
-    with jax.profiler.StepTraceAnnotation("train", step_num=step):
-      state, metrics = step_fn(state, next(batches))
-    pending.append(metrics)
-    report(step)
-    if step == start_step + 1:
-      jax.block_until_ready(metrics)  # Time from after compilation.
-      meter.restart(step)
-    stop = preemption.reached()
-    epoch_end = cadence.is_epoch_end(step)
-    save = stop or epoch_end or step == cadence.num_steps or step % cadence.checkpoint_every == 0
-    if save or step % cadence.log_every == 0:
-      fetched = jax.device_get(pending)
-      pending = []
-      faults.raise_on_fault(fetched, step, ckpt.manager, diverged_advice)
-      last = mean_metrics(fetched)
-      rate = meter.rate(step)
-      if rate is not None:  # Undefined before the second step.
-        last[rate_name] = rate
-      writer.write_scalars(step, {metric_prefix + name: value for name, value in last.items()})
-    if epoch_end and end_of_epoch is not None:
-      state = end_of_epoch(state, step)
-    if save:
-      checkpoints.save(ckpt.manager, step, ckpt.to_items(state), ckpt.config)
-    if stop:
-      logging.warning("Stopping after step %d (%s); waiting for its checkpoint to commit.",
-                      step, preemption.signal_name())
-      break
+  with progress.Progress(cadence.num_steps, initial=start_step, label=label) as shown:
+    for step in range(start_step + 1, cadence.num_steps + 1):
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        state, metrics = step_fn(state, next(batches))
+      pending.append(metrics)
+      if step == start_step + 1:
+        jax.block_until_ready(metrics)  # Rates count from after compilation.
+      shown.update(step)
+      stop = preemption.reached()
+      epoch_end = cadence.is_epoch_end(step)
+      save = (stop or epoch_end or step == cadence.num_steps or
+              step % cadence.checkpoint_every == 0)
+      if save or step % cadence.log_every == 0:
+        fetched = jax.device_get(pending)
+        pending = []
+        faults.raise_on_fault(fetched, step, ckpt.manager, diverged_advice)
+        last = mean_metrics(fetched)
+        rate = shown.rate()
+        if rate is not None:  # Undefined before the second step.
+          last.update({"steps_per_sec": rate, rate_name: rate * examples_per_step})
+        writer.write_scalars(step, {metric_prefix + name: value for name, value in last.items()})
+        shown.report({"loss": last["loss"]} if "loss" in last else {})
+      if epoch_end and end_of_epoch is not None:
+        state = end_of_epoch(state, step)
+      if save:
+        checkpoints.save(ckpt.manager, step, ckpt.to_items(state), ckpt.config)
+      if stop:
+        logging.warning("Stopping after step %d (%s); waiting for its checkpoint to commit.",
+                        step, preemption.signal_name())
+        break
   ckpt.manager.wait_until_finished()
   writer.flush()
   return Result(state, step, last, stop, ckpt.path(step))
@@ -157,20 +160,3 @@ def mean_metrics(fetched: list[dict[str, np.ndarray]]) -> dict[str, float]:
   if "learning_rate" in fetched[-1]:
     mean["learning_rate"] = float(fetched[-1]["learning_rate"])
   return mean
-
-
-class _ThroughputMeter:
-  """Examples per second between logs, leaving out the compiling first step."""
-
-  def __init__(self, examples_per_step: int):
-    self.examples_per_step = examples_per_step
-    self.start_step, self.start_time = 0, time.perf_counter()
-
-  def restart(self, step: int) -> None:
-    self.start_step, self.start_time = step, time.perf_counter()
-
-  def rate(self, step: int) -> float | None:
-    steps = step - self.start_step
-    if steps <= 0:
-      return None
-    return steps * self.examples_per_step / (time.perf_counter() - self.start_time)

@@ -1,5 +1,5 @@
-"""Small JSON summaries of what each stage measured, written to the workdir (local or
-gs://, through `storage`)."""
+"""Small JSON summaries of what each stage measured, and text files such as the parameter
+table, written to the workdir (local or gs://, through `storage`)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,14 @@ def write_json(workdir, filename: str, summary: dict[str, Any]) -> str:
   if jax.process_index() == 0:
     storage.write_json(target, summary)
     logging.info("Wrote %s: %s", target, summary)
+  return str(target)
+
+
+def write_text(workdir, filename: str, text: str) -> str:
+  """Writes `text` to workdir/filename on process 0; returns the path."""
+  target = storage.path(workdir) / filename
+  if jax.process_index() == 0:
+    storage.write_bytes(target, text.encode())
   return str(target)
 
 
