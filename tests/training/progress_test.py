@@ -146,12 +146,13 @@ CLU_LOGGING = "/venv/lib/python3.11/site-packages/clu/metric_writers/logging_wri
 def test_library_noise_is_filtered_and_verbosity_1_brings_it_back(record, shown):
   quiet = runtime._QuietLibraries()
   assert quiet.filter(record) is shown
-  before = logging.get_verbosity()
+  absl_logger = logging.get_absl_logger()
+  before = absl_logger.level  # Usually NOTSET: set_verbosity(get_verbosity()) would pin WARNING.
   try:
     logging.set_verbosity(logging.DEBUG)
     assert quiet.filter(record)
   finally:
-    logging.set_verbosity(before)
+    absl_logger.setLevel(before)
 
 
 def test_tensorflow_start_up_info_is_dropped_and_its_warnings_kept():
