@@ -74,6 +74,9 @@ def ensure_writable_dir(p) -> epath.Path:
   folder = path(p)
   # Unique per call, so hosts probing one shared folder at once do not collide.
   probe = folder / f".simclr_write_probe_{uuid.uuid4().hex}"
+  if folder.is_file():
+    raise StorageError(f"{folder} is a file, not a folder: choose another path (a folder, "
+                       f"new or existing).")
   try:
     folder.mkdir(parents=True, exist_ok=True)
     probe.write_bytes(b"ok")

@@ -84,7 +84,8 @@ def test_load_encoder_of_byol_with_a_probe_at_a_given_step(byol_workdir):
 
 
 def test_no_checkpoint_is_a_no_checkpoint_error(tmp_path, pretrained_workdir):
-  with pytest.raises(checkpoints.NoCheckpointError, match="No pretraining checkpoint in"):
+  with pytest.raises(checkpoints.NoCheckpointError,
+                     match=r"No pretraining checkpoint in \S+ \(none\)\."):
     encoder_lib.load_encoder(str(tmp_path))
   with pytest.raises(checkpoints.NoCheckpointError, match=r"at step 99 .*steps \[1\]"):
     encoder_lib.load_encoder(str(pretrained_workdir), step=99)

@@ -174,3 +174,10 @@ def test_check_shared_workdir_raises_on_every_process_when_one_sees_another_fold
   _two_processes(monkeypatch, 0, others_outcome=1)
   with pytest.raises(storage.StorageError, match="process 1 sees a different workdir"):
     storage.check_shared_workdir(ram_root)
+
+
+def test_a_workdir_that_is_a_file_is_named_as_such(tmp_path):
+  (tmp_path / "afile").write_text("a file, not a folder")
+  with pytest.raises(storage.StorageError, match=r"^\S+/afile is a file, not a folder: choose "):
+    storage.ensure_writable_dir(tmp_path / "afile")
+  assert (tmp_path / "afile").read_text() == "a file, not a folder"  # Left as it was.

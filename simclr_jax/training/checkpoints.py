@@ -125,7 +125,8 @@ def read_config(workdir, step: int | None = None) -> tuple[int, dict[str, Any]]:
 def _no_checkpoint(workdir, step: int | None, steps: Sequence[int]) -> NoCheckpointError:
   return NoCheckpointError(
       f"No pretraining checkpoint{'' if step is None else f' at step {step}'} in "
-      f"{checkpoint_dir(workdir)} (it has steps {list(steps)}). Run `python main.py "
+      f"{checkpoint_dir(workdir)} ({f'it has steps {list(steps)}' if steps else 'none'}). "
+      f"Run `python main.py "
       f"--config=... --workdir={workdir}` (pretraining) first, or pick another checkpoint "
       f"step (the stage's checkpoint_step field; load_encoder's step).")
 
