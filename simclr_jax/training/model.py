@@ -40,14 +40,16 @@ def model_fields(config) -> tuple[str, ...]:
 def config_from_checkpoint(config, pretrain_workdir, step: int | None = None):
   """`config` with the model that `pretrain_workdir`'s checkpoint (at `step`, default the
   newest) was pretrained with: its `model_fields` (the backbone, the method and its heads,
-  the online probe, the input normalisation) taken from the checkpoint's config, one log
-  line naming those that differed. A later stage never repeats a pretraining override.
+  the online probe, the input normalisation) and its image size taken from the checkpoint's
+  config, one log line naming those that differed. A later stage never repeats a
+  pretraining override. (The image size shapes no parameter, but features at another size
+  than pretraining's are another encoder's: fine-tuning changes it by finetune.image_size.)
 
   Raises:
     NoCheckpointError: there is none (at `step`).
   """
   step, saved = checkpoints.read_config(pretrain_workdir, step)
-  saved_fields = model_fields(ml_collections.ConfigDict(saved))
+  saved_fields = (*model_fields(ml_collections.ConfigDict(saved)), "augment.image_size")
   adopted, differing = checkpoints.adopt_fields(config, saved, saved_fields)
   if differing:
     logging.info("Model from the checkpoint (%s, step %d): %s.", pretrain_workdir, step,

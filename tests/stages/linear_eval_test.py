@@ -197,7 +197,7 @@ def test_a_chosen_checkpoint_step_is_evaluated_or_reported_missing(pretrained_wo
 
 def test_evaluation_takes_the_model_and_its_input_from_the_checkpoint(pretrained_workdir,
                                                                        tmp_path, caplog):
-  """A config whose model differs from pretraining's (hidden width, head, and normalised
+  """A config whose model differs from pretraining's (hidden width, head, image size, normalised
   input where the encoder was pretrained on raw [0, 1] pixels, food101's paper details)
   evaluates the checkpoint's model as it was pretrained, names the fields, and writes the
   config it ran with to workdir/config/linear_eval.py."""
@@ -205,6 +205,8 @@ def test_evaluation_takes_the_model_and_its_input_from_the_checkpoint(pretrained
   config.model.hidden = 2 * toy_backbone.HIDDEN
   config.simclr.head_widths = (64, 16)
   config.augment.normalize = True
+  pretrained_size = config.augment.image_size
+  config.augment.image_size = 2 * pretrained_size
   config.linear_eval.update(pretrain_workdir=str(pretrained_workdir), tsne_points=0,
                             precompute_features=True)
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES), caplog.at_level(logging.INFO):
@@ -213,6 +215,7 @@ def test_evaluation_takes_the_model_and_its_input_from_the_checkpoint(pretrained
   logged = " ".join(r.getMessage() for r in caplog.records)
   assert ("model.hidden=32 (config: 64), simclr.head_widths=(32, 16) (config: (64, 16))"
           in logged and "augment.normalize=False (config: True)" in logged)
+  assert (f"augment.image_size={pretrained_size} (config: {2 * pretrained_size})" in logged)
   written = runpy.run_path(str(tmp_path / "config" / "linear_eval.py"))["get_config"]()
   expected = tiny_food101_config()
   expected.linear_eval.update(pretrain_workdir=str(pretrained_workdir), tsne_points=0,
