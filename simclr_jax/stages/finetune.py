@@ -368,7 +368,7 @@ def results_table(results: dict[str, Any]) -> str:
   if "random_init_top1" in results:
     rows.append(("random-init encoder", "random_init_"))
   lines = [f"Fine-tuned on {results['num_labelled_examples']} labelled examples "
-           f"({results['label_fraction']:g} of '{results['train_split']}'), evaluated on "
+           f"({100 * results['label_fraction']:g}% of '{results['train_split']}'), evaluated on "
            f"{results['num_eval_examples']} examples of '{results['eval_split']}':",
            f"  {'':22}{'top-1':>10}{'top-5':>10}{'best top-1*':>12}{'its epoch':>12}"]
   for name, prefix in rows:
