@@ -91,7 +91,14 @@ def data_config(config):
 
 
 def check_config(config) -> None:
-  """ConfigError for a `config.finetune` that cannot work."""
+  """ConfigError for a `config.finetune` that cannot work (its settings, then the head it
+  starts from)."""
+  check_settings(config)
+  check_head(config)
+
+
+def check_settings(config) -> None:
+  """ConfigError for `config.finetune` settings that cannot work, whatever the checkpoint."""
   block = config.finetune
   config_checks.check_batch_size("finetune.batch_size", block.batch_size)
   config_checks.require(0 < block.label_fraction <= 1, f"finetune.label_fraction must be in "
@@ -103,7 +110,11 @@ def check_config(config) -> None:
   input_pipeline.check_config(config)
   config_checks.check_positive_ints(block, ("log_every_steps", "checkpoint_every_steps"),
                                     "finetune.")
-  if block.from_head_layer:
+
+
+def check_head(config) -> None:
+  """ConfigError if `finetune.from_head_layer` asks for a head layer the model lacks."""
+  if config.finetune.from_head_layer:
     head = methods.get(config).projection_head
     model = nnx.eval_shape(lambda: model_lib.build_model(config, nnx.Rngs(0)))
     config_checks.require(
@@ -227,13 +238,14 @@ def evaluate_split(eval_fn, train_state: FinetuneState, data, source,
 
 def finetune(config, workdir: str) -> dict[str, Any]:
   """Runs (or resumes) the fine-tuning stage; returns and writes finetune.json."""
+  # The settings and the data first: a problem with them is one line before any checkpoint
+  # is read (the data fields are the given config's, never the checkpoint's).
+  check_settings(config)
   input_pipeline.configure_tensorflow()
-  # The data first: a problem with it is one line before any checkpoint is read (the data
-  # fields are the given config's, never the checkpoint's).
   full_source = input_pipeline.create_source(data_config(config), stage="finetune")
   config = model_lib.config_from_checkpoint(
       config, config.finetune.pretrain_workdir or workdir, config.finetune.checkpoint_step)
-  check_config(config)
+  check_head(config)
   config_text.write(config, workdir, "finetune")
   data = data_config(config)
   model_lib.check_model_config(data)  # The backbone at the fine-tuning image size.

@@ -232,11 +232,14 @@ def test_fine_tuning_on_another_dataset_uses_its_classes_splits_and_image_size(
     ("label_smoothing", 1.0, "label_smoothing"),
     ("batch_size", 12, "does not divide across 8 devices"),
 ])
-def test_bad_finetune_settings_are_config_errors(field, value, message):
+def test_bad_finetune_settings_are_config_errors_before_any_checkpoint_is_read(
+    field, value, message, tmp_path):
   config = tiny_food101_config()
   config.finetune[field] = value
   with pytest.raises(config_checks.ConfigError, match=message):
     finetune.check_config(config)
+  with pytest.raises(config_checks.ConfigError, match=message):  # Not "no checkpoint".
+    finetune.finetune(config, str(tmp_path))
 
 
 def test_keeping_the_head_layer_needs_a_head_of_two_layers():
