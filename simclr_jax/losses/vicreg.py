@@ -34,7 +34,9 @@ def _variance_covariance_sums(centred: jax.Array, columns: jax.Array,
   # torch's var is unbiased (ddof=1), as is the covariance's 1 / (N - 1).
   std = jnp.sqrt(jnp.sum(jnp.square(columns), axis=0) / (n - 1) + _VICREG_EPSILON)
   hinge = jnp.sum(jnp.where(index < num_features, jax.nn.relu(1.0 - std), 0.0))
-  covariance = columns.T @ centred / (n - 1)                             # (w, D)
+  # HIGHEST: TPU's default precision would round the float32 embeddings to bfloat16 here.
+  covariance = jnp.matmul(columns.T, centred,
+                          precision=jax.lax.Precision.HIGHEST) / (n - 1)      # (w, D)
   diagonal = index[:, None] == jnp.arange(centred.shape[1])[None, :]
   off_diagonal = jnp.sum(jnp.square(jnp.where(diagonal, 0.0, covariance)))
   return hinge, off_diagonal
