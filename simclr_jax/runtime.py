@@ -23,13 +23,48 @@ USER_ERRORS = (config_checks.ConfigError, sources.DatasetNotFoundError,
 
 
 def initialize_distributed() -> None:
-  """Joins a multi-host run (TPU VMs and clusters JAX detects); no-op on one host."""
+  """Joins a multi-host run (TPU VMs and clusters JAX detects); no-op on one host.
+
+  Where the environment says the run has several processes, a failed join ends the run
+  with one `Error:` line: training on alone, each host would write into the shared workdir.
+  SIMCLR_NO_DISTRIBUTED=1 skips the join (one process, whatever the environment says).
+  """
   if os.environ.get("SIMCLR_NO_DISTRIBUTED"):
     return
   try:
     jax.distributed.initialize()
-  except (ValueError, RuntimeError) as e:  # Not in a recognised cluster: single process.
+  except (ValueError, RuntimeError) as e:
+    if expected := _several_processes_expected():
+      cause = next((line.strip().rstrip(".") for line in str(e).splitlines() if line.strip()),
+                   type(e).__name__)
+      raise SystemExit(
+          f"Error: {expected} says this run has several processes, but "
+          f"jax.distributed.initialize() failed: {cause}. Fix the cluster set-up, or set "
+          "SIMCLR_NO_DISTRIBUTED=1 to run this process alone.") from None
+    # Not in a recognised cluster: single process.
     logging.debug("Single-process run (jax.distributed.initialize: %s).", e)
+
+
+# The environment variables of JAX's cluster detection (jax/_src/clusters: GKE TPU,
+# multislice, Slurm, Open MPI) that count a run's processes: "several" past 1.
+_PROCESS_COUNT_VARIABLES = ("TPU_PROCESS_ADDRESSES", "TPU_WORKER_HOSTNAMES",
+                            "MEGASCALE_NUM_SLICES", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
+
+
+def _several_processes_expected() -> str | None:
+  """`NAME=value` of the first environment variable saying the run spans several
+  processes (JAX_COORDINATOR_ADDRESS: set at all, a request to join), else None."""
+  for name in _PROCESS_COUNT_VARIABLES:
+    value = os.environ.get(name, "").strip()
+    if name.startswith("TPU_"):  # Comma-separated hosts.
+      count = len([host for host in value.split(",") if host.strip()])
+    else:
+      count = int(value) if value.isdigit() else 0
+    if count > 1:
+      return f"{name}={value}"
+  if address := os.environ.get("JAX_COORDINATOR_ADDRESS", "").strip():
+    return f"JAX_COORDINATOR_ADDRESS={address}"
+  return None
 
 
 class _QuietLibraries(std_logging.Filter):

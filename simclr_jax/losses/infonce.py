@@ -28,7 +28,10 @@ def _query_losses(local_queries: jax.Array, keys: jax.Array, offset: jax.Array |
     (n,) cross-entropy per query (without MoCo v3's 2 tau factor) and (n,) whether the
     positive key scored highest.
   """
-  logits = local_queries @ keys.T / temperature                          # (n, N)
+  # HIGHEST: TPU's default precision would round the float32 embeddings to bfloat16 in
+  # this matmul (about 3 significant digits of each cosine); the loss is float32 throughout.
+  logits = jnp.matmul(local_queries, keys.T,
+                      precision=jax.lax.Precision.HIGHEST) / temperature   # (n, N)
   labels = offset + jnp.arange(local_queries.shape[0])
   losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   correct = jnp.argmax(logits, axis=-1) == labels

@@ -36,7 +36,9 @@ def _anchor_losses(local_z1: jax.Array, local_z2: jax.Array, keys: jax.Array,
   n = local_z1.shape[0]
   num_images = keys.shape[0] // 2
   anchors = jnp.concatenate([local_z1, local_z2], axis=0)            # (2n, D)
-  logits = anchors @ keys.T / temperature                               # (2n, 2N)
+  # HIGHEST: TPU's default precision would round the float32 embeddings to bfloat16 in
+  # this matmul (about 3 significant digits of each cosine); the loss is float32 throughout.
+  logits = jnp.matmul(anchors, keys.T, precision=jax.lax.Precision.HIGHEST) / temperature
   image = offset + jnp.arange(n)
   self_index = jnp.concatenate([image, image + num_images])             # (2n,)
   positive = jnp.concatenate([image + num_images, image])               # (2n,)

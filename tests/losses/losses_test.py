@@ -1,5 +1,6 @@
 """NT-Xent against independent float64 NumPy references, on one device and sharded."""
 
+import functools
 import re
 
 import jax
@@ -420,7 +421,7 @@ def _assert_grads_close(grads, refs, rtol, atol_scale):
 def test_new_references_agree_with_each_other():
   q, k = _pair(5, 4, seed=21)
   for tau in (0.2, 1.0):
-    fd = _finite_difference_grad(lambda a, b: ref_infonce(a, b, tau), q, k)
+    fd = _finite_difference_grad(lambda a, b, tau=tau: ref_infonce(a, b, tau), q, k)
     _assert_grads_close(ref_infonce_grad(q, k, tau), fd, rtol=1e-6, atol_scale=1e-8)
   # vicreg's torch off_diagonal trick picks exactly the entries off the diagonal.
   m = np.arange(25.0).reshape(5, 5)
@@ -647,3 +648,43 @@ def test_sharded_vicreg_covariance_is_split_by_rows(mesh):
   shapes = _dot_shapes(lambda x, y: vicreg.sharded_vicreg(x, y, mesh), a, b)
   assert (str(d // NUM_DEVICES), str(d)) in shapes, shapes
   assert (str(d), str(d)) not in shapes, shapes
+
+
+# ---------------------------------------------------------------------------------------
+# Matmul precision: the contrastive logits' matmuls at full float32 on every backend (TPU's
+# DEFAULT rounds float32 operands to bfloat16; CPU does not, so the values above cannot
+# show it: the lowered program can).
+# ---------------------------------------------------------------------------------------
+
+
+def _dot_precisions(fn, *args):
+  """The precision config of every dot_general in fn's value and gradient, lowered."""
+  text = jax.jit(jax.value_and_grad(fn, argnums=(0, 1))).lower(*args).as_text()
+  return re.findall(r"stablehlo\.dot_general .*?precision = \[(\w+), (\w+)\]", text)
+
+
+SINGLE_DEVICE_LOSSES = {
+    "nt_xent": lambda x, y: nt_xent.nt_xent(x, y, 0.5),
+    "infonce": lambda x, y: infonce.infonce_loss(x, y, 0.2),
+}
+SHARDED_LOSSES = {
+    "nt_xent": lambda x, y, mesh: nt_xent.sharded_nt_xent(x, y, 0.5, mesh)[0],
+    "infonce": lambda x, y, mesh: infonce.sharded_infonce(x, y, 0.2, mesh)[0],
+}
+
+
+@pytest.mark.parametrize("name", sorted(SINGLE_DEVICE_LOSSES))
+def test_embedding_matmuls_at_highest_precision(name):
+  z = jnp.ones((N, D), jnp.float32)
+  precisions = _dot_precisions(SINGLE_DEVICE_LOSSES[name], z, z)
+  # The forward matmul and its two transposes in the backward pass.
+  assert len(precisions) >= 3, precisions
+  assert set(precisions) == {("HIGHEST", "HIGHEST")}, precisions
+
+
+@pytest.mark.parametrize("name", sorted(SHARDED_LOSSES))
+def test_sharded_embedding_matmuls_at_highest_precision(mesh, name):
+  a, b = _put(mesh, *_pair(N, D, seed=66))
+  precisions = _dot_precisions(functools.partial(SHARDED_LOSSES[name], mesh=mesh), a, b)
+  assert len(precisions) >= 3, precisions
+  assert set(precisions) == {("HIGHEST", "HIGHEST")}, precisions
