@@ -128,6 +128,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.log_every_steps = 50
   config.checkpoint_every_steps = 1000
   config.max_checkpoints_to_keep = 3
+  # JAX's persistent compilation cache: a rerun, resume or later stage of the same config
+  # loads its compiled steps from here instead of compiling them again (minutes on a TPU).
+  # A local folder (each host its own) or a gs:// folder all hosts share; '' turns it off.
+  # JAX_COMPILATION_CACHE_DIR, when set, takes precedence.
+  config.compilation_cache_dir = "~/.cache/simclr_jax/xla"
 
   # Linear evaluation on frozen features (projection head dropped).
   config.linear_eval = ml_collections.ConfigDict()

@@ -14,7 +14,7 @@ from absl import logging
 
 from simclr_jax import config_checks, stages, storage
 from simclr_jax.data import input_pipeline, sources
-from simclr_jax.training import checkpoints, faults, preemption
+from simclr_jax.training import checkpoints, compile_cache, faults, preemption
 
 # Errors a user can fix: one `Error: ...` line and exit status 1, no traceback.
 USER_ERRORS = (config_checks.ConfigError, sources.DatasetNotFoundError,
@@ -133,5 +133,6 @@ def _run_stages(config, workdir: str, mode: str) -> None:
                jax.device_count(), jax.devices()[0].platform)
   check_config(config, mode, first=1)  # The first stage checks its own as it starts.
   check_storage(config, workdir)
+  compile_cache.set_up(config.get("compilation_cache_dir"))
   with preemption.handle_stop_signals():
     stages.run(mode, config, workdir)

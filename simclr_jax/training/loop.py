@@ -23,6 +23,7 @@ last step's.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -34,7 +35,7 @@ from absl import logging
 from clu import metric_writers
 
 from simclr_jax import storage
-from simclr_jax.training import checkpoints, faults, preemption, progress
+from simclr_jax.training import checkpoints, compile_cache, faults, preemption, progress
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,8 +120,11 @@ def run(step_fn: Callable[[Any, Any], tuple[Any, dict[str, jax.Array]]], state,
   pending, last, step, stop = [], {}, start_step, False
   with progress.Progress(cadence.num_steps, initial=start_step, label=label) as shown:
     for step in range(start_step + 1, cadence.num_steps + 1):
-      with jax.profiler.StepTraceAnnotation("train", step_num=step):
-        state, metrics = step_fn(state, next(batches))
+      batch = next(batches)
+      timed = (compile_cache.logged_first_compile(f"the {label.lower()} step")
+               if step == start_step + 1 else contextlib.nullcontext())
+      with jax.profiler.StepTraceAnnotation("train", step_num=step), timed:
+        state, metrics = step_fn(state, batch)
       pending.append(metrics)
       if step == start_step + 1:
         jax.block_until_ready(metrics)  # Rates count from after compilation.
