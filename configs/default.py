@@ -130,8 +130,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.max_checkpoints_to_keep = 3
   # JAX's persistent compilation cache: a rerun, resume or later stage of the same config
   # loads its compiled steps from here instead of compiling them again (minutes on a TPU).
-  # A local folder (each host its own) or a gs:// folder all hosts share; '' turns it off.
-  # JAX_COMPILATION_CACHE_DIR, when set, takes precedence.
+  # A local folder, or a gs:// folder for multi-host runs (only process 0 writes, all
+  # read); '' turns it off. JAX_COMPILATION_CACHE_DIR, when set, takes precedence.
   config.compilation_cache_dir = "~/.cache/simclr_jax/xla"
 
   # Linear evaluation on frozen features (projection head dropped).

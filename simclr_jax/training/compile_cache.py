@@ -14,7 +14,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import jax
 import jax.monitoring
@@ -23,7 +23,8 @@ from absl import logging
 from simclr_jax import storage
 
 # jax.monitoring events (jax/_src/dispatch.py, jax/_src/compiler.py in jax 0.10.2): every
-# backend compile, from scratch or from the cache, records the first; a cache hit the second.
+# backend compile, from scratch or from the cache, records the first (a scalar, its start
+# time, as it begins; a duration as it ends); a cache hit records the second.
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 _CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
 
@@ -59,13 +60,24 @@ def set_up(cache_dir: str | None) -> str | None:
 
 
 class _CompileEvents:
-  """Counts, between start() and stop(), the backend compiles and the cache hits that JAX
+  """Between start() and stop(): calls `on_first_compile` as the first backend compile
+  begins (after tracing and lowering), and counts the compiles and the cache hits that JAX
   reports (from any thread)."""
 
-  def __init__(self):
+  def __init__(self, on_first_compile: Callable[[], None]):
     self.compiles = 0
     self.cache_hits = 0
+    self._on_first_compile = on_first_compile
     self._lock = threading.Lock()
+
+  def _on_start(self, event: str, value: float, **kwargs) -> None:
+    del value, kwargs
+    if event == _COMPILE_EVENT:
+      with self._lock:
+        first = self._on_first_compile
+        self._on_first_compile = None
+      if first is not None:
+        first()
 
   def _on_duration(self, event: str, duration_secs: float, **kwargs) -> None:
     del duration_secs, kwargs
@@ -80,23 +92,25 @@ class _CompileEvents:
         self.cache_hits += 1
 
   def start(self) -> None:
+    jax.monitoring.register_scalar_listener(self._on_start)
     jax.monitoring.register_event_duration_secs_listener(self._on_duration)
     jax.monitoring.register_event_listener(self._on_event)
 
   def stop(self) -> None:
+    jax.monitoring.unregister_scalar_listener(self._on_start)
     jax.monitoring.unregister_event_duration_listener(self._on_duration)
     jax.monitoring.unregister_event_listener(self._on_event)
 
 
 @contextlib.contextmanager
 def logged_first_compile(what: str) -> Iterator[None]:
-  """Around the first call of a jit-compiled step (`what`: 'the pretraining step'): one
-  line before, and after it how long tracing and compiling took and whether the program
-  came from the compilation cache. Nothing after when nothing compiled (the step was
-  already compiled in this process)."""
-  logging.info("Compiling %s (the first time for this config and machine: minutes on a "
-               "TPU; later runs load it from the compilation cache) ...", what)
-  events = _CompileEvents()
+  """Around the first call of a jit-compiled step (`what`: 'the pretraining step'): a line
+  as its compile begins, and one after it saying how long tracing and compiling took and
+  whether the program came from the compilation cache. No line when nothing compiled (the
+  step was compiled before in this process)."""
+  events = _CompileEvents(lambda: logging.info(
+      "Compiling %s (the first time for this config and machine: minutes on a TPU; later "
+      "runs load it from the compilation cache) ...", what))
   events.start()
   start = time.perf_counter()
   try:
