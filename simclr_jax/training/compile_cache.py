@@ -11,6 +11,7 @@ on a TPU). JAX's thresholds apply: only programs that took over 1 s to compile a
 from __future__ import annotations
 
 import contextlib
+import logging as std_logging
 import os
 import threading
 import time
@@ -19,6 +20,7 @@ from collections.abc import Callable, Iterator
 import jax
 import jax.monitoring
 from absl import logging
+from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
 from simclr_jax import storage
 
@@ -57,6 +59,33 @@ def set_up(cache_dir: str | None) -> str | None:
   logging.info("Compilation cache: %s (config.compilation_cache_dir): a rerun, resume or "
                "later stage of this config loads its compiled steps from there.", folder)
   return folder
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+  """No persistent compilation cache inside (e.g. a compile for devices this machine lacks).
+  jax 0.10.2 decides whether a process uses the cache at its first compile and keeps that
+  answer, so turning `jax_enable_compilation_cache` off alone does nothing after it: the
+  cache's state is reset on the way in and out."""
+  enabled = jax.config.jax_enable_compilation_cache
+  _reset_quietly()
+  jax.config.update("jax_enable_compilation_cache", False)
+  try:
+    yield
+  finally:
+    _reset_quietly()
+    jax.config.update("jax_enable_compilation_cache", enabled)
+
+
+def _reset_quietly() -> None:
+  """jax's reset_cache, without its "Resetting cache at ..." INFO line."""
+  logger = std_logging.getLogger("jax._src.compilation_cache")
+  level = logger.level
+  logger.setLevel(std_logging.WARNING)
+  try:
+    jax_cache.reset_cache()
+  finally:
+    logger.setLevel(level)
 
 
 class _CompileEvents:

@@ -92,3 +92,18 @@ def test_the_first_compile_says_compiled_then_loaded_from_the_cache(caplog):
   assert lines[2] == lines[0]
   assert lines[4:] == []  # Nothing compiled: no line.
   assert jnp.array_equal(first, second)
+
+
+def test_disabled_neither_reads_nor_writes_the_cache_after_it_was_used(caplog):
+  constant = float(uuid.uuid4().int % 10**6)
+  x = jnp.arange(7.0)
+  _new_function(constant)(x)  # The cache in use (and this program in it).
+  with caplog.at_level(logging.INFO):
+    with compile_cache.disabled(), compile_cache.logged_first_compile("the test step"):
+      _new_function(constant)(x)
+    with compile_cache.logged_first_compile("the test step"):  # On again.
+      _new_function(constant)(x)
+  assert not [r for r in caplog.records if "Resetting cache" in r.getMessage()]
+  lines = _lines(caplog)
+  assert lines[1].startswith("Compiled the test step in ")  # Not read from the cache.
+  assert lines[3].startswith("Loaded the test step from the compilation cache in ")
