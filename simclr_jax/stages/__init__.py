@@ -45,9 +45,11 @@ STAGES: dict[str, Mode] = {
     "compile_check": Mode("the pretraining step compiled for a TPU slice here (needs libtpu): "
                           "memory per chip, FLOPs, roofline; workdir/compile_check.json",
                           ("compile_check:compile_check",),
-                          # JAX on the CPU (there is no TPU here) and libtpu not asking a
-                          # cloud metadata server which TPU this machine has.
-                          environment=(("JAX_PLATFORMS", "cpu"), ("TPU_SKIP_MDS_QUERY", "1"))),
+                          # JAX on the CPU (there is no TPU here), libtpu not asking a
+                          # cloud metadata server which TPU this machine has, nor holding
+                          # its one-process lock (it drives no hardware here).
+                          environment=(("JAX_PLATFORMS", "cpu"), ("TPU_SKIP_MDS_QUERY", "1"),
+                                       ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1"))),
 }
 
 

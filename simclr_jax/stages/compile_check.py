@@ -118,9 +118,8 @@ def _torus_shape(chips: int, dims: int) -> tuple[int, ...]:
 
 
 def check_config(config) -> None:
-  """ConfigError, before anything compiles: libtpu missing, a topology not known, a model
-  that cannot work or a batch that does not split over the slice's chips."""
-  check_libtpu()
+  """ConfigError, before anything compiles: a topology not known, a model that cannot work,
+  a batch that does not split over the slice's chips, or libtpu missing."""
   topology = parse_topology(config.compile_check.topology)
   model_lib.check_model_config(config)
   optim.check_config("optimizer", config.optimizer)
@@ -129,6 +128,7 @@ def check_config(config) -> None:
       and config.batch_size % topology.chips == 0,
       f"batch_size={config.batch_size} does not split over the {topology.chips} chips of "
       f"{topology.name}: use a multiple of {topology.chips}.")
+  check_libtpu()
 
 
 def check_libtpu() -> None:
@@ -150,7 +150,7 @@ def topology_devices(topology: Topology) -> list:
   except (RuntimeError, ValueError) as e:  # libtpu's own (XlaRuntimeError is a RuntimeError).
     raise config_checks.ConfigError(
         f"libtpu could not describe {topology.name} ({topology.topology_name}): "
-        f"{_first_line(e)}. Check that libtpu matches JAX ({INSTALL}).") from None
+        f"{_first_line(e)} (the libtpu that matches this JAX: {INSTALL}).") from None
 
 
 def compile_check(config, workdir: str) -> dict[str, Any]:
@@ -172,20 +172,30 @@ def compile_check(config, workdir: str) -> dict[str, Any]:
                "chip)...", config.method, topology.name, topology.chips,
                topology.topology_name, config.batch_size, config.batch_size // topology.chips)
   start = time.perf_counter()
-  try:
-    with jax.set_mesh(mesh):
-      compiled = step.lower(state, batch).compile()
-    error = None
-  except RuntimeError as e:  # XLA's out-of-memory is a result, not a failure.
-    if "RESOURCE_EXHAUSTED" not in str(e):
-      raise
-    compiled, error = None, str(e)
+  compiled, error = _compile(step, state, batch, mesh)
   seconds = time.perf_counter() - start
   summary = summarize(topology, config, _nbytes(state), _nbytes(batch) // topology.chips,
                       compiled, error, seconds, devices[0].device_kind)
   print(format_table(summary), flush=True)
   summaries.write_json(workdir, SUMMARY_FILE, summary)
   return summary
+
+
+def _compile(step, state, batch, mesh):
+  """(the compiled step, None), or (None, XLA's RESOURCE_EXHAUSTED message): not fitting is a
+  result. Without the persistent compilation cache: a program compiled for devices this
+  process has no client for can be neither read from it nor run."""
+  cache = jax.config.jax_enable_compilation_cache
+  jax.config.update("jax_enable_compilation_cache", False)
+  try:
+    with jax.set_mesh(mesh):
+      return step.lower(state, batch).compile(), None
+  except RuntimeError as e:
+    if "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    return None, str(e)
+  finally:
+    jax.config.update("jax_enable_compilation_cache", cache)
 
 
 def summarize(topology: Topology, config, state_bytes: int, batch_bytes: int, compiled,
@@ -267,32 +277,32 @@ def format_table(summary: dict[str, Any]) -> str:
   """The summary as a table for the terminal, one row per figure (per chip)."""
   gib = lambda b: ("?" if b is None else f"{b / GIB:.2f} GiB" if b >= GIB / 10 else
                    f"{b / 2**20:.1f} MiB")
-  rows = [("topology", f"{summary['topology']} ({summary['chips']} chips, "
-                       f"{summary['device_kind']}, {summary['topology_name']})"),
-          ("batch", f"{summary['batch_size']} ({summary['images_per_chip']} images, "
-                    f"{summary['views_per_chip']} views per chip), {summary['compute_dtype']}"),
-          ("state + batch", f"{gib(summary['state_bytes'])} + {gib(summary['batch_bytes'])}"),
-          ("HBM per chip", gib(summary["hbm_bytes"]))]
-  if "error" in summary:
-    rows += [("fits", f"NO: the compiler needs {gib(summary['needed_bytes'])} of "
-                      f"{gib(summary['available_bytes'])} available (RESOURCE_EXHAUSTED)"),
-             ("compiler", summary["error"][:200])]
+  s = summary
+  rows = [("topology", (f"{s['topology']} ({s['chips']} chips, {s['device_kind']}, "
+                        f"{s['topology_name']})")),
+          ("batch", (f"{s['batch_size']} ({s['images_per_chip']} images, "
+                     f"{s['views_per_chip']} views per chip), {s['compute_dtype']}")),
+          ("state + batch", f"{gib(s['state_bytes'])} + {gib(s['batch_bytes'])}"),
+          ("HBM per chip", gib(s["hbm_bytes"]))]
+  if "error" in s:
+    rows += [("fits", (f"NO: the compiler needs {gib(s['needed_bytes'])} of "
+                       f"{gib(s['available_bytes'])} available (RESOURCE_EXHAUSTED)")),
+             ("compiler", s["error"][:200])]
   else:
-    rows += [("arguments", gib(summary["argument_bytes"])),
-             ("temporaries", f"{gib(summary['temp_bytes'])} "
-                             f"({summary['temp_bytes_per_view'] / 2**20:.1f} MiB per view)"),
-             ("total", f"{gib(summary['total_bytes'])} of {gib(summary['hbm_bytes'])}: "
-                       f"{'fits' if summary['fits'] else 'does NOT fit'}"),
-             ("per view", f"{summary['flops_per_view'] / 1e9:.2f} GFLOP, "
-                          f"{summary['bytes_accessed_per_view'] / 1e6:.1f} MB accessed"),
-             ("roofline", f"{summary['views_per_second_bound']:,.0f} views/s per chip "
-                          f"({summary['bound_by']}-bound; MFU at the bound "
-                          f"{summary['mfu_at_bound']:.0%}), "
-                          f"{summary['views_per_second_bound'] * summary['chips']:,.0f} for "
-                          f"the slice"),
+    slice_rate = s["views_per_second_bound"] * s["chips"]
+    rows += [("arguments", gib(s["argument_bytes"])),
+             ("temporaries", (f"{gib(s['temp_bytes'])} "
+                              f"({s['temp_bytes_per_view'] / 2**20:.1f} MiB per view)")),
+             ("total", (f"{gib(s['total_bytes'])} of {gib(s['hbm_bytes'])}: "
+                        f"{'fits' if s['fits'] else 'does NOT fit'}")),
+             ("per view", (f"{s['flops_per_view'] / 1e9:.2f} GFLOP, "
+                           f"{s['bytes_accessed_per_view'] / 1e6:.1f} MB accessed")),
+             ("roofline", (f"{s['views_per_second_bound']:,.0f} views/s per chip "
+                           f"({s['bound_by']}-bound; MFU at the bound {s['mfu_at_bound']:.0%}), "
+                           f"{slice_rate:,.0f} for the slice")),
              ("collectives", ", ".join(f"{count} {op}" for op, count
-                                       in summary["collectives"].items() if count))]
-  rows.append(("compile", f"{summary['compile_seconds']:.0f} s"))
+                                       in s["collectives"].items() if count))]
+  rows.append(("compile", f"{s['compile_seconds']:.0f} s"))
   width = max(len(name) for name, _ in rows)
   return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
