@@ -230,7 +230,7 @@ def summarize(topology: Topology, config, state_bytes: int, batch_bytes: int, co
           "temp_bytes_per_view": sizes["temp"] / views, "flops_per_view": flops_per_view,
           "bytes_accessed_per_view": bytes_per_view,
           **roofline(flops_per_view, bytes_per_view, chip.peak_bf16_flops, chip.hbm_bandwidth),
-          "collectives": collective_counts(compiled.as_text())}
+          "collectives": collectives(compiled.as_text())}
 
 
 def roofline(flops_per_view: float, bytes_per_view: float, peak_flops: float,
@@ -247,11 +247,23 @@ def roofline(flops_per_view: float, bytes_per_view: float, peak_flops: float,
           "mfu_at_bound": bound * flops_per_view / peak_flops}
 
 
-def collective_counts(hlo: str) -> dict[str, int]:
-  """How many of each collective the compiled program holds (BatchNorm's all-reduces, the
-  loss's gathers), from its HLO text."""
-  ops = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
-  return {op: len(re.findall(rf"\s{op}(?:-start)?\(", hlo)) for op in ops}
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4,
+                "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8}
+
+
+def collectives(hlo: str) -> dict[str, dict[str, int]]:
+  """Each collective of the compiled program (BatchNorm's all-reduces, the loss's gathers):
+  how many, and the bytes of their results per chip per step (what each chip receives, to
+  within the algorithm's factor: a ring all-reduce moves about twice it), from its HLO."""
+  found = {op: {"count": 0, "result_bytes": 0} for op in COLLECTIVES}
+  ops = "|".join(COLLECTIVES)
+  for result_type, op in re.findall(rf"= (.+?) ({ops})(?:-start)?\(", hlo):
+    found[op]["count"] += 1
+    found[op]["result_bytes"] += sum(
+        _DTYPE_BYTES.get(dtype, 4) * math.prod(int(n) for n in dims.split(",") if n)
+        for dtype, dims in re.findall(r"\b([a-z]+\d*)\[([\d,]*)\]", result_type))
+  return found
 
 
 _SIZE = r"([\d.]+)\s*([KMGT]?)i?B?"
@@ -300,8 +312,9 @@ def format_table(summary: dict[str, Any]) -> str:
              ("roofline", (f"{s['views_per_second_bound']:,.0f} views/s per chip "
                            f"({s['bound_by']}-bound; MFU at the bound {s['mfu_at_bound']:.0%}), "
                            f"{slice_rate:,.0f} for the slice")),
-             ("collectives", ", ".join(f"{count} {op}" for op, count
-                                       in s["collectives"].items() if count))]
+             ("collectives", ", ".join(
+                 f"{c['count']} {op} ({gib(c['result_bytes'])})"
+                 for op, c in s["collectives"].items() if c["count"]) + " per step")]
   rows.append(("compile", f"{s['compile_seconds']:.0f} s"))
   width = max(len(name) for name, _ in rows)
   return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)

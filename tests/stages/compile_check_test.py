@@ -90,12 +90,18 @@ def test_an_out_of_memory_compile_is_a_row_that_says_it_does_not_fit():
   assert "NO: the compiler needs 16.29 GiB of 15.75 GiB available" in table
 
 
-def test_collectives_are_counted_from_the_hlo():
-  hlo = ("%a = f32[4] all-reduce(f32[4] %x), replica_groups={}\n"
-         "%b = f32[8] all-gather(f32[4] %y)\n%c = f32[4] all-reduce-start(f32[4] %z)\n")
-  assert compile_check.collective_counts(hlo) == {
-      "all-reduce": 2, "all-gather": 1, "reduce-scatter": 0, "all-to-all": 0,
-      "collective-permute": 0}
+def test_collectives_are_counted_and_sized_from_the_hlo():
+  hlo = ("%a = (f32[32]{0:T(128)S(1)}, bf16[4,8]{1,0}) all-reduce(f32[32] %x, bf16[4,8] %w), "
+         "replica_groups={}\n"
+         "%b = bf16[4,4,16]{2,1,0:T(4,128)(2,1)S(1)} all-gather(%fusion.167), dimensions={0}\n"
+         "%c = s32[]{:T(128)} all-reduce-start(s32[] %z)\n"
+         "%d = f32[8]{0} add(f32[8] %all-reduce.1, f32[8] %e)\n")
+  assert compile_check.collectives(hlo) == {
+      "all-reduce": {"count": 2, "result_bytes": 32 * 4 + 4 * 8 * 2 + 4},
+      "all-gather": {"count": 1, "result_bytes": 4 * 4 * 16 * 2},
+      "reduce-scatter": {"count": 0, "result_bytes": 0},
+      "all-to-all": {"count": 0, "result_bytes": 0},
+      "collective-permute": {"count": 0, "result_bytes": 0}}
 
 
 def test_without_libtpu_the_run_stops_with_one_error_line_saying_what_to_install(
@@ -144,6 +150,8 @@ def test_the_toy_step_compiles_for_a_v5e_4_and_its_summary_is_written(monkeypatc
   # The state (replicated) is donated: its outputs alias its inputs.
   assert summary["alias_bytes"] >= summary["state_bytes"] > 0
   assert summary["flops_per_view"] > 0 and summary["bytes_accessed_per_view"] > 0
-  assert summary["collectives"]["all-gather"] >= 1  # NT-Xent gathers the embeddings.
+  # NT-Xent gathers the embeddings: 4 chips x 4 images x 16 features, of 2 views.
+  assert summary["collectives"]["all-gather"]["count"] >= 1
+  assert summary["collectives"]["all-reduce"]["result_bytes"] > 0
   assert summary["views_per_second_bound"] == min(
       summary["compute_bound_views_per_second"], summary["memory_bound_views_per_second"])
