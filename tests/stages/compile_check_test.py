@@ -6,10 +6,13 @@ import importlib.util
 import json
 import math
 
+import jax
 import pytest
 
-from simclr_jax import config_checks, runtime, stages
+from simclr_jax import config_checks, runtime, sharding, stages
 from simclr_jax.stages import compile_check
+from simclr_jax.training import pretrain_step
+from simclr_jax.training import state as state_lib
 from tests.support.helpers import tiny_food101_config
 
 HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
@@ -155,3 +158,18 @@ def test_the_toy_step_compiles_for_a_v5e_4_and_its_summary_is_written(monkeypatc
   assert summary["collectives"]["all-reduce"]["result_bytes"] > 0
   assert summary["views_per_second_bound"] == min(
       summary["compute_bound_views_per_second"], summary["memory_bound_views_per_second"])
+
+
+def test_the_abstract_state_and_batch_are_those_pretraining_builds():
+  config = tiny_food101_config(online_probe=True)
+  mesh = sharding.create_mesh()
+  tx, _ = state_lib.create_optimizer(config, 10, 10)
+  abstract = state_lib.abstract_train_state(config, tx, mesh, 5)
+  real = state_lib.init_train_state(config, tx, mesh, 5)
+  assert jax.tree.structure(abstract) == jax.tree.structure(real)
+  for spec, array in zip(jax.tree.leaves(abstract), jax.tree.leaves(real)):
+    assert (spec.shape, spec.dtype, spec.sharding) == (array.shape, array.dtype, array.sharding)
+  batch = pretrain_step.abstract_batch(config, mesh)
+  assert {name: (spec.shape, spec.dtype.name) for name, spec in batch.items()} == {
+      "views": ((16, 2, 16, 16, 3), "uint8"), "label": ((16,), "int32")}
+  assert batch["views"].sharding == sharding.batch_sharded(mesh)
