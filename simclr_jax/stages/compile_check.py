@@ -311,7 +311,10 @@ def format_table(summary: dict[str, Any]) -> str:
                            f"{s['bytes_accessed_per_view'] / 1e6:.1f} MB accessed")),
              ("roofline", (f"{s['views_per_second_bound']:,.0f} views/s per chip "
                            f"({s['bound_by']}-bound; MFU at the bound {s['mfu_at_bound']:.0%}), "
-                           f"{slice_rate:,.0f} for the slice")),
+                           f"{slice_rate:,.0f} for the slice"
+                           + ("" if s["compute_dtype"] == "bfloat16" else
+                              f" (against bf16's peak; this config computes in "
+                              f"{s['compute_dtype']})"))),
              ("collectives", ", ".join(
                  f"{c['count']} {op} ({gib(c['result_bytes'])})"
                  for op, c in s["collectives"].items() if c["count"]) + " per step")]

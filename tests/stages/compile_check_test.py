@@ -138,7 +138,8 @@ def test_the_mode_sets_its_environment_without_overriding(monkeypatch):
 
 
 @pytest.mark.skipif(not HAS_LIBTPU, reason='needs libtpu: pip install "jax[tpu]==0.10.2"')
-def test_the_toy_step_compiles_for_a_v5e_4_and_its_summary_is_written(monkeypatch, tmp_path):
+def test_the_toy_step_compiles_for_a_v5e_4_and_its_summary_is_written(monkeypatch, tmp_path,
+                                                                      capsys):
   for name, value in stages.STAGES["compile_check"].environment[1:]:  # libtpu's, scoped.
     monkeypatch.setenv(name, value)
   config = tiny_food101_config()  # Batch 16: 4 images, 8 views per chip.
@@ -156,6 +157,9 @@ def test_the_toy_step_compiles_for_a_v5e_4_and_its_summary_is_written(monkeypatc
   # NT-Xent gathers the embeddings: 4 chips x 4 images x 16 features, of 2 views.
   assert summary["collectives"]["all-gather"]["count"] >= 1
   assert summary["collectives"]["all-reduce"]["result_bytes"] > 0
+  table = capsys.readouterr().out
+  assert "v5e-4 (4 chips, TPU v5 lite, v5e:2x2)" in table and ": fits" in table
+  assert "against bf16's peak; this config computes in float32" in table
   assert summary["views_per_second_bound"] == min(
       summary["compute_bound_views_per_second"], summary["memory_bound_views_per_second"])
 
