@@ -224,4 +224,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.compile_check.topology = "v5e-8"
   # Classes of the online probe when config.online_probe (no data is read to count them).
   config.compile_check.probe_classes = 101
+  # Also search the largest images per chip (a multiple of 8) whose step compiles: one more
+  # compile per try (seconds when it does not fit, as long as this one when it does).
+  config.compile_check.search_largest_batch = False
   return config

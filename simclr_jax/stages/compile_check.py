@@ -176,9 +176,52 @@ def compile_check(config, workdir: str) -> dict[str, Any]:
   seconds = time.perf_counter() - start
   summary = summarize(topology, config, _nbytes(state), _nbytes(batch) // topology.chips,
                       compiled, error, seconds, devices[0].device_kind)
+  if config.compile_check.search_largest_batch:
+    summary["largest_images_per_chip"] = _search_largest_batch(
+        config, topology, step, state, mesh, summary["fits"])
   print(format_table(summary), flush=True)
   summaries.write_json(workdir, SUMMARY_FILE, summary)
   return summary
+
+
+def _search_largest_batch(config, topology: Topology, step, state, mesh, fits: bool) -> int:
+  """The largest images per chip (a multiple of SEARCH_STEP) whose step compiles, by
+  compiling it: the compiler, not a linear scaling of this batch's memory, knows."""
+
+  def compiles(per_chip: int) -> bool:
+    trial = config.copy_and_resolve_references()
+    trial.batch_size = per_chip * topology.chips
+    start = time.perf_counter()
+    compiled, _ = _compile(step, state, abstract_batch(trial, mesh), mesh)
+    logging.info("%d images per chip: %s (%.0f s).", per_chip,
+                 "fits" if compiled else "does not fit", time.perf_counter() - start)
+    return compiled is not None
+
+  return largest_fitting(compiles, config.batch_size // topology.chips, fits)
+
+
+SEARCH_STEP = 8  # Images per chip: the search's resolution.
+SEARCH_LIMIT = 8192  # Images per chip: the search stops there.
+
+
+def largest_fitting(fits, start: int, fits_at_start: bool, step: int = SEARCH_STEP,
+                    limit: int = SEARCH_LIMIT) -> int:
+  """The largest n (a multiple of `step`, at most `limit`; 0 if not even `step`) with
+  fits(n), given fits(start) == fits_at_start, for a `fits` true up to some n and false
+  above: doubling (or halving) from `start` to bracket it, then bisection."""
+  low, high = (start, None) if fits_at_start else (0, start)
+  while high is None:  # Double until a batch does not fit.
+    if low >= limit:
+      return low
+    trial = min(2 * low, limit)
+    low, high = (trial, None) if fits(trial) else (low, trial)
+  while low == 0 and high > step:  # Halve until one fits.
+    trial = max(step, high // 2 // step * step)
+    low, high = (trial, high) if fits(trial) else (0, trial)
+  while high - low > step:
+    middle = (low + high) // 2 // step * step
+    low, high = (middle, high) if fits(middle) else (low, middle)
+  return low
 
 
 def _compile(step, state, batch, mesh):
@@ -318,6 +361,11 @@ def format_table(summary: dict[str, Any]) -> str:
              ("collectives", ", ".join(
                  f"{c['count']} {op} ({gib(c['result_bytes'])})"
                  for op, c in s["collectives"].items() if c["count"]) + " per step")]
+  if "largest_images_per_chip" in s:
+    largest = s["largest_images_per_chip"]
+    rows.append(("largest batch", (f"{'at least ' if largest >= SEARCH_LIMIT else ''}"
+                                   f"{largest} images per chip ({largest * s['chips']} for "
+                                   f"the slice) compile")))
   rows.append(("compile", f"{s['compile_seconds']:.0f} s"))
   width = max(len(name) for name, _ in rows)
   return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)

@@ -177,3 +177,21 @@ def test_the_abstract_state_and_batch_are_those_pretraining_builds():
   assert {name: (spec.shape, spec.dtype.name) for name, spec in batch.items()} == {
       "views": ((16, 2, 16, 16, 3), "uint8"), "label": ((16,), "int32")}
   assert batch["views"].sharding == sharding.batch_sharded(mesh)
+
+
+@pytest.mark.parametrize("start, fits_at_start", [(256, True), (64, True), (1024, False),
+                                                  (8, True), (4096, False)])
+def test_the_largest_batch_search_finds_the_edge_from_either_side(start, fits_at_start):
+  tried = []
+
+  def fits(n):  # The edge: 424 images per chip fit, 432 do not.
+    tried.append(n)
+    return n <= 424
+
+  assert compile_check.largest_fitting(fits, start, fits_at_start) == 424
+  assert all(n % 8 == 0 for n in tried) and len(tried) <= 12
+
+
+def test_the_largest_batch_search_stops_at_its_limit_and_at_nothing_fitting():
+  assert compile_check.largest_fitting(lambda n: True, 64, True, limit=1000) == 1000
+  assert compile_check.largest_fitting(lambda n: False, 64, False) == 0
