@@ -218,4 +218,18 @@ def get_config() -> ml_collections.ConfigDict:
   config.export.checkpoint_step = ml_collections.config_dict.placeholder(int)
   # Splits whose features --mode=extract_features writes; () = train_split and eval_split.
   config.export.feature_splits = ()
+
+  # Compile check (--mode=compile_check): this config's pretraining step compiled on this
+  # machine for a Cloud TPU slice, without one (needs libtpu: pip install "jax[tpu]==0.10.2"),
+  # and per chip its memory against the chip's HBM, FLOPs and bytes per view and the roofline
+  # bound on views/s; workdir/compile_check.json.
+  config.compile_check = ml_collections.ConfigDict()
+  # The slice, as Cloud TPU names it: v4-N and v5p-N (N TensorCores, 2 per chip: v4-8 is 4
+  # chips), v5e-N and v6e-N (N chips); multi-host slices too (v5e-256, v4-512).
+  config.compile_check.topology = "v5e-8"
+  # Classes of the online probe when config.online_probe (no data is read to count them).
+  config.compile_check.probe_classes = 101
+  # Also search the largest images per chip (a multiple of 8) whose step compiles: one more
+  # compile per try (seconds when it does not fit, as long as this one when it does).
+  config.compile_check.search_largest_batch = False
   return config

@@ -94,6 +94,7 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
     from simclr_jax import config_text  # pylint: disable=g-import-not-at-top
     print(config_text.render(flag_values.config), end="")
     return
+  stages.set_environment(flag_values.mode)
   # Imported here so that --help and flag errors need no JAX or TensorFlow.
   from simclr_jax import runtime  # pylint: disable=g-import-not-at-top
   runtime.run(flag_values.config, flag_values.workdir, flag_values.mode)

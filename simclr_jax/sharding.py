@@ -9,14 +9,16 @@ from jax.sharding import PartitionSpec as P
 DATA_AXIS = "data"
 
 
-def create_mesh() -> Mesh:
-  """A 1-D mesh over every device of every process, axis 'data'.
+def create_mesh(devices=None) -> Mesh:
+  """A 1-D mesh over every device of every process (or over `devices`: a TPU topology's,
+  for an ahead-of-time compile), axis 'data'.
 
   Auto axes: the compiler propagates the batch sharding through the model (GSPMD), so
   BatchNorm's batch means become global all-reduces without any annotation.
   """
-  return jax.make_mesh((jax.device_count(),), (DATA_AXIS,),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  count = jax.device_count() if devices is None else len(devices)
+  return jax.make_mesh((count,), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=devices)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

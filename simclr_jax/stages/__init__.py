@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 from typing import Any
 
 
@@ -20,6 +21,14 @@ class Mode:
   'module:function' within this package."""
   help: str
   runs: tuple[str, ...]
+  # Environment variables (name, value) set, unless already set, before JAX is imported.
+  environment: tuple[tuple[str, str], ...] = ()
+
+
+def set_environment(mode: str) -> None:
+  """`mode`'s environment defaults; call before JAX is imported (cli.main does)."""
+  for name, value in STAGES[mode].environment:
+    os.environ.setdefault(name, value)
 
 
 STAGES: dict[str, Mode] = {
@@ -33,6 +42,14 @@ STAGES: dict[str, Mode] = {
                    "workdir/export", ("export:export_encoder",)),
     "extract_features": Mode("a split's features and labels as .npy in workdir/features",
                              ("extract_features:extract_features",)),
+    "compile_check": Mode("the pretraining step compiled for a TPU slice here (needs libtpu): "
+                          "memory per chip, FLOPs, roofline; workdir/compile_check.json",
+                          ("compile_check:compile_check",),
+                          # JAX on the CPU (there is no TPU here), libtpu not asking a
+                          # cloud metadata server which TPU this machine has, nor holding
+                          # its one-process lock (it drives no hardware here).
+                          environment=(("JAX_PLATFORMS", "cpu"), ("TPU_SKIP_MDS_QUERY", "1"),
+                                       ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1"))),
 }
 
 

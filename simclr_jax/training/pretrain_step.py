@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax import nnx
 from jax.sharding import Mesh
@@ -93,3 +94,14 @@ def compile_train_step(config, graphdef, tx, schedule, mesh: Mesh,
                            normalize=config.augment.normalize, mesh=mesh)
   return jax.jit(step, in_shardings=(replicated(mesh), batch_sharded(mesh)),
                  out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=0)
+
+
+def abstract_batch(config, mesh: Mesh) -> dict[str, jax.ShapeDtypeStruct]:
+  """The global batch `train_step` takes, as ShapeDtypeStructs sharded on 'data':
+  {'views': (N, 2, S, S, 3) uint8[, 'label': (N,) int32 with config.online_probe]}."""
+  n, size = config.batch_size, config.augment.image_size
+  sharding = batch_sharded(mesh)
+  batch = {"views": jax.ShapeDtypeStruct((n, 2, size, size, 3), jnp.uint8, sharding=sharding)}
+  if config.online_probe:
+    batch["label"] = jax.ShapeDtypeStruct((n,), jnp.int32, sharding=sharding)
+  return batch

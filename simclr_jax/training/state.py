@@ -18,7 +18,7 @@ from jax.sharding import Mesh
 
 from simclr_jax import config_checks, methods
 from simclr_jax.methods import base
-from simclr_jax.sharding import replicated  # pylint: disable=unused-import
+from simclr_jax.sharding import replicated
 from simclr_jax.training import model as model_lib
 from simclr_jax.training import optim
 
@@ -57,6 +57,21 @@ def init_train_state(config, tx: optax.GradientTransformation, mesh: Mesh,
   """Initialises the model from `config.seed`, replicated over the mesh (every process
   computes the same values, so this also works across hosts). A target network starts as
   a copy of the online modules it follows."""
+  return jax.jit(_init_fn(config, tx, num_probe_classes), out_shardings=replicated(mesh))()
+
+
+def abstract_train_state(config, tx: optax.GradientTransformation, mesh: Mesh,
+                         num_probe_classes: int = 0) -> TrainState:
+  """`init_train_state`'s structure, shapes, dtypes and shardings as ShapeDtypeStructs,
+  traced but neither compiled nor run: what an ahead-of-time compile of the step takes."""
+  sharding = replicated(mesh)
+  shapes = jax.eval_shape(_init_fn(config, tx, num_probe_classes))
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+                      shapes)
+
+
+def _init_fn(config, tx: optax.GradientTransformation, num_probe_classes: int):
+  """() -> TrainState from `config.seed`."""
   modules = methods.get(config).target_modules
 
   def init():
@@ -69,7 +84,7 @@ def init_train_state(config, tx: optax.GradientTransformation, mesh: Mesh,
                       opt_state=tx.init(params), rng=jax.random.PRNGKey(config.seed),
                       target=target)
 
-  return jax.jit(init, out_shardings=replicated(mesh))()
+  return init
 
 
 def training_length(config, num_train_examples: int) -> tuple[int, int]:
