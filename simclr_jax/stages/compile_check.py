@@ -25,7 +25,7 @@ from absl import logging
 from simclr_jax import config_checks, stages
 from simclr_jax.sharding import create_mesh
 from simclr_jax.training import model as model_lib
-from simclr_jax.training import optim, summaries
+from simclr_jax.training import compile_cache, optim, summaries
 from simclr_jax.training.pretrain_step import abstract_batch, compile_train_step
 from simclr_jax.training.state import abstract_train_state, create_optimizer
 
@@ -228,17 +228,13 @@ def _compile(step, state, batch, mesh):
   """(the compiled step, None), or (None, XLA's RESOURCE_EXHAUSTED message): not fitting is a
   result. Without the persistent compilation cache: a program compiled for devices this
   process has no client for can be neither read from it nor run."""
-  cache = jax.config.jax_enable_compilation_cache
-  jax.config.update("jax_enable_compilation_cache", False)
   try:
-    with jax.set_mesh(mesh):
+    with compile_cache.disabled(), jax.set_mesh(mesh):
       return step.lower(state, batch).compile(), None
   except RuntimeError as e:
     if "RESOURCE_EXHAUSTED" not in str(e):
       raise
     return None, str(e)
-  finally:
-    jax.config.update("jax_enable_compilation_cache", cache)
 
 
 def summarize(topology: Topology, config, state_bytes: int, batch_bytes: int, compiled,
