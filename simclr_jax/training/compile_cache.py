@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging as std_logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -48,7 +47,7 @@ def set_up(cache_dir: str | None) -> str | None:
     logging.info("Compilation cache off (config.compilation_cache_dir is empty): every run "
                  "compiles its steps.")
     return None
-  folder = os.path.expanduser(cache_dir) if cache_dir.startswith("~") else cache_dir
+  folder = str(storage.path(cache_dir).expanduser())  # '~/...'; gs:// unchanged.
   try:
     storage.ensure_writable_dir(folder)
   except storage.StorageError as e:
@@ -138,8 +137,9 @@ def logged_first_compile(what: str) -> Iterator[None]:
   whether the program came from the compilation cache. No line when nothing compiled (the
   step was compiled before in this process)."""
   events = _CompileEvents(lambda: logging.info(
-      "Compiling %s (the first time for this config and machine: minutes on a TPU; later "
-      "runs load it from the compilation cache) ...", what))
+      # JAX reports the compile's start before it knows whether the cache holds it.
+      "Compiling %s, or loading it from the compilation cache (compiling takes minutes on "
+      "a TPU, the first time for this config and machine) ...", what))
   events.start()
   start = time.perf_counter()
   try:

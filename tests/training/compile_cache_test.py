@@ -86,7 +86,7 @@ def test_the_first_compile_says_compiled_then_loaded_from_the_cache(caplog):
     with compile_cache.logged_first_compile("the test step"):  # Compiled already here.
       jitted(x)
   lines = _lines(caplog)
-  assert lines[0].startswith("Compiling the test step (the first time for this config")
+  assert lines[0].startswith("Compiling the test step, or loading it from the compilation cache")
   assert lines[1].startswith("Compiled the test step in ") and lines[1].endswith(" s.")
   assert lines[3].startswith("Loaded the test step from the compilation cache in ")
   assert lines[2] == lines[0]
