@@ -26,6 +26,7 @@ from simclr_jax import config_checks, stages
 from simclr_jax.sharding import create_mesh
 from simclr_jax.training import model as model_lib
 from simclr_jax.training import compile_cache, optim, summaries
+from simclr_jax.training.device_memory import out_of_memory_sizes
 from simclr_jax.training.pretrain_step import abstract_batch, compile_train_step
 from simclr_jax.training.state import abstract_train_state, create_optimizer
 
@@ -303,25 +304,6 @@ def collectives(hlo: str) -> dict[str, dict[str, int]]:
         _DTYPE_BYTES.get(dtype, 4) * math.prod(int(n) for n in dims.split(",") if n)
         for dtype, dims in re.findall(r"\b([a-z]+\d*)\[([\d,]*)\]", result_type))
   return found
-
-
-_SIZE = r"([\d.]+)\s*([KMGT]?)i?B?"
-
-
-def out_of_memory_sizes(message: str | None) -> tuple[int | None, int | None]:
-  """(needed, available) bytes from XLA's RESOURCE_EXHAUSTED message, e.g. 'HLO
-  temporaries (16.29G) exceeds available HBM (15.75G)' or 'Used 16.29G of 15.75G hbm';
-  None where the message does not say."""
-  for pattern in (rf"\({_SIZE}\) exceeds available HBM \({_SIZE}\)",
-                  rf"Used {_SIZE} of {_SIZE} hbm"):
-    found = re.search(pattern, message or "")
-    if found:
-      return _bytes(*found.group(1, 2)), _bytes(*found.group(3, 4))
-  return None, None
-
-
-def _bytes(number: str, unit: str) -> int:
-  return int(float(number) * 1024 ** "_KMGT".index(unit or "_"))
 
 
 def format_table(summary: dict[str, Any]) -> str:

@@ -33,7 +33,7 @@ from flax import nnx
 from simclr_jax import config_checks, config_text, methods, precision, sharding, storage
 from simclr_jax.data import input_pipeline, subsets
 from simclr_jax.sharding import batch_sharded, replicated
-from simclr_jax.training import checkpoints, faults, loop, optim, summaries
+from simclr_jax.training import checkpoints, device_memory, faults, loop, optim, summaries
 from simclr_jax.training import model as model_lib
 
 DATA_FIELDS = ("dataset", "data_dir", "train_split", "eval_split")
@@ -339,7 +339,9 @@ def _finetune_from(config, data, source, model_item, mesh, writer, prefix: str,
                       ckpt=ckpt, writer=writer, diverged_advice=DIVERGED_ADVICE,
                       examples_per_step=block.batch_size, metric_prefix=prefix,
                       end_of_epoch=end_of_epoch,
-                      label=f"{prefix.replace('_', ' ')}fine-tuning".capitalize())
+                      label=f"{prefix.replace('_', ' ')}fine-tuning".capitalize(),
+                      batch_field=device_memory.BatchField("finetune.batch_size",
+                                                           block.batch_size))
     result.raise_if_stopped(f"{prefix}fine-tuning")
   return _run_results(np.asarray(jax.device_get(result.state.history)), steps_per_epoch,
                       num_steps)

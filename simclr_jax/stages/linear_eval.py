@@ -24,7 +24,7 @@ from simclr_jax import config_checks, config_text, precision, sharding, storage
 from simclr_jax.data import input_pipeline
 from simclr_jax.evaluation import encoding, linear_probe, visualize
 from simclr_jax.sharding import batch_sharded, replicated
-from simclr_jax.training import checkpoints, faults, loop, summaries
+from simclr_jax.training import checkpoints, device_memory, faults, loop, summaries
 from simclr_jax.training import model as model_lib
 
 DIVERGED_ADVICE = "Lower config.linear_eval.learning_rate, and check the labels."
@@ -109,7 +109,9 @@ def train_linear_classifier_on_images(config, encode, encoder, mesh, source, num
                       writer=writer or metric_writers.LoggingWriter(),
                       diverged_advice=DIVERGED_ADVICE, examples_per_step=le_config.batch_size,
                       metric_prefix=f"{prefix}classifier_",
-                      label=f"{prefix}linear classifier".replace("_", " ").capitalize())
+                      label=f"{prefix}linear classifier".replace("_", " ").capitalize(),
+                      batch_field=device_memory.BatchField("linear_eval.batch_size",
+                                                           le_config.batch_size))
     result.raise_if_stopped("The linear classifier's training")
   return {**jax.device_get(result.state["params"]), "mean": np.zeros(num_features, np.float32),
           "std": np.ones(num_features, np.float32)}

@@ -16,7 +16,7 @@ from simclr_jax.data import input_pipeline
 from simclr_jax.data.augmentations import settings
 from simclr_jax.evaluation import visualize
 from simclr_jax.sharding import batch_sharded, create_mesh
-from simclr_jax.training import checkpoints, loop, optim, summaries
+from simclr_jax.training import checkpoints, device_memory, loop, optim, summaries
 from simclr_jax.training import model as model_lib
 
 # The step and the state live in TensorFlow-free modules.
@@ -111,7 +111,8 @@ def pretrain(config, workdir: str) -> dict[str, Any]:
       result = loop.run(step_fn, state, batches, start_step=start_step, cadence=cadence,
                         ckpt=ckpt, writer=writer, diverged_advice=DIVERGED_ADVICE,
                         examples_per_step=2 * config.batch_size, rate_name="views_per_second",
-                        label="Pretraining")
+                        label="Pretraining",
+                        batch_field=device_memory.BatchField("batch_size", config.batch_size))
 
     summary = {"method": config.method, "step": result.step, "num_train_steps": num_train_steps,
                "resumed_from_step": start_step, **counts,

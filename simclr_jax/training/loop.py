@@ -35,7 +35,14 @@ from absl import logging
 from clu import metric_writers
 
 from simclr_jax import storage
-from simclr_jax.training import checkpoints, compile_cache, faults, preemption, progress
+from simclr_jax.training import (
+  checkpoints,
+  compile_cache,
+  device_memory,
+  faults,
+  preemption,
+  progress,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +111,7 @@ def run(step_fn: Callable[[Any, Any], tuple[Any, dict[str, jax.Array]]], state,
         writer: metric_writers.MetricWriter, diverged_advice: str, examples_per_step: int,
         rate_name: str = "examples_per_second", metric_prefix: str = "",
         end_of_epoch: Callable[[Any, int], Any] | None = None,
-        label: str = "Training") -> Result:
+        label: str = "Training", batch_field: device_memory.BatchField | None = None) -> Result:
   """Steps start_step + 1 .. cadence.num_steps of `step_fn` on `batches` (which start at
   start_step + 1); logs, checkpoints and stops as the module says.
 
@@ -113,17 +120,23 @@ def run(step_fn: Callable[[Any, Any], tuple[Any, dict[str, jax.Array]]], state,
   may have stopped before it ran; the stage's function skips work already recorded).
   `diverged_advice` says what to change when a step is not finite. Metrics are written with
   `metric_prefix` (the random-init baseline's 'random_init_'); `label` names the loop in
-  its progress ("Pretraining").
+  its progress ("Pretraining"). With `batch_field` (the config field of the step's batch),
+  the first step is compiled before it runs and checked against the devices' memory, and an
+  out-of-memory is one `device_memory.OutOfMemoryError` naming that field.
   """
   if end_of_epoch is not None and cadence.is_epoch_end(start_step):
     state = end_of_epoch(state, start_step)
   pending, last, step, stop = [], {}, start_step, False
-  with progress.Progress(cadence.num_steps, initial=start_step, label=label) as shown:
+  what = f"the {label.lower()} step"
+  with (progress.Progress(cadence.num_steps, initial=start_step, label=label) as shown,
+        device_memory.out_of_memory_as_error(what.capitalize(), batch_field)):
     for step in range(start_step + 1, cadence.num_steps + 1):
       batch = next(batches)
-      timed = (compile_cache.logged_first_compile(f"the {label.lower()} step")
-               if step == start_step + 1 else contextlib.nullcontext())
+      first = step == start_step + 1
+      timed = compile_cache.logged_first_compile(what) if first else contextlib.nullcontext()
       with jax.profiler.StepTraceAnnotation("train", step_num=step), timed:
+        if first and batch_field is not None:
+          device_memory.check_step_fits(step_fn, state, batch, what.capitalize(), batch_field)
         state, metrics = step_fn(state, batch)
       pending.append(metrics)
       if step == start_step + 1:

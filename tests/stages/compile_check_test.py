@@ -71,16 +71,6 @@ def test_roofline_takes_the_lower_bound_and_its_mfu():
   assert compute_bound["mfu_at_bound"] == pytest.approx(1.0)
 
 
-def test_the_compilers_out_of_memory_sizes_are_read():
-  gib = 2**30
-  message = ("RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory "
-             "space hbm. HLO temporaries (16.29G) exceeds available HBM (15.75G).")
-  assert compile_check.out_of_memory_sizes(message) == (int(16.29 * gib), int(15.75 * gib))
-  assert compile_check.out_of_memory_sizes("Used 20.5G of 15.75G hbm.") == (
-      int(20.5 * gib), int(15.75 * gib))
-  assert compile_check.out_of_memory_sizes("RESOURCE_EXHAUSTED: something else") == (None, None)
-
-
 def test_an_out_of_memory_compile_is_a_row_that_says_it_does_not_fit():
   config = tiny_food101_config(batch_size=1024)
   message = "RESOURCE_EXHAUSTED: HLO temporaries (16.29G) exceeds available HBM (15.75G)\nmore"
