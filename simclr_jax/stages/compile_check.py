@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import math
+import os
 import re
 import time
 from typing import Any
@@ -80,6 +81,11 @@ class Topology:
   def chip(self) -> Chip:
     return CHIPS[self.generation]
 
+  @property
+  def accelerator_type(self) -> str:
+    """Cloud TPU's name of the slice ('v5litepod-8' for v5e-8)."""
+    return self.name.replace("v5e-", "v5litepod-")
+
 
 def parse_topology(name: str) -> Topology:
   """'v5e-8' -> its chips (8), libtpu's name ('v5e:2x4') and host bounds; ConfigError for a
@@ -142,6 +148,10 @@ def check_libtpu() -> None:
 def topology_devices(topology: Topology) -> list:
   """The slice's devices, without the hardware (libtpu's topology description)."""
   stages.set_environment("compile_check")  # main.py's; again for a call from Python.
+  # What a TPU VM's metadata would tell libtpu (it warns on stderr without them); the
+  # compiled program is the same with or without them.
+  os.environ.setdefault("TPU_ACCELERATOR_TYPE", topology.accelerator_type)
+  os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   try:
     return topologies.get_topology_desc(

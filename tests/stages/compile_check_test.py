@@ -38,6 +38,8 @@ def test_slice_names_give_their_chips_and_libtpu_topology(name, chips, topology_
   assert (topology.chips, topology.topology_name, topology.chips_per_host_bounds) == (
       chips, topology_name, bounds)
   assert math.prod(int(n) for n in topology_name.split(":")[1].split("x")) == chips
+  # Cloud TPU's accelerator type, what libtpu reads from TPU_ACCELERATOR_TYPE.
+  assert topology.accelerator_type == name.replace("v5e", "v5litepod")
 
 
 @pytest.mark.parametrize("name", ["v4-4", "v4-6", "v4-7", "v5e-2", "v5e-12", "v5e-512",
