@@ -55,6 +55,9 @@ def mocov3() -> ml_collections.ConfigDict:
   block = ml_collections.ConfigDict()
   block.projector_widths = (4096, 256)  # MoCo_ResNet: _build_mlp(2, ...) (moco/builder.py:105).
   block.predictor_widths = (4096, 256)  # _build_mlp(2, ..., last_bn=False) (moco/builder.py:109).
+  # The predictor's output through BatchNorm without affine: the ViT recipe's (last_bn=True,
+  # moco/builder.py:122, 47-50), not the ResNet recipe's (last_bn=False, :109).
+  block.predictor_last_batch_norm = False
   block.temperature = 1.0
   block.base_target_momentum = 0.99
   block.final_target_momentum = 1.0

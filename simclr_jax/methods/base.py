@@ -100,15 +100,16 @@ def encoder_then(model: Model, head: str) -> Callable[[jax.Array], tuple[jax.Arr
 
 
 def build_with_predictor(config, block, rngs: nnx.Rngs, num_probe_classes: int,
-                         projector_last_norm: str) -> Model:
+                         projector_last_norm: str, predictor_last_norm: str = "none") -> Model:
   """Encoder + `projector` + `predictor` (+ probe), the heads from `block`'s
-  projector_widths and predictor_widths (BYOL, MoCo v3)."""
+  projector_widths and predictor_widths (BYOL, MoCo v3); `*_last_norm` normalise each
+  head's output (heads.LAST_NORMS)."""
   dtype = precision.compute_dtype(config)
   encoder = backbones.create(config, rngs)
   projector = heads.MLP(encoder.num_features, tuple(block.projector_widths), True, rngs=rngs,
                         dtype=dtype, last_norm=projector_last_norm, last_bias=False)
   predictor = heads.MLP(block.projector_widths[-1], tuple(block.predictor_widths), True,
-                        rngs=rngs, dtype=dtype, last_norm="none", last_bias=False)
+                        rngs=rngs, dtype=dtype, last_norm=predictor_last_norm, last_bias=False)
   return Model(encoder, create_probe(encoder, num_probe_classes, rngs), projector=projector,
                predictor=predictor)
 

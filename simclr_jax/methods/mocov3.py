@@ -5,7 +5,9 @@ the online ones); a symmetric InfoNCE with each device's queries against the key
 device.
 
 Config block `config.mocov3`: projector_widths (the ResNet recipe's 2 layers, the last
-BatchNorm without affine; 3 in its ViT recipe), predictor_widths (2 layers), temperature,
+BatchNorm without affine; 3 in its ViT recipe), predictor_widths (2 layers),
+predictor_last_batch_norm (False: the ResNet recipe's; True: its ViT recipe's last
+BatchNorm without affine, moco/builder.py:122 with _build_mlp's last_bn=True), temperature,
 base_target_momentum, final_target_momentum, forward_views_separately (moco-v3's own: one
 pass per view). Linear layers without bias, as moco-v3's `_build_mlp`.
 """
@@ -23,8 +25,12 @@ from simclr_jax.sharding import DATA_AXIS
 
 
 def build(config, rngs: nnx.Rngs, num_probe_classes: int = 0) -> base.Model:
-  return base.build_with_predictor(config, config.mocov3, rngs, num_probe_classes,
-                                   projector_last_norm="standardize")
+  block = config.mocov3
+  return base.build_with_predictor(config, block, rngs, num_probe_classes,
+                                   projector_last_norm="standardize",
+                                   predictor_last_norm=("standardize"
+                                                        if block.get("predictor_last_batch_norm")
+                                                        else "none"))
 
 
 def loss(model: base.Model, target: base.Model, views: jax.Array, method_config,
@@ -48,5 +54,6 @@ def check_config(config) -> None:
 
 METHOD = base.Method(
     name="mocov3", build=build, loss=loss, check_config=check_config,
-    model_fields=("mocov3.projector_widths", "mocov3.predictor_widths"),
+    model_fields=("mocov3.projector_widths", "mocov3.predictor_widths",
+                  "mocov3.predictor_last_batch_norm"),
     target_modules=("encoder", "projector"), projection_head="projector")

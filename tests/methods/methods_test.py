@@ -227,3 +227,21 @@ def test_the_heads_end_without_a_bias_as_the_official_ones(name, heads):
     linears = getattr(model, head).linears
     assert linears[-1].bias is None, head
     assert all(linear.bias is None for linear in linears[:-1])  # BatchNorm's shift instead.
+
+
+@pytest.mark.parametrize("last_batch_norm", [False, True])
+def test_mocov3s_vit_predictor_ends_in_batchnorm_without_affine(last_batch_norm):
+  """moco/builder.py: the ResNet recipe's predictor ends at its Linear (last_bn=False), the
+  ViT recipe's in BatchNorm1d(affine=False): each output feature standardised over the batch."""
+  config = tiny_method_config("mocov3")
+  config.mocov3.predictor_last_batch_norm = last_batch_norm
+  model = model_lib.build_model(config, nnx.Rngs(0))
+  predictor = model.predictor
+  assert len(predictor.norms) == len(predictor.linears) - (0 if last_batch_norm else 1)
+  if last_batch_norm:
+    assert predictor.norms[-1].scale is None and predictor.norms[-1].bias is None
+  inputs = jax.random.normal(jax.random.key(0), (64, config.mocov3.projector_widths[-1])) * 3
+  outputs = np.asarray(predictor(inputs, train=True))
+  standardised = np.allclose(outputs.mean(0), 0, atol=1e-4) and np.allclose(
+      outputs.std(0), 1, atol=1e-2)
+  assert standardised == last_batch_norm
