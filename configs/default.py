@@ -103,19 +103,28 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_epochs = 100
   config.num_train_steps = -1  # > 0 overrides num_epochs.
   config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.name = "lars"  # 'lars' or 'sgd'.
+  config.optimizer.name = "lars"  # 'lars', 'sgd' or 'adamw' (decoupled, as torch.optim.AdamW).
   config.optimizer.base_learning_rate = 0.075
   # 'sqrt': lr = base * sqrt(batch); 'linear': lr = base * batch / 256; 'none': lr = base.
   config.optimizer.lr_scaling = "sqrt"
   config.optimizer.momentum = 0.9
   config.optimizer.nesterov = False  # With 'sgd'.
   config.optimizer.weight_decay = 1e-6
-  # Exclude BatchNorm parameters and biases from weight decay (and LARS's trust ratio).
+  # Weight decay (and LARS's trust ratio) for kernels only: norms' scales and biases, all
+  # biases, a ViT's position embedding and class token excluded. False: every parameter
+  # (MoCo v3's AdamW).
   config.optimizer.exclude_bn_and_bias = True
   # With it, also exclude the parameters whose path matches one of these regexes (e.g.
   # '^probe/': the official SimCLR code keeps its supervised head out of both).
   config.optimizer.exclude_patterns = ()
   config.optimizer.trust_coefficient = 0.001
+  config.optimizer.adam_betas = (0.9, 0.999)  # With 'adamw' (torch's defaults).
+  config.optimizer.adam_epsilon = 1e-8
+  # > 0: gradients clipped to this global norm before the optimiser (0 = no clipping).
+  config.optimizer.gradient_clip_norm = 0.0
+  # Regexes over parameter paths (e.g. '^encoder/patch_embed/'): those parameters are out
+  # of the optimiser entirely (no update, no weight decay, no state) and stay as they are.
+  config.optimizer.frozen_patterns = ()
   # (regex, factor) pairs: the parameters whose path matches get factor x the learning rate
   # (the first matching pair), e.g. (("^predictor/", 10.0),). Empty: one rate for all.
   config.optimizer.learning_rate_multipliers = ()
@@ -193,7 +202,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.finetune.epochs = 60
   config.finetune.label_smoothing = 0.0
   config.finetune.optimizer = ml_collections.ConfigDict()
-  config.finetune.optimizer.name = "lars"  # 'lars', or 'sgd' (with nesterov below).
+  config.finetune.optimizer.name = "lars"  # 'lars', 'sgd' (with nesterov below) or 'adamw'.
   config.finetune.optimizer.base_learning_rate = 0.005
   config.finetune.optimizer.lr_scaling = "sqrt"  # 0.005 * sqrt(1024) = 0.16.
   config.finetune.optimizer.momentum = 0.9
@@ -204,6 +213,14 @@ def get_config() -> ml_collections.ConfigDict:
   # The official SimCLR code keeps its supervised head out of both (head_supervised).
   config.finetune.optimizer.exclude_patterns = ("^classifier/",)
   config.finetune.optimizer.trust_coefficient = 0.001
+  config.finetune.optimizer.adam_betas = (0.9, 0.999)
+  config.finetune.optimizer.adam_epsilon = 1e-8
+  config.finetune.optimizer.gradient_clip_norm = 0.0
+  config.finetune.optimizer.frozen_patterns = ()  # Paths as 'encoder/...', 'classifier/...'.
+  # Layer-wise learning-rate decay (1 = off): layer l of a backbone with L blocks (0 the
+  # embeddings, L + 1 the classifier) gets rate x layer_decay ** (L + 1 - l). MAE: 0.65
+  # for ViT-B, 0.75 for ViT-L (FINETUNE.md). Needs a backbone with layers (vit).
+  config.finetune.optimizer.layer_decay = 1.0
   config.finetune.optimizer.warmup_epochs = 0.0
   config.finetune.optimizer.schedule_unit = "step"
   config.finetune.log_every_steps = 50

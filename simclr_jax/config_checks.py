@@ -83,6 +83,9 @@ TUPLE_FIELDS: dict[str, TupleField] = {
     "expander_widths": _WIDTHS,
     "exclude_patterns": _all("regexes (strings)", lambda x: isinstance(x, str),
                              '("^probe/",)'),
+    "frozen_patterns": _all("regexes (strings)", lambda x: isinstance(x, str),
+                            '("^encoder/patch_embed/",)'),
+    "adam_betas": _numbers(2, "(0.9, 0.999)"),
     "learning_rate_multipliers": _all(
         "(regex, factor) pairs",
         lambda x: isinstance(x, (tuple, list)) and len(x) == 2 and isinstance(x[0], str)

@@ -8,6 +8,9 @@ is backbones/contract.py. Adding one (a ViT) is a file and a line here: export,
 
 from __future__ import annotations
 
+import functools
+from typing import Callable
+
 from flax import nnx
 
 from simclr_jax import config_checks, precision
@@ -56,3 +59,29 @@ def pytorch_weights(model_config, params, batch_stats,
   if not hasattr(family, "pytorch_weights"):
     return f"PyTorch has no model of the '{model_config.name}' backbone's layout."
   return family.pytorch_weights(model_config, params, batch_stats, step)
+
+
+def num_layers(model_config) -> int:
+  """L, the number of blocks of a backbone with layers (a ViT's depth), for layer-wise
+  learning-rate decay; ConfigError for a family without layers."""
+  return _layered_family(model_config).num_layers(model_config)
+
+
+def layer_of(model_config) -> Callable[[str], int]:
+  """The family's `layer_of(model_config, path)` for this config: an encoder parameter's
+  '/'-joined path (e.g. 'blocks/3/attn/qkv/kernel') -> its layer id, 0 for the embeddings,
+  i + 1 for block i, L + 1 for what follows the last block. ConfigError for a family
+  without layers."""
+  return functools.partial(_layered_family(model_config).layer_of, model_config)
+
+
+def _layered_family(model_config):
+  family = _family_of(model_config)
+  if not (hasattr(family, "layer_of") and hasattr(family, "num_layers")):
+    layered = sorted(name for name, module in BACKBONES.items()
+                     if hasattr(module, "layer_of") and hasattr(module, "num_layers"))
+    raise config_checks.ConfigError(
+        f"finetune.optimizer.layer_decay needs a backbone with layers "
+        f"({', '.join(layered) or 'none is registered'}); '{model_config.name}' has none: "
+        f"set it to 1.")
+  return family

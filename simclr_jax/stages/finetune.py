@@ -30,13 +30,15 @@ from absl import logging
 from clu import metric_writers
 from flax import nnx
 
-from simclr_jax import config_checks, config_text, methods, precision, sharding, storage
+from simclr_jax import (backbones, config_checks, config_text, methods, precision, sharding,
+                        storage)
 from simclr_jax.data import input_pipeline, subsets
 from simclr_jax.sharding import batch_sharded, replicated
 from simclr_jax.training import checkpoints, device_memory, faults, loop, optim, summaries
 from simclr_jax.training import model as model_lib
 
 DATA_FIELDS = ("dataset", "data_dir", "train_split", "eval_split")
+ENCODER_PREFIX = "encoder/"  # The Classifier's encoder, in its parameter paths.
 DIVERGED_ADVICE = "Lower config.finetune.optimizer.base_learning_rate, and check the labels."
 
 
@@ -107,6 +109,8 @@ def check_settings(config) -> None:
   config_checks.require(0 <= block.label_smoothing < 1, f"finetune.label_smoothing must be in "
                         f"[0, 1), got {block.label_smoothing}.")
   optim.check_config("finetune.optimizer", block.optimizer)
+  if block.optimizer.layer_decay != 1:
+    backbones.num_layers(config.model)  # ConfigError for a backbone without layers.
   input_pipeline.check_config(config)
   config_checks.check_positive_ints(block, ("log_every_steps", "checkpoint_every_steps"),
                                     "finetune.")
@@ -155,6 +159,24 @@ def classifier_variables(config, num_classes: int, model_item: dict[str, Any]):
       if name in tree:
         tree[name] = part(model_item[kind])
   return variables
+
+
+def classifier_layers(config) -> optim.Layers | None:
+  """The classifier model's parameters by layer, for finetune.optimizer.layer_decay: the
+  encoder's ('encoder/...') from its backbone family, everything after it (head layer,
+  classifier) in the last layer, L + 1, as MAE's head (util/lr_decay.py:75-76). None
+  without layer decay (any backbone)."""
+  if config.finetune.optimizer.layer_decay == 1:
+    return None
+  encoder_layer = backbones.layer_of(config.model)
+  depth = backbones.num_layers(config.model)
+
+  def layer_of(path: str) -> int:
+    if path.startswith(ENCODER_PREFIX):
+      return encoder_layer(path[len(ENCODER_PREFIX):])
+    return depth + 1
+
+  return optim.Layers(depth, layer_of)
 
 
 # ------------------------------------------------------------------------ the steps
@@ -313,7 +335,7 @@ def _finetune_from(config, data, source, model_item, mesh, writer, prefix: str,
   steps_per_epoch, num_steps = training_length(config, source.num_examples(data.train_split))
   schedule = optim.learning_rate_schedule(block.optimizer, block.batch_size, steps_per_epoch,
                                           num_steps)
-  tx = optim.create_optimizer(block.optimizer, schedule)
+  tx = optim.create_optimizer(block.optimizer, schedule, classifier_layers(config))
   abstract = nnx.eval_shape(lambda: build_classifier(config, num_classes, nnx.Rngs(0)))
   graphdef = nnx.split(abstract, nnx.Param, nnx.BatchStat)[0]
   variables = classifier_variables(config, num_classes, jax.device_get(model_item))

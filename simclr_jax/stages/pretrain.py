@@ -35,8 +35,9 @@ DIVERGED_ADVICE = ("Lower config.optimizer.base_learning_rate (or raise the meth
 
 def resume_fields(config) -> tuple[str, ...]:
   """Config fields a resumed run must share with its checkpoint: the model's and those that
-  shape the optimiser's state."""
-  return (*model_lib.model_fields(config), "optimizer.name", "optimizer.learning_rate_multipliers")
+  shape the optimiser's state (its transformations and their groups)."""
+  return (*model_lib.model_fields(config), "optimizer.name", "optimizer.learning_rate_multipliers",
+          "optimizer.gradient_clip_norm", "optimizer.frozen_patterns")
 
 
 def check_config(config) -> None:

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import optax
 
 from simclr_jax import config_checks
 
-OPTIMIZERS = ("lars", "sgd")
+OPTIMIZERS = ("lars", "sgd", "adamw")
 LR_SCALINGS = ("sqrt", "linear", "none")
 SCHEDULE_UNITS = ("step", "epoch")
 
@@ -36,6 +37,40 @@ def check_config(name: str, opt_config) -> None:
     except re.error as error:
       raise config_checks.ConfigError(f"{name}.learning_rate_multipliers: {pair[0]!r} is not "
                                       f"a regex ({error}).") from None
+  for field in ("exclude_patterns", "frozen_patterns"):
+    for pattern in opt_config.get(field, ()):
+      _check_regex(f"{name}.{field}", pattern)
+  _check_numbers(name, opt_config)
+
+
+def _check_regex(field: str, pattern) -> None:
+  config_checks.require(isinstance(pattern, str), f"{field} must hold regexes (strings), got "
+                        f"{pattern!r}.")
+  try:
+    re.compile(pattern)
+  except re.error as error:
+    raise config_checks.ConfigError(f"{field}: {pattern!r} is not a regex ({error}).") from None
+
+
+def _check_numbers(name: str, opt_config) -> None:
+  """AdamW's betas and epsilon, the clipping norm and the layer decay (fine-tuning's)."""
+  betas = tuple(opt_config.get("adam_betas", (0.9, 0.999)))
+  config_checks.require(
+      len(betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in betas),
+      f"{name}.adam_betas must be two numbers in [0, 1), e.g. (0.9, 0.999), got {betas}.")
+  epsilon = opt_config.get("adam_epsilon", 1e-8)
+  config_checks.require(_is_number(epsilon) and epsilon > 0,
+                        f"{name}.adam_epsilon must be > 0, got {epsilon!r}.")
+  clip = opt_config.get("gradient_clip_norm", 0.0)
+  config_checks.require(_is_number(clip) and clip >= 0, f"{name}.gradient_clip_norm must be "
+                        f">= 0 (0 = no clipping), got {clip!r}.")
+  decay = opt_config.get("layer_decay", 1.0)
+  config_checks.require(_is_number(decay) and 0 < decay <= 1, f"{name}.layer_decay must be in "
+                        f"(0, 1] (1 = off; MAE: 0.65 for ViT-B), got {decay!r}.")
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def scaled_learning_rate(opt_config, batch_size: int) -> float:
@@ -110,17 +145,98 @@ def scale_learning_rates(multipliers: Sequence[tuple[str, float]]) -> optax.Grad
       transforms, lambda params: jax.tree_util.tree_map_with_path(group, params))
 
 
-def create_optimizer(opt_config, schedule: optax.Schedule) -> optax.GradientTransformation:
-  """LARS or SGD with momentum, Nesterov's when `nesterov` (coupled L2 weight decay, as
-  torch.optim.SGD); then `learning_rate_multipliers`' groups scaled, when given."""
-  optimizer = _base_optimizer(opt_config, schedule)
+@dataclasses.dataclass(frozen=True)
+class Layers:
+  """Where each parameter of a model sits for layer-wise learning-rate decay (MAE's
+  util/lr_decay.py, after BEiT): `layer_of` maps a '/'-joined parameter path to its layer
+  id, 0 for the embeddings, i + 1 for block i of `num_layers`, num_layers + 1 for what
+  follows the last block (final norm, heads, classifier)."""
+  num_layers: int
+  layer_of: Callable[[str], int]
+
+
+def layer_decay_factor(decay: float, num_layers: int, layer: int) -> float:
+  """The learning-rate factor of layer `layer` (0 .. num_layers + 1): decay ** (num_layers
+  + 1 - layer), so the classifier's is 1 and the embeddings' decay ** (num_layers + 1).
+  MAE's util/lr_decay.py:23-25 (its num_layers is len(blocks) + 1: the same exponents)."""
+  if not 0 <= layer <= num_layers + 1:
+    raise ValueError(f"Layer id {layer} is outside 0..{num_layers + 1}.")
+  return decay ** (num_layers + 1 - layer)
+
+
+def scale_by_layer(decay: float, layers: Layers) -> optax.GradientTransformation:
+  """Multiplies each parameter's update by its layer's `layer_decay_factor`: after the
+  optimiser, a learning rate times the factor (MAE's util/lr_sched.py:16-18 sets each
+  group's lr = lr x lr_scale; AdamW's decoupled decay and LARS's trust ratio scale with it).
+  Stateless: the factors are constants of the compiled step."""
+
+  def scale(path, update):
+    return update * layer_decay_factor(decay, layers.num_layers,
+                                       layers.layer_of(_path_name(path)))
+
+  return optax.stateless(
+      lambda updates, params=None: jax.tree_util.tree_map_with_path(scale, updates))
+
+
+def freeze(tx: optax.GradientTransformation,
+           frozen_patterns: Sequence[str]) -> optax.GradientTransformation:
+  """`tx` for the parameters whose '/'-joined path matches none of `frozen_patterns`; the
+  others are out of the optimiser entirely (optax.set_to_zero: no update, no weight decay,
+  no optimiser state, no share of a clipping norm), so they stay bit-identical, as
+  parameters with requires_grad=False in PyTorch (MoCo v3's stop-grad patch embedding,
+  moco-v3 vits.py:49-51). ConfigError when a pattern matches no parameter (a typo would
+  otherwise freeze nothing)."""
+  patterns = tuple(re.compile(p) for p in frozen_patterns)
+
+  def labels(params):
+    names = [_path_name(path) for path, _ in jax.tree_util.tree_leaves_with_path(params)]
+    for pattern in patterns:
+      config_checks.require(any(pattern.search(name) for name in names),
+                            f"frozen_patterns: {pattern.pattern!r} matches no parameter; "
+                            f"the paths look like {names[:3]}.")
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: "frozen" if any(p.search(_path_name(path)) for p in patterns)
+        else "trainable", params)
+
+  return optax.multi_transform({"trainable": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+def create_optimizer(opt_config, schedule: optax.Schedule,
+                     layers: Layers | None = None) -> optax.GradientTransformation:
+  """The optimiser of a block (config.optimizer, config.finetune.optimizer), in this order:
+  the gradients clipped to the global norm `gradient_clip_norm` (when > 0, as
+  torch.nn.utils.clip_grad_norm_ before the step); LARS, SGD with momentum (Nesterov's when
+  `nesterov`; coupled L2 weight decay, as torch.optim.SGD) or AdamW (decoupled, as
+  torch.optim.AdamW); `learning_rate_multipliers`' groups scaled; each layer's updates
+  scaled for `layer_decay` != 1 (`layers` says where each parameter sits). All of it for
+  the parameters `frozen_patterns` leaves trainable (`freeze`); the clipping norm is theirs.
+
+  With none of these options the transformation, and so its state's tree, is what it was
+  before they existed: optimiser states in older checkpoints restore.
+  """
+  steps = []
+  clip = opt_config.get("gradient_clip_norm", 0.0)
+  if clip > 0:
+    steps.append(optax.clip_by_global_norm(clip))
+  steps.append(_base_optimizer(opt_config, schedule))
   multipliers = tuple(opt_config.get("learning_rate_multipliers", ()))
-  return optax.chain(optimizer, scale_learning_rates(multipliers)) if multipliers else optimizer
+  if multipliers:
+    steps.append(scale_learning_rates(multipliers))
+  decay = opt_config.get("layer_decay", 1.0)
+  if decay != 1.0:
+    if layers is None:
+      raise ValueError("layer_decay != 1 needs the model's layers (create_optimizer's "
+                       "`layers`).")
+    steps.append(scale_by_layer(decay, layers))
+  tx = steps[0] if len(steps) == 1 else optax.chain(*steps)
+  frozen = tuple(opt_config.get("frozen_patterns", ()))
+  return freeze(tx, frozen) if frozen else tx
 
 
 def _base_optimizer(opt_config, schedule: optax.Schedule) -> optax.GradientTransformation:
   patterns = tuple(opt_config.exclude_patterns)
-  mask = (lambda params: decay_mask(params, patterns)) if opt_config.exclude_bn_and_bias else True
+  exclude = opt_config.exclude_bn_and_bias
+  mask = (lambda params: decay_mask(params, patterns)) if exclude else True
   if opt_config.name == "lars":
     # optax.lars scales by the rate before the momentum trace, as SimCLR's LARS; BYOL's,
     # MoCo v3's and VICReg's scale the trace after it. The two differ only while the rate
@@ -131,8 +247,14 @@ def _base_optimizer(opt_config, schedule: optax.Schedule) -> optax.GradientTrans
   if opt_config.name == "sgd":
     # torch.optim.SGD: g += wd * p; buf = momentum * buf + g; p -= lr * buf.
     return optax.chain(
-        optax.add_decayed_weights(opt_config.weight_decay,
-                                  mask=mask if opt_config.exclude_bn_and_bias else None),
+        optax.add_decayed_weights(opt_config.weight_decay, mask=mask if exclude else None),
         optax.sgd(schedule, momentum=opt_config.momentum or None,
                   nesterov=bool(opt_config.get("nesterov", False))))
+  if opt_config.name == "adamw":
+    # torch.optim.AdamW: p -= lr * (m_hat / (sqrt(v_hat) + eps) + wd * p), the decay
+    # decoupled from the moments. exclude_bn_and_bias=False decays every parameter, as
+    # MoCo v3 (main_moco.py:228-230 hands model.parameters() to AdamW with weight_decay).
+    beta1, beta2 = opt_config.get("adam_betas", (0.9, 0.999))
+    return optax.adamw(schedule, b1=beta1, b2=beta2, eps=opt_config.get("adam_epsilon", 1e-8),
+                       weight_decay=opt_config.weight_decay, mask=mask if exclude else None)
   raise ValueError(f"name must be one of {list(OPTIMIZERS)}, got {opt_config.name!r}.")
