@@ -62,16 +62,17 @@ def pytorch_weights(model_config, params, batch_stats,
 
 
 def num_layers(model_config) -> int:
-  """L, the number of blocks of a backbone with layers (a ViT's depth), for layer-wise
-  learning-rate decay; ConfigError for a family without layers."""
+  """The id of the last layer of a backbone with layers, its number of blocks + 1 (a ViT's
+  depth + 1, MAE's num_layers), for layer-wise learning-rate decay; ConfigError for a
+  family without layers."""
   return _layered_family(model_config).num_layers(model_config)
 
 
 def layer_of(model_config) -> Callable[[str], int]:
   """The family's `layer_of(model_config, path)` for this config: an encoder parameter's
   '/'-joined path (e.g. 'blocks/3/attn/qkv/kernel') -> its layer id, 0 for the embeddings,
-  i + 1 for block i, L + 1 for what follows the last block. ConfigError for a family
-  without layers."""
+  i + 1 for block i, `num_layers` for what follows the last block. ConfigError for a
+  family without layers."""
   return functools.partial(_layered_family(model_config).layer_of, model_config)
 
 

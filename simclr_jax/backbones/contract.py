@@ -10,11 +10,12 @@ A family is one module with:
   pytorch_weights(model_config, params, batch_stats, step) (optional) -> PyTorchWeights, or
     a sentence saying why PyTorch has no such model: how export writes its weights.
   num_layers(model_config) -> int and layer_of(model_config, path) -> int (optional, both
-    or neither): for layer-wise learning-rate decay (finetune.optimizer.layer_decay), L the
-    number of blocks, and the layer id of an encoder parameter's '/'-joined path relative
-    to the encoder ('blocks/3/attn/qkv/kernel'): 0 for the embeddings (patch embedding,
-    class token, position embedding), i + 1 for block i, L + 1 for what follows the last
-    block (the final norm), as MAE's get_layer_id_for_vit (util/lr_decay.py:64-76).
+    or neither): for layer-wise learning-rate decay (finetune.optimizer.layer_decay), the
+    number of blocks + 1 (MAE's num_layers), and the layer id of an encoder parameter's
+    '/'-joined path relative to the encoder ('blocks/3/attn/qkv/kernel' -> 4): 0 for the
+    embeddings (patch embedding, class token, position embedding), i + 1 for block i,
+    num_layers for what follows the last block (the final norm), as MAE's
+    get_layer_id_for_vit (util/lr_decay.py:64-76).
 Export, `load_encoder` and every stage reach a family only through the registry.
 """
 

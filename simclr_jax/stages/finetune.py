@@ -164,19 +164,19 @@ def classifier_variables(config, num_classes: int, model_item: dict[str, Any]):
 def classifier_layers(config) -> optim.Layers | None:
   """The classifier model's parameters by layer, for finetune.optimizer.layer_decay: the
   encoder's ('encoder/...') from its backbone family, everything after it (head layer,
-  classifier) in the last layer, L + 1, as MAE's head (util/lr_decay.py:75-76). None
-  without layer decay (any backbone)."""
+  classifier) in the last, as MAE's head (util/lr_decay.py:75-76). None without layer
+  decay (any backbone)."""
   if config.finetune.optimizer.layer_decay == 1:
     return None
   encoder_layer = backbones.layer_of(config.model)
-  depth = backbones.num_layers(config.model)
+  last = backbones.num_layers(config.model)
 
   def layer_of(path: str) -> int:
     if path.startswith(ENCODER_PREFIX):
       return encoder_layer(path[len(ENCODER_PREFIX):])
-    return depth + 1
+    return last
 
-  return optim.Layers(depth, layer_of)
+  return optim.Layers(last, layer_of)
 
 
 # ------------------------------------------------------------------------ the steps

@@ -148,20 +148,21 @@ def scale_learning_rates(multipliers: Sequence[tuple[str, float]]) -> optax.Grad
 @dataclasses.dataclass(frozen=True)
 class Layers:
   """Where each parameter of a model sits for layer-wise learning-rate decay (MAE's
-  util/lr_decay.py, after BEiT): `layer_of` maps a '/'-joined parameter path to its layer
-  id, 0 for the embeddings, i + 1 for block i of `num_layers`, num_layers + 1 for what
-  follows the last block (final norm, heads, classifier)."""
+  util/lr_decay.py, after BEiT). `num_layers` is MAE's: the number of blocks + 1, the id
+  of the last layer; `layer_of` maps a '/'-joined parameter path to its layer id, 0 for the
+  embeddings, i + 1 for block i, num_layers for what follows the last block (final norm,
+  head layer, classifier)."""
   num_layers: int
   layer_of: Callable[[str], int]
 
 
 def layer_decay_factor(decay: float, num_layers: int, layer: int) -> float:
-  """The learning-rate factor of layer `layer` (0 .. num_layers + 1): decay ** (num_layers
-  + 1 - layer), so the classifier's is 1 and the embeddings' decay ** (num_layers + 1).
-  MAE's util/lr_decay.py:23-25 (its num_layers is len(blocks) + 1: the same exponents)."""
-  if not 0 <= layer <= num_layers + 1:
-    raise ValueError(f"Layer id {layer} is outside 0..{num_layers + 1}.")
-  return decay ** (num_layers + 1 - layer)
+  """The learning-rate factor of layer `layer` (0 .. num_layers): decay ** (num_layers -
+  layer), so the classifier's is 1 and the embeddings' decay ** num_layers (with L blocks,
+  num_layers = L + 1): MAE's layer_scales, util/lr_decay.py:23-25."""
+  if not 0 <= layer <= num_layers:
+    raise ValueError(f"Layer id {layer} is outside 0..{num_layers}.")
+  return decay ** (num_layers - layer)
 
 
 def scale_by_layer(decay: float, layers: Layers) -> optax.GradientTransformation:

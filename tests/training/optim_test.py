@@ -478,7 +478,7 @@ class _ToyViTFamily:
 
   @staticmethod
   def num_layers(model_config):
-    return model_config.depth
+    return model_config.depth + 1  # MAE's num_layers: the last layer's id.
 
   @staticmethod
   def layer_of(model_config, path):
