@@ -38,29 +38,6 @@ def test_pipeline_benchmark_prints_rates_per_variant(tmp_path):
         result["images_per_s"] / limit["bounding_crop_decode_images_per_s"], 3)
 
 
-@pytest.mark.slow
-def test_device_check_runs_its_tiny_version_without_tensorflow(tmp_path):
-  """`device_check.sh --cpu`: every case of the accelerator check, tiny, on the CPU, with
-  TensorFlow, TFDS and CLU made unimportable (the accelerator image has none of them)."""
-  from tests.e2e.no_tensorflow_test import BLOCKER  # pylint: disable=g-import-not-at-top
-  (tmp_path / "sitecustomize.py").write_text(BLOCKER)
-  env = {**os.environ, "PYTHONPATH": f"{tmp_path}:{ROOT}", "PYTHON": sys.executable,
-         "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-  out = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "device_check.sh"), "--cpu"],
-                       capture_output=True, text=True, env=env, timeout=900)
-  assert out.returncode == 0, out.stderr[-3000:]
-  lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-  device, *cases = lines
-  assert device["what"] == "device" and device["platform"] == "cpu" and device["count"] == 2
-  steps = [c for c in cases if c["what"] == "simclr_jax train step"]
-  assert [(c["config"], c["compute_dtype"]) for c in steps] == [
-      ("configs/food101.py", "float32"), ("configs/food101.py", "bfloat16"),
-      ("configs/demo.py", "float32")]
-  assert all(c["views_per_s"] > 0 and c["loss_finite"] for c in steps)
-  (ntxent,) = [c for c in cases if c["what"] == "simclr_jax nt_xent forward+backward"]
-  assert ntxent["global_batch"] == 64 and ntxent["anchors_per_s"] > 0
-
-
 def test_conv_breakdown_lists_resnet50s_convolutions():
   """53 convolutions (stem, 16 bottlenecks x 3, 4 projections) and 4.09 GMAC per 224 px
   image: ResNet-50's published 4.1 GMAC less its 2 MMAC classifier."""
