@@ -7,7 +7,7 @@
 #   device          the JAX version, the device kind and count, its peak FLOP/s
 #   simclr-bf16-L   ResNet-50 SimCLR step, 224 px, bfloat16, the larger per-device batch
 #                   (256); views/s over 20 steps dispatched back to back, MFU, memory; and a
-#                   profiler trace of 3 more steps (OUT/trace/)
+#                   profiler trace of 2 more steps (OUT/trace/)
 #   supervised      supervised ResNet-50 step (bfloat16, 224 px, batch 256): the baseline on
 #                   this chip, and its ratio to MLPerf's ~7,950 images/s per H200
 #   h2d             host-to-device put of a uint8 global batch of view pairs, bytes/s
@@ -17,11 +17,13 @@
 #   simclr-f32-L, simclr-f32-S   float32 at 256 and 128
 #   summary         each case's wall seconds, the failed and skipped cases, the output folder
 #
-# Time on one H200, estimated (nothing measured there yet): each process ~10 s to start JAX
-# on the GPU; each ResNet-50 step compiles in ~45-75 s (cuDNN autotuning included); 20 bf16
-# steps at 512 views take ~3 s, float32 ~3x that. Sum of the estimates below: ~7.5 minutes.
-# A case whose estimate would end past DEVICE_CHECK_BUDGET_S (default 480 s: 8 minutes) is
-# skipped with a "skipped" line, so the float32 cases go first when compiles run long.
+# Time on one H200, estimated (nothing measured there yet): a process starts JAX on the GPU
+# in ~8 s; a ResNet-50 step compiles in ~40-60 s (cuDNN autotuning included), its state's
+# initialisation in ~10 s more; 25 bf16 steps of 512 views take ~3 s, float32 ~3-4x that.
+# The estimates per case below sum to ~455 s (~7.5 minutes). A case whose estimate would end
+# past DEVICE_CHECK_BUDGET_S (default 480 s: 8 minutes) is skipped with a "skipped" line
+# instead, so slow compiles cost the float32 cases (last), not the run. With the device
+# tool: one `run` of this script with timeout_s=600 (docs/benchmarks.md).
 #
 #   bash benchmarks/device_check.sh            # on the accelerator machine; files under $OUT
 #   bash benchmarks/device_check.sh --cpu      # every case, tiny, here on the CPU (a test
@@ -80,7 +82,7 @@ if [ "$mode" = cpu ]; then
 else
   resnet=(--config=configs/food101.py --image_size=224 --steps=20 --warmup=3)
   large=256 small=128
-  trace_steps=3
+  trace_steps=2
   supervised=(--config=configs/food101.py --image_size=224 --batch_per_device=256
               --steps=20 --warmup=3)
   h2d=(--batch_per_device=256 --image_size=224 --repeats=5)
@@ -117,18 +119,18 @@ run_case() {  # NAME ESTIMATE_S COMMAND...: runs it unless the budget is spent; 
 
 step=(benchmarks/train_step.py "${resnet[@]}")
 # Estimates in seconds on one H200 (JAX start + compile + steps); empty: skipped (--cpu).
-run_case device 15 "$PY" benchmarks/device_stats.py
-run_case simclr-bf16-L 100 "$PY" "${step[@]}" --batch_per_device="$large" \
+run_case device 10 "$PY" benchmarks/device_stats.py
+run_case simclr-bf16-L 80 "$PY" "${step[@]}" --batch_per_device="$large" \
   --compute_dtypes=bfloat16 --trace_dir="$out/trace" --trace_steps="$trace_steps"
-run_case supervised 80 "$PY" benchmarks/supervised_step.py "${supervised[@]}"
-run_case h2d 15 "$PY" benchmarks/host_to_device.py "${h2d[@]}"
-run_case nt_xent 20 "$PY" benchmarks/nt_xent.py "${ntxent[@]}"
-run_case demo 35 "$PY" benchmarks/train_step.py "${demo[@]}" --compute_dtypes=float32
-run_case simclr-bf16-S "${small:+90}" "$PY" "${step[@]}" --batch_per_device="$small" \
+run_case supervised 60 "$PY" benchmarks/supervised_step.py "${supervised[@]}"
+run_case h2d 10 "$PY" benchmarks/host_to_device.py "${h2d[@]}"
+run_case nt_xent 15 "$PY" benchmarks/nt_xent.py "${ntxent[@]}"
+run_case demo 30 "$PY" benchmarks/train_step.py "${demo[@]}" --compute_dtypes=float32
+run_case simclr-bf16-S "${small:+75}" "$PY" "${step[@]}" --batch_per_device="$small" \
   --compute_dtypes=bfloat16
-run_case simclr-f32-L 100 "$PY" "${step[@]}" --batch_per_device="$large" \
+run_case simclr-f32-L 90 "$PY" "${step[@]}" --batch_per_device="$large" \
   --compute_dtypes=float32
-run_case simclr-f32-S "${small:+90}" "$PY" "${step[@]}" --batch_per_device="$small" \
+run_case simclr-f32-S "${small:+85}" "$PY" "${step[@]}" --batch_per_device="$small" \
   --compute_dtypes=float32
 
 joined() { local IFS=,; echo "$*"; }

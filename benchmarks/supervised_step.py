@@ -6,10 +6,10 @@ read against, and MLPerf's ResNet-50 figure beside it.
 
 The config's backbone (`backbones.create`: ResNet-50, bfloat16 for configs/food101.py) and a
 linear classifier on its pooled features, softmax cross-entropy, SGD with momentum 0.9 and
-weight decay (optax), uint8 images normalised on the device (`precision.to_model_input`, with
-the ImageNet mean and std, as MLPerf's input), state
-replicated and donated, images sharded on 'data' (simclr_jax/sharding.py). Built here from the
-project's pieces, not in the package: nothing trains this way. Prints one JSON line:
+weight decay (optax), uint8 images normalised on the device with the ImageNet mean and std
+(`precision.to_model_input`), state replicated and donated, images sharded on 'data'
+(simclr_jax/sharding.py). Built here from the project's pieces, not in the package: nothing
+trains this way. Prints one JSON line:
 
   {"what": "supervised resnet step", "model" (e.g. 'resnet50'), "compute_dtype",
    "device_kind", "device_count", "global_batch", "image_size", "steps", "images_per_s"
@@ -21,9 +21,10 @@ project's pieces, not in the package: nothing trains this way. Prints one JSON l
 MLPerf's figure: about 7,950 images/s per H200 (the figure issue 27 gives; not verified
 here: MLPerf Training reports time to train, not images/s). The nearest published figure
 found: MLPerf Training v3.0, ResNet-50 v1.5 on 8x H100 SXM in 13.466 minutes (MLPerf-ID
-3.0-2053, NVIDIA's "AI Training" performance page), which at the 35-40 epochs of ImageNet's
-1.28M images such runs take is 6,900-7,900 images/s per H100, evaluation included. MLPerf's code runs
-MXNet with DALI and cuDNN's fused kernels; XLA compiles this step from the plain model.
+3.0-2053, NVIDIA's "AI Training" performance page): at 35-40 epochs of ImageNet's 1.28M
+images (assumed; the run's log holds the count), 6,900-7,900 images/s per H100, evaluation
+included. MLPerf's code runs MXNet with DALI and cuDNN's fused kernels; XLA compiles this
+step from the plain model.
 
 Imports no TensorFlow, TFDS or CLU.
 """
