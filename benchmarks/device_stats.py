@@ -46,6 +46,9 @@ TPU_KINDS = {"TPU v4": "v4", "TPU v5 lite": "v5e", "TPU v5e": "v5e", "TPU v5": "
              "TPU v5p": "v5p", "TPU v6 lite": "v6e", "TPU v6e": "v6e"}
 
 MAX_TRACE_FILE_BYTES = 15 * 2**20  # The device tool brings back files up to 16 MiB.
+# The profile (XProf, TensorBoard) and its Perfetto form (ui.perfetto.dev); not the Chrome
+# trace.json.gz the Perfetto conversion goes through (the same events again).
+TRACE_FILES = (".xplane.pb", "perfetto_trace.json.gz")
 
 
 def peak_flops(device_kind: str, compute_dtype: str) -> float | None:
@@ -133,11 +136,13 @@ def trace_steps(step: Callable, state: Any, batch: Any, steps: int,
 
 
 def _flatten(raw: str, trace_dir: str) -> tuple[dict[str, int], list[str]]:
-  """Every file the profiler wrote under `raw` -> `trace_dir`/its name, gzipped unless it
-  is already; {name: bytes} and the names too large to come back."""
+  """The TRACE_FILES the profiler wrote under `raw` -> `trace_dir`/their names, gzipped
+  unless they are already; {name: bytes} and the names too large to come back."""
   files, left_out = {}, []
   for folder, _, names in os.walk(raw):
     for name in names:
+      if not name.endswith(TRACE_FILES):
+        continue
       source = os.path.join(folder, name)
       target = os.path.join(trace_dir, name if name.endswith(".gz") else name + ".gz")
       if name.endswith(".gz"):
