@@ -3,7 +3,8 @@ MFU), the runtime peak memory, throughput over K steps with one block, a profile
 
     python benchmarks/device_stats.py    # one JSON line: the device and its peak figures
 
-Imports only jax (and the project's TPU table when the device is a TPU): no TensorFlow.
+Imports only jax and, lazily, two project modules (the memory limit; the TPU table): no
+TensorFlow.
 """
 
 from __future__ import annotations
@@ -80,19 +81,6 @@ def flops(compiled) -> float | None:
   return float(analysis["flops"]) if analysis and "flops" in analysis else None
 
 
-def compiled_memory_bytes(compiled) -> int | None:
-  """XLA's memory analysis of a compiled program: arguments + outputs + temporaries -
-  aliased (donated) bytes per device; what the compiler plans, not what was seen."""
-  stats = compiled.memory_analysis()
-  if stats is None:
-    return None
-  peak = getattr(stats, "peak_memory_in_bytes", None)
-  if peak:
-    return int(peak)
-  return int(stats.argument_size_in_bytes + stats.output_size_in_bytes
-             + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
-
-
 def runtime_peak_bytes() -> int | None:
   """The most bytes the allocator held at once on any local device since the process began
   (`memory_stats()['peak_bytes_in_use']`); None where the backend reports none (CPU)."""
@@ -161,14 +149,14 @@ def _flatten(raw: str, trace_dir: str) -> tuple[dict[str, int], list[str]]:
 
 def device_line() -> dict[str, Any]:
   """The device, its count and peak figures, and the allocator's limit."""
+  from simclr_jax.training import device_memory  # pylint: disable=g-import-not-at-top
   devices = jax.devices()
   kind = devices[0].device_kind
-  stats = devices[0].memory_stats() or {}
   return {"what": "device", "jax": jax.__version__, "python": sys.version.split()[0],
           "platform": devices[0].platform, "kind": kind, "count": len(devices),
           "peak_bf16_flops": peak_flops(kind, "bfloat16"),
           "peak_f32_flops": peak_flops(kind, "float32"),
-          "memory_bytes_limit": stats.get("bytes_limit")}
+          "memory_bytes_limit": device_memory.device_limit_bytes()}
 
 
 if __name__ == "__main__":

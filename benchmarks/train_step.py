@@ -43,6 +43,7 @@ from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,w
 
 from benchmarks import device_stats
 from simclr_jax import sharding
+from simclr_jax.training import device_memory
 from simclr_jax.training import model as model_lib
 from simclr_jax.training import pretrain_step
 from simclr_jax.training import state as state_lib
@@ -102,7 +103,7 @@ def measure(config, batch_per_device: int, image_size: int, steps: int, warmup: 
           "peak_flops": device_stats.peak_flops(kind, config.compute_dtype),
           "mfu": device_stats.mfu(flops, step_s, kind, config.compute_dtype),
           **_tf32(flops, step_s, kind, config.compute_dtype),
-          "peak_memory_bytes": device_stats.compiled_memory_bytes(compiled),
+          "peak_memory_bytes": device_memory.compiled_bytes(compiled)[0],
           "runtime_peak_bytes": runtime_peak,
           "loss_finite": bool(np.isfinite(float(metrics["loss"]))), **trace}
 
