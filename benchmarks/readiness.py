@@ -21,14 +21,18 @@ status is 1 when any check fails. 8 simulated CPU devices (unless XLA_FLAGS name
                 gradient; a target network forward only, an online probe forward and weight
                 gradient. The analytic count skips the kernel taps over padding, as XLA does.
   collectives   the step of a small ResNet of the same config (--small_*), compiled for the
-                8-device mesh: its all-gathers and reduce-scatters are the loss's (each
-                view's embeddings gathered, their gradient scattered back), its all-reduces
-                carry every BatchNorm's batch statistics in the forward pass, every
-                parameter's gradient and one statistics gradient per BatchNorm in the
-                backward pass, and the loss's scalars, each array counted against the model.
+                8-device mesh (SPMD), every array its collectives move counted against the
+                model: the all-gathers, reduce-scatters and psums the loss asks for itself
+                (in the lowered program: SimCLR's two (N, D) key gathers and their
+                gradients), and the all-reduces the partitioner adds for the split batch,
+                exactly: each BatchNorm application's mean and mean of squares (forward),
+                each parameter's gradient once per pass over the views, and each
+                BatchNorm's batch sums for its input gradient (backward); no all-to-all,
+                no collective-permute.
   no_recompile  the small step run 3 steps, saved with the project's Orbax checkpoints,
-                restored into a fresh state (as a resumed run does) and run 2 more: traced
-                and compiled once (jax.monitoring's events for the step's function).
+                restored (into the fresh state's structure and shardings, as a resumed run
+                does) and run 2 more: traced and compiled once, before the first step's
+                result (jax.monitoring's events for the step's function).
   compile_cache the small step's compile cold (an empty persistent compilation cache,
                 training.compile_cache.set_up) and warm (in-memory caches cleared, the
                 persistent cache on): the cold one misses, the warm one loads.
@@ -48,7 +52,8 @@ import re
 import sys
 import tempfile
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 DEVICES = 8
 
@@ -73,7 +78,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app, flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from simclr_jax import methods, sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
+from simclr_jax import backbones, methods, sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
 from simclr_jax.backbones import resnet  # pylint: disable=g-import-not-at-top,wrong-import-position
 from simclr_jax.stages import compile_check  # pylint: disable=g-import-not-at-top,wrong-import-position
 from simclr_jax.training import checkpoints, compile_cache  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -114,12 +119,13 @@ def resnet_convs(model_config, image_size: int) -> list[dict[str, int]]:
   (image_size, image_size) views: {cin, cout, kernel, stride, size (its input's side)}.
   From He et al. (2016), Table 1, as torchvision's v1.5 (the stride on the 3x3), with the
   width multiplier and the small-image stem of this project's config."""
-  base = max(1, int(round(64 * model_config.width_multiplier)))
+  base = max(1, round(64 * model_config.width_multiplier))  # As resnet.ResNet.
   bottleneck = model_config.depth in resnet.BOTTLENECK_DEPTHS
   convs = []
 
   def conv(cin, cout, kernel, stride, size):
-    convs.append(dict(cin=cin, cout=cout, kernel=kernel, stride=stride, size=size))
+    convs.append({"cin": cin, "cout": cout, "kernel": kernel, "stride": stride,
+                  "size": size})
     return _out_size(size, kernel, stride)
 
   if model_config.small_image_stem:
@@ -157,14 +163,19 @@ def conv_macs(conv: dict[str, int], skip_padding: bool = True) -> int:
   return taps**2 * conv["cin"] * conv["cout"]
 
 
-def dense_macs(params, exclude: tuple[str, ...] = ()) -> dict[str, int]:
+def dense_macs(params) -> dict[str, int]:
   """{top-level module: multiply-adds per example of its dense layers (2-D kernels)}."""
   macs = collections.Counter()
-  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-    module = str(path[0].key)
-    if len(leaf.shape) == 2 and module not in exclude:
-      macs[module] += math.prod(leaf.shape)
+  for path, leaf in _leaves(params):
+    if len(leaf.shape) == 2:
+      macs[path[0]] += math.prod(leaf.shape)
   return dict(macs)
+
+
+def passes(config) -> int:
+  """Passes over the views per step: 2 when the method forwards them separately."""
+  block = config[methods.get(config).name]
+  return 2 if block.get("forward_views_separately", False) else 1
 
 
 def analytic_flops_per_view(config, params, image_size: int,
@@ -223,7 +234,7 @@ def host_callbacks(stablehlo: str) -> list[str]:
 
 _COLLECTIVE = re.compile(
     r"^\s*(?:ROOT )?%\S+ = (.+?) (all-reduce|all-gather|reduce-scatter|all-to-all|"
-    r"collective-permute)(?:-start)?\((.*)$", re.M)
+    r"collective-permute)(?:-start)?\((.*)$", re.MULTILINE)
 _ARRAY = re.compile(r"\b(pred|[a-z]+\d+)\[([\d,]*)\]")
 
 
@@ -239,6 +250,26 @@ def collective_arrays(hlo: str) -> list[tuple[str, str, tuple[int, ...]]]:
     for _, dims in _ARRAY.findall(result):
       arrays.append((kind, phase, tuple(int(d) for d in dims.split(",") if d)))
   return arrays
+
+
+_LOWERED_COLLECTIVE = re.compile(r'"stablehlo\.(all_gather|reduce_scatter|all_reduce)"\(')
+_SIGNATURE_RESULT = re.compile(r"\)\s*->\s*(\([^()]*\)|tensor<[^>]*>)")
+_TENSOR_SHAPE = re.compile(r"tensor<((?:\d+x)*)\w+>")
+
+
+def explicit_collectives(stablehlo: str) -> list[tuple[str, tuple[int, ...]]]:
+  """(kind as in HLO, result shape) of each collective the program asks for itself (the
+  losses' all_gather and psum under jax.shard_map, and autodiff's reduce-scatters of the
+  gathers), from the lowered StableHLO: what the compiled program must hold beside what
+  the SPMD partitioner adds. An op's signature is the first `) -> ` after it (an
+  all-reduce's comes after its reduction region, whose ops have none)."""
+  found = []
+  for match in _LOWERED_COLLECTIVE.finditer(stablehlo):
+    result = _SIGNATURE_RESULT.search(stablehlo, match.end()).group(1)
+    for dims in _TENSOR_SHAPE.findall(result):
+      found.append((match.group(1).replace("_", "-"),
+                    tuple(int(d) for d in dims.split("x") if d)))
+  return found
 
 
 def _key(shape) -> tuple[int, ...]:
@@ -266,10 +297,10 @@ def check_bf16(config, lowered, state, lower_s: float) -> dict[str, Any]:
   text = lowered.as_text()
   dtypes = convolution_dtypes(text)
   convs = len(resnet_convs(config.model, config.augment.image_size))
-  method = methods.get(config)
-  passes = 2 if config[method.name].get("forward_views_separately", False) else 1
-  # Per pass: forward, weight gradient and input gradient of each, but the stem's input.
-  expected = passes * ((3 * convs - 1) + (convs if "encoder" in method.target_modules else 0))
+  target = convs if "encoder" in methods.get(config).target_modules else 0
+  # Per pass: forward, weight and input gradients of each (none for the stem's input);
+  # a target encoder's forward.
+  expected = passes(config) * (3 * convs - 1 + target)
   callbacks = host_callbacks(text)
   bf16 = dtypes.get("bf16,bf16->bf16", 0)
   total = sum(dtypes.values())
@@ -306,75 +337,94 @@ def check_flops(config, lowered, state, tolerance: float) -> dict[str, Any]:
           "layers_match_params": layers_match}
 
 
-def expected_collectives(config, state) -> dict[str, Any]:
-  """What the model implies each collective moves, as layout-free shape keys (_key)."""
-  method = methods.get(config)
-  passes = 2 if config[method.name].get("forward_views_separately", False) else 1
-  stats = [leaf.shape for leaf in jax.tree.leaves(state.batch_stats)]
-  if state.target is not None:
-    stats += [leaf.shape for leaf in jax.tree.leaves(state.target["batch_stats"])]
-  norms = [shape for shape in stats[::2]]  # Each BatchNorm holds a mean and a var.
-  n, local = config.batch_size, config.batch_size // jax.device_count()
-  dim = _embedding_dim(config)
+def expected_collectives(config, state, stablehlo: str) -> dict[str, Any]:
+  """What the model implies each collective moves, as layout-free shape keys (_key): the
+  program's own collectives (the loss's) as the lowered step asks for them, and the
+  all-reduces that the SPMD partitioner adds for a batch split over the devices."""
+  repeats = passes(config)
+  online = _means(state.batch_stats)
+  target = _means(state.target["batch_stats"]) if state.target is not None else []
+  scaled = {path for path, _ in _leaves(state.params) if path[-1] == "scale"}
+  explicit = collections.defaultdict(collections.Counter)
+  for kind, shape in explicit_collectives(stablehlo):
+    explicit[kind][_key(shape)] += 1
+  gradients = collections.Counter(_key(leaf.shape) for leaf in jax.tree.leaves(state.params))
+  # The input gradient of a BatchNorm needs two batch sums per channel (of dy and of dy
+  # times the normalised input); the second is its scale's gradient when it has one.
+  statistics_gradients = collections.Counter()
+  for path, shape in online:
+    statistics_gradients[_key(shape)] += repeats * (1 if (*path[:-1], "scale") in scaled else 2)
   return {
-      # Per view: its embeddings (N, D) gathered; their gradient (N / devices, D) back.
-      "all-gather": collections.Counter({_key((n, dim)): 2}),
-      "reduce-scatter": collections.Counter({_key((local, dim)): 2}),
-      # Every BatchNorm application: its batch mean and mean of squares, over all devices.
-      "forward": collections.Counter(_key(s) for s in stats * passes),
-      # Every parameter's gradient, and each online BatchNorm's statistics gradient.
-      "gradients": collections.Counter(_key(leaf.shape) for leaf in jax.tree.leaves(state.params)),
-      "statistics_gradients": len(norms) * passes if state.target is None else None,
+      "all-gather": explicit["all-gather"], "reduce-scatter": explicit["reduce-scatter"],
+      "loss all-reduce": explicit["all-reduce"],
+      # Every BatchNorm application (a pass over the views; the target network's too): its
+      # batch mean and mean of squares, over all devices.
+      "forward": collections.Counter(_key(shape)
+                                     for _, shape in (online + target) * 2 * repeats),
+      # Every parameter's gradient, once per pass (XLA's CPU pipeline reduces each pass's
+      # share, then adds), and each online BatchNorm application's statistics gradient.
+      "gradients": gradients, "passes": repeats,
+      "backward": collections.Counter({key: count * repeats
+                                       for key, count in gradients.items()})
+                  + statistics_gradients,
+      "batch_norms": len(online) + len(target),
   }
 
 
-def _embedding_dim(config) -> int:
-  block = config[methods.get(config).name]
-  for field in ("head_widths", "predictor_widths", "expander_widths"):
-    if field in block:
-      return block[field][-1]
-  raise ValueError(f"No embedding width known for method {config.method}.")
+def _leaves(tree) -> list[tuple[tuple[str, ...], Any]]:
+  """(path as strings, leaf) of a nested dict's leaves."""
+  return [(tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in path), leaf)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
-def check_collectives(config, compiled, state) -> dict[str, Any]:
-  """Check 3: the compiled SPMD step's collectives against the model's BatchNorms,
-  parameters and loss."""
-  arrays = collective_arrays(compiled.as_text())
+def _means(batch_stats) -> list[tuple[tuple[str, ...], tuple[int, ...]]]:
+  """(path, shape) of each BatchNorm's running mean: one per BatchNorm layer."""
+  return [(path, leaf.shape) for path, leaf in _leaves(batch_stats) if path[-1] == "mean"]
+
+
+def check_collectives(config, lowered, compiled, state) -> dict[str, Any]:
+  """Check 3: the compiled SPMD step's collectives against what the model implies: the
+  loss's gathers, scatters and psums as the program asks for them, every BatchNorm's
+  statistics, every parameter's gradient, nothing else."""
+  hlo = compiled.as_text()
   found = collections.defaultdict(collections.Counter)
-  scalars = 0
-  for kind, phase, shape in arrays:
-    if not shape:
-      scalars += 1  # The loss's psums (its value, its accuracy).
-    elif kind == "all-reduce":
-      found[phase][_key(shape)] += 1
-    else:
-      found[kind][_key(shape)] += 1
-  expected = expected_collectives(config, state)
-  extra = found["backward"] - expected["gradients"]
-  gradients_reduced = not (expected["gradients"] - found["backward"])
-  per_channel = all(len(key) == 1 for key in extra)
+  for kind, phase, shape in collective_arrays(hlo):
+    found[f"{phase} all-reduce" if kind == "all-reduce" else kind][_key(shape)] += 1
+  expected = expected_collectives(config, state, lowered.as_text())
+  # The loss's own psums, in whichever phase XLA put them (the loss's value often rides
+  # with the gradients); then the scalars the partitioner adds (a mean loss under plain
+  # jit, BYOL's).
+  loss = expected["loss all-reduce"]
+  in_forward = loss & found["forward all-reduce"]
+  forward = found["forward all-reduce"] - in_forward
+  backward = found["backward all-reduce"] - (loss - in_forward)
+  scalars = forward.pop((), 0) + backward.pop((), 0)
+  n = config.batch_size
   result = {
-      "all_gather_ok": found["all-gather"] == expected["all-gather"],
-      "reduce_scatter_ok": found["reduce-scatter"] == expected["reduce-scatter"],
-      "forward_statistics_ok": found["forward"] == expected["forward"],
-      "every_gradient_reduced": gradients_reduced,
-      "statistics_gradients_ok": per_channel and (
-          expected["statistics_gradients"] is None
-          or sum(extra.values()) == expected["statistics_gradients"]),
+      "loss_all_gathers_ok": (found["all-gather"] == expected["all-gather"]
+                              and all(n in key for key in found["all-gather"])),
+      "loss_reduce_scatters_ok": found["reduce-scatter"] == expected["reduce-scatter"],
+      "loss_all_reduces_ok": not (loss - found["forward all-reduce"]
+                                  - found["backward all-reduce"]),
+      "forward_statistics_ok": forward == expected["forward"],
+      "every_gradient_reduced": not (expected["gradients"] - backward),
+      "backward_ok": backward == expected["backward"],
+      "no_other_collectives_ok": not (found["all-to-all"] or found["collective-permute"]),
   }
-  counts = compile_check.collectives(compiled.as_text())
+  counts = compile_check.collectives(hlo)
   return {"check": "collectives", "ok": all(result.values()), **result,
-          "devices": jax.device_count(), "global_batch": config.batch_size,
-          "image_size": config.augment.image_size, "model": resnet.describe(config.model),
+          "devices": jax.device_count(), "global_batch": n,
+          "image_size": config.augment.image_size, "model": backbones.describe(config.model),
           "instructions": {op: c["count"] for op, c in counts.items() if c["count"]},
           "arrays": {"all-gather": sum(found["all-gather"].values()),
                      "reduce-scatter": sum(found["reduce-scatter"].values()),
-                     "all-reduce forward": sum(found["forward"].values()),
-                     "all-reduce backward": sum(found["backward"].values()),
-                     "scalars": scalars},
-          "batch_norms": sum(expected["forward"].values()) // 2,
+                     "all-reduce forward": sum(forward.values()),
+                     "all-reduce backward": sum(backward.values()),
+                     "all-reduce loss": sum(loss.values()), "all-reduce scalars": scalars},
+          "loss_gathers": sorted(list(key) for key in found["all-gather"].elements()),
+          "batch_norms": expected["batch_norms"],
           "parameters": sum(expected["gradients"].values()),
-          "statistics_gradients": sum(extra.values())}
+          "passes": expected["passes"]}
 
 
 class StepEvents:
@@ -412,16 +462,17 @@ class StepEvents:
       jax.monitoring.unregister_event_listener(self._event)
 
 
-def timed_compile(step, state, batch, mesh) -> tuple[Any, dict[str, Any]]:
-  """(compiled, {seconds to trace and lower, to compile, and the step's events})."""
+def timed_compile(step, state, batch, mesh) -> tuple[Any, Any, dict[str, Any]]:
+  """(lowered, compiled, {seconds to trace and lower, to compile, and the step's
+  events})."""
   with StepEvents().listening() as events, jax.set_mesh(mesh):
     start = time.perf_counter()
     lowered = step.lower(state, batch)
     middle = time.perf_counter()
     compiled = lowered.compile()
     end = time.perf_counter()
-  return compiled, {"lower_s": round(middle - start, 2), "compile_s": round(end - middle, 2),
-                    **events.counts}
+  return lowered, compiled, {"lower_s": round(middle - start, 2),
+                             "compile_s": round(end - middle, 2), **events.counts}
 
 
 def check_compile_cache(cold: dict[str, Any], warm: dict[str, Any],
@@ -539,12 +590,12 @@ def run_checks(config, checks: list[str], scratch: str) -> list[dict[str, Any]]:
     step, tx, probe_classes = compile_check.nominal_step(small, mesh)
     state = abstract_train_state(small, tx, mesh, probe_classes)
     batch = abstract_batch(small, mesh)
-    compiled, cold = timed_compile(step, state, batch, mesh)
+    lowered, compiled, cold = timed_compile(step, state, batch, mesh)
     if "collectives" in checks:
-      results.append(check_collectives(small, compiled, state))
+      results.append(check_collectives(small, lowered, compiled, state))
     if "compile_cache" in checks:
       jax.clear_caches()  # What a new process starts from, but for the disk cache.
-      _, warm = timed_compile(step, state, batch, mesh)
+      _, _, warm = timed_compile(step, state, batch, mesh)
       results.append(check_compile_cache(cold, warm, cache_dir))
   if "no_recompile" in checks:
     results.append(check_no_recompile(small, mesh, os.path.join(scratch, "workdir")))
@@ -556,6 +607,9 @@ def main(argv):
   unknown = set(FLAGS.checks) - set(CHECKS)
   if unknown:
     raise app.UsageError(f"Unknown checks {sorted(unknown)}; known: {', '.join(CHECKS)}.")
+  if backbones.BACKBONES.get(FLAGS.config.model.name) is not resnet:
+    raise app.UsageError(f"readiness.py counts a ResNet's layers; config.model.name is "
+                         f"{FLAGS.config.model.name!r}.")
   ok = True
   with tempfile.TemporaryDirectory() as scratch:
     for result in run_checks(FLAGS.config, FLAGS.checks, scratch):
