@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 import jax
+import optax
 from absl import logging
 
 from simclr_jax import config_checks, stages
@@ -171,14 +172,9 @@ def compile_check(config, workdir: str) -> dict[str, Any]:
   topology = parse_topology(config.compile_check.topology)
   devices = topology_devices(topology)
   mesh = create_mesh(devices)
-  num_train_steps = (config.num_train_steps if config.num_train_steps > 0 else
-                     max(1, int(config.num_epochs * NOMINAL_STEPS_PER_EPOCH)))
-  tx, schedule = create_optimizer(config, NOMINAL_STEPS_PER_EPOCH, num_train_steps)
-  probe_classes = config.compile_check.probe_classes if config.online_probe else 0
-  graphdef = model_lib.model_graphdef(config, probe_classes)
+  step, tx, probe_classes = nominal_step(config, mesh)
   state = abstract_train_state(config, tx, mesh, probe_classes)
   batch = abstract_batch(config, mesh)
-  step = compile_train_step(config, graphdef, tx, schedule, mesh, num_train_steps)
   logging.info("Compiling the %s step for %s (%d chips, %s) at batch %d (%d images per "
                "chip)...", config.method, topology.name, topology.chips,
                topology.topology_name, config.batch_size, config.batch_size // topology.chips)
@@ -193,6 +189,21 @@ def compile_check(config, workdir: str) -> dict[str, Any]:
   print(format_table(summary), flush=True)
   summaries.write_json(workdir, SUMMARY_FILE, summary)
   return summary
+
+
+def nominal_step(config, mesh) -> tuple[Any, optax.GradientTransformation, int]:
+  """The pretraining step as this check compiles it, reading no data: (the jit-compiled
+  step over `mesh`, its optimiser, the online probe's classes (0 without one)). The
+  schedules' length comes from NOMINAL_STEPS_PER_EPOCH (constants of the program: its
+  memory and cost do not depend on them), the probe's classes from
+  config.compile_check.probe_classes. benchmarks/readiness.py builds the same step."""
+  num_train_steps = (config.num_train_steps if config.num_train_steps > 0 else
+                     max(1, int(config.num_epochs * NOMINAL_STEPS_PER_EPOCH)))
+  tx, schedule = create_optimizer(config, NOMINAL_STEPS_PER_EPOCH, num_train_steps)
+  probe_classes = config.compile_check.probe_classes if config.online_probe else 0
+  graphdef = model_lib.model_graphdef(config, probe_classes)
+  step = compile_train_step(config, graphdef, tx, schedule, mesh, num_train_steps)
+  return step, tx, probe_classes
 
 
 def _search_largest_batch(config, topology: Topology, step, state, mesh, fits: bool) -> int:
