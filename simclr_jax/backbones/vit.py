@@ -434,9 +434,12 @@ def timm_constructor(model_config, image_size: int) -> tuple[str, dict]:
     constructor = (f"timm.models.vision_transformer.VisionTransformer(patch_size="
                    f"{vit.patch_size}, embed_dim={width}, depth={depth}, mlp_ratio="
                    f"{float(MLP_RATIO)}, qkv_bias=True, {common})")
+  # MoCo v3 keeps its sin-cos table fixed (requires_grad=False); timm's pos_embed is a
+  # parameter: freeze it there to fine-tune as MoCo v3 does.
   return constructor, {"timm_model": name, "num_heads": heads, "global_pool": pool,
                        "img_size": image_size, "patch_size": vit.patch_size,
-                       "embed_dim": width, "depth": depth}
+                       "embed_dim": width, "depth": depth,
+                       "position_embedding": vit.position_embedding}
 
 
 def timm_state_dict(model_config, params, image_size: int) -> dict[str, np.ndarray]:

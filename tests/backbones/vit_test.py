@@ -439,7 +439,8 @@ def test_export_is_timm_s_layout_and_computes_its_features(tmp_path):
                                  "average pooling"
   assert meta["pytorch_model"] == {"timm_model": "VisionTransformer", "num_heads": 2,
                                    "global_pool": "avg", "img_size": 24, "patch_size": 4,
-                                   "embed_dim": 64, "depth": 4}
+                                   "embed_dim": 64, "depth": 4,
+                                   "position_embedding": "learned"}
   constructor = ("model = timm.models.vision_transformer.VisionTransformer(patch_size=4, "
                  "embed_dim=64, depth=4, mlp_ratio=4.0, qkv_bias=True, num_classes=0, "
                  "num_heads=2, img_size=24, global_pool='avg', drop_path_rate=0.0)")
