@@ -3,10 +3,8 @@ against a NumPy forward pass written from timm's VisionTransformer, MoCo v3's si
 and initialisation, two image sizes on one set of parameters, drop-path, the config checks,
 the layer ids of layer-wise decay and the export in timm's names.
 
-The NumPy reference here is written from timm's definitions (huggingface/pytorch-image-models
-timm/models/vision_transformer.py: VisionTransformer.forward_features / forward_head, Block,
-timm/layers/attention.py Attention, Mlp with nn.GELU) and reads only timm's state_dict names.
-(tests/support/timm_vit_numpy.py, on another branch, is a second one; either can serve.)
+The reference is tests/support/timm_vit_numpy.py: timm's VisionTransformer(num_classes=0)
+in NumPy, written from timm's definitions, reading only timm's state_dict names.
 """
 
 import functools
@@ -20,7 +18,6 @@ import pytest
 import safetensors.numpy
 from flax import nnx
 from jax.sharding import Mesh
-from scipy import special
 
 from configs import default as default_config
 from simclr_jax import backbones, config_checks
@@ -29,53 +26,10 @@ from simclr_jax.backbones import vit
 from simclr_jax.stages import export
 from simclr_jax.training import checkpoints
 from simclr_jax.training import model as model_lib
+from tests.support import timm_vit_numpy
 from tests.support.helpers import count_params, tiny_vit_config
 
-# ---------------------------------------------------------------- NumPy timm reference
-
-
-def _layer_norm(x, t, name):
-  """timm's LayerNorm (eps 1e-6) over the last axis."""
-  mean = x.mean(-1, keepdims=True)
-  var = ((x - mean)**2).mean(-1, keepdims=True)
-  return (x - mean) / np.sqrt(var + 1e-6) * t[f"{name}.weight"] + t[f"{name}.bias"]
-
-
-def _linear(x, t, name):
-  return x @ t[f"{name}.weight"].T + t[f"{name}.bias"]
-
-
-def timm_vit_features(tensors, x, num_heads, global_pool):
-  """timm's VisionTransformer(num_classes=0).forward on (B, 3, H, W) input, in float64,
-  reading `tensors` by timm's names: PatchEmbed (conv, flatten(2).transpose(1, 2)), class
-  token concatenated then pos_embed added, Blocks (x + attn(norm1(x)), x + mlp(norm2(x))),
-  norm, then the pool ('token': token 0; 'avg': mean of the patch tokens) and fc_norm."""
-  t = {name: value.astype(np.float64) for name, value in tensors.items()}
-  weight = t["patch_embed.proj.weight"]  # (D, 3, p, p)
-  width, _, p, _ = weight.shape
-  batch, channels, height, wide = x.shape
-  patches = x.reshape(batch, channels, height // p, p, wide // p, p)
-  embedded = np.einsum("bciujv,dcuv->bijd", patches, weight) + t["patch_embed.proj.bias"]
-  tokens = embedded.reshape(batch, -1, width)  # Row-major over the patch grid.
-  cls = np.broadcast_to(t["cls_token"], (batch, 1, width))
-  tokens = np.concatenate([cls, tokens], axis=1) + t["pos_embed"]
-  n, head = tokens.shape[1], width // num_heads
-  depth = len({name.split(".")[1] for name in t if name.startswith("blocks.")})
-  for i in range(depth):
-    b = f"blocks.{i}"
-    qkv = _linear(_layer_norm(tokens, t, f"{b}.norm1"), t, f"{b}.attn.qkv")
-    q, k, v = qkv.reshape(batch, n, 3, num_heads, head).transpose(2, 0, 3, 1, 4)
-    logits = q @ k.transpose(0, 1, 3, 2) * head**-0.5
-    attn = np.exp(logits - logits.max(-1, keepdims=True))
-    attn /= attn.sum(-1, keepdims=True)
-    out = (attn @ v).transpose(0, 2, 1, 3).reshape(batch, n, width)
-    tokens = tokens + _linear(out, t, f"{b}.attn.proj")
-    hidden = _linear(_layer_norm(tokens, t, f"{b}.norm2"), t, f"{b}.mlp.fc1")
-    hidden = 0.5 * hidden * (1 + special.erf(hidden / np.sqrt(2)))  # nn.GELU: exact.
-    tokens = tokens + _linear(hidden, t, f"{b}.mlp.fc2")
-  if global_pool == "token":
-    return _layer_norm(tokens, t, "norm")[:, 0]
-  return _layer_norm(tokens[:, 1:].mean(1), t, "fc_norm")
+# ------------------------------------------------------------------------ timm's names
 
 
 def timm_keys(depth, global_pool):
@@ -133,7 +87,8 @@ def _reference(config, model, images):
   tensors = vit.timm_state_dict(config.model, params, images.shape[1])
   _, _, heads = vit.architecture(config.model)
   pool = "token" if config.model.vit.pooling == "cls" else "avg"
-  return timm_vit_features(tensors, images.transpose(0, 3, 1, 2).astype(np.float64), heads, pool)
+  nchw = images.transpose(0, 3, 1, 2).astype(np.float64)
+  return timm_vit_numpy.features(tensors, nchw, heads, pool)
 
 
 # ---------------------------------------------------------------------- parameter counts
@@ -449,7 +404,7 @@ def test_export_is_timm_s_layout_and_computes_its_features(tmp_path):
 
   images = np.random.default_rng(0).integers(0, 256, (2, 24, 24, 3), np.uint8)
   x = (images / 255.0 - np.array(meta["normalize"]["mean"])) / np.array(meta["normalize"]["std"])
-  reference = timm_vit_features(tensors, x.transpose(0, 3, 1, 2), 2, "avg")
+  reference = timm_vit_numpy.features(tensors, x.transpose(0, 3, 1, 2), 2, "avg")
   features = np.asarray(encoder_lib.load_encoder(config.export.pretrain_workdir)(images))
   assert features.shape == reference.shape == (2, 64) and reference.std() > 0.1
   np.testing.assert_allclose(features, reference, rtol=1e-5, atol=1e-5)
