@@ -85,6 +85,22 @@ def get_config() -> ml_collections.ConfigDict:
   # Zero-initialised last BatchNorm scale in each residual block (the official SimCLR
   # code's); False: torchvision's initialisation, as the seed.
   config.model.zero_init_residual = False
+  # model.name='vit' (backbones/vit.py): a Vision Transformer as MoCo v3's, ViT-S/16 here.
+  config.model.vit = ml_collections.ConfigDict()
+  config.model.vit.variant = "S"  # 'mu' (tiny: tests, CPU demos), 'Ti', 'S' or 'B'.
+  config.model.vit.patch_size = 16  # Image sizes must be multiples of it (4 for 32 px).
+  # Heads per block; None: the variant's (timm's: Ti 3, S 6, B 12; MoCo v3's ViT-S has 12).
+  config.model.vit.num_heads = ml_collections.config_dict.placeholder(int)
+  # 'sincos': MoCo v3's fixed 2-D sin-cos table (not a parameter); 'learned': timm's.
+  config.model.vit.position_embedding = "sincos"
+  # A learned table is made for this image size's patch grid (timm's img_size) and
+  # resampled for other sizes; set it to the training image size.
+  config.model.vit.pos_embed_image_size = 224
+  config.model.vit.pooling = "cls"  # 'cls' (class token) or 'gap' (mean of patch tokens).
+  config.model.vit.drop_path_rate = 0.0  # Stochastic depth at the last block (training).
+  # jax.nn.dot_product_attention's implementation: 'xla' (anywhere) or 'cudnn' (GPU,
+  # compute_dtype bfloat16); checkpoints move freely between them.
+  config.model.vit.attention = "xla"
 
   # The self-supervised method (simclr_jax/methods) and one config block per method, each
   # with its heads and loss settings (configs/methods.py); only `config.<method>` is read.

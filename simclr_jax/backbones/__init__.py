@@ -1,9 +1,9 @@
 """The backbone registry: `config.model.name` -> the module that builds that family.
 
 Every backbone maps (B, H, W, 3) images to (B, num_features) float32 features, has a
-`num_features` attribute and takes `train` (BatchNorm mode); what a family's module provides
-is backbones/contract.py. Adding one (a ViT) is a file and a line here: export,
-`load_encoder` and every stage reach it only through the functions below.
+`num_features` attribute and takes `train` (BatchNorm's mode, the ViT's drop-path); what a
+family's module provides is backbones/contract.py. Adding one is a file and a line here:
+export, `load_encoder` and every stage reach it only through the functions below.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Callable
 from flax import nnx
 
 from simclr_jax import config_checks, precision
-from simclr_jax.backbones import contract, patch_conv, resnet
+from simclr_jax.backbones import contract, patch_conv, resnet, vit
 
-BACKBONES = {"resnet": resnet}
+BACKBONES = {"resnet": resnet, "vit": vit}
 
 
 def _family(config):
@@ -51,14 +51,24 @@ def describe(model_config) -> str:
   return _family_of(model_config).describe(model_config)
 
 
-def pytorch_weights(model_config, params, batch_stats,
-                    step: int) -> contract.PyTorchWeights | str:
-  """The encoder's weights (its params and batch_stats) as a PyTorch model's state_dict,
-  or the sentence saying why PyTorch has no model of these layers."""
+def model_fields(model_config) -> tuple[str, ...]:
+  """The dotted config names (prefixes) that shape the backbone's parameters: its family's,
+  else all of `config.model`."""
+  family = _family_of(model_config)
+  if not hasattr(family, "model_fields"):
+    return ("model.",)
+  return tuple(family.model_fields(model_config))
+
+
+def pytorch_weights(model_config, params, batch_stats, step: int,
+                    image_size: int) -> contract.PyTorchWeights | str:
+  """The encoder's weights (its params and batch_stats) as a PyTorch model's state_dict
+  for images of `image_size` px, or the sentence saying why PyTorch has no model of these
+  layers."""
   family = _family_of(model_config)
   if not hasattr(family, "pytorch_weights"):
     return f"PyTorch has no model of the '{model_config.name}' backbone's layout."
-  return family.pytorch_weights(model_config, params, batch_stats, step)
+  return family.pytorch_weights(model_config, params, batch_stats, step, image_size)
 
 
 def num_layers(model_config) -> int:

@@ -2,13 +2,18 @@
 
 A family is one module with:
   create(model_config, rngs, dtype, conv_algorithm) -> nnx.Module: (B, H, W, 3) images ->
-    (B, num_features) float32 features, `train` for BatchNorm's mode, a `num_features`
-    attribute, computing in `dtype` with float32 parameters;
+    (B, num_features) float32 features, `train` for BatchNorm's mode (and the ViT's
+    drop-path, which also takes `rngs`), a `num_features` attribute, computing in `dtype`
+    with float32 parameters;
   check_config(config): ConfigError for a `config.model` it cannot build;
   describe(model_config) -> str: what it is, for logs, `repr(load_encoder(...))` and
     encoder.json;
-  pytorch_weights(model_config, params, batch_stats, step) (optional) -> PyTorchWeights, or
-    a sentence saying why PyTorch has no such model: how export writes its weights.
+  model_fields(model_config) (optional) -> the dotted config names that shape its
+    parameters (a checkpoint restores only into a config that agrees on them; default:
+    all of `config.model`);
+  pytorch_weights(model_config, params, batch_stats, step, image_size) (optional) ->
+    PyTorchWeights for images of `image_size` px, or a sentence saying why PyTorch has no
+    such model: how export writes its weights.
   num_layers(model_config) -> int and layer_of(model_config, path) -> int (optional, both
     or neither): for layer-wise learning-rate decay (finetune.optimizer.layer_decay), the
     number of blocks + 1 (MAE's num_layers), and the layer id of an encoder parameter's
@@ -22,6 +27,7 @@ Export, `load_encoder` and every stage reach a family only through the registry.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 
@@ -33,9 +39,13 @@ class PyTorchWeights:
   library: the Python package of the model (also export's layout name), e.g. 'torchvision';
   constructor: Python that builds the model, e.g. 'torchvision.models.resnet50()';
   head: the model's classifier attribute, absent from `tensors` and replaced by Identity
-    to give features; tensors: {state_dict key: array} without the head.
+    to give features, or None when the constructor builds it without one (timm's
+    num_classes=0); tensors: {state_dict key: array} without the head;
+  details: what encoder.json says of the model beside the constructor (e.g. timm's model
+    name, head count and pooling); empty for none.
   """
   library: str
   constructor: str
-  head: str
+  head: str | None
   tensors: dict[str, np.ndarray]
+  details: dict[str, Any] = dataclasses.field(default_factory=dict)

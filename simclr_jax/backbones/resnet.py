@@ -173,6 +173,13 @@ def create(model_config, rngs: nnx.Rngs, dtype=jnp.float32,
                 dtype=dtype, conv_algorithm=conv_algorithm)
 
 
+def model_fields(model_config) -> tuple[str, ...]:
+  """The config fields that shape a ResNet (not the other families' blocks)."""
+  del model_config
+  return ("model.name", "model.depth", "model.width_multiplier", "model.small_image_stem",
+          "model.zero_init_residual")
+
+
 def check_config(config) -> None:
   """Raises ConfigError for a `config.model` this family cannot build, or views it
   would shrink to nothing."""
@@ -271,9 +278,10 @@ def torchvision_state_dict(params, batch_stats, depth: int, step: int) -> dict[s
   return tensors
 
 
-def pytorch_weights(model_config, params, batch_stats, step: int):
+def pytorch_weights(model_config, params, batch_stats, step: int, image_size: int):
   """The backbone contract's export: (torchvision's model, its state_dict without `fc`,
   the head to replace) when torchvision has these layers, else the reason it has not."""
+  del image_size  # torchvision's ResNets take any size.
   reason = torchvision_mismatch(model_config)
   if reason is not None:
     return reason

@@ -8,9 +8,11 @@ needed to use them as JSON:
 
 When the backbone family has a PyTorch model of the encoder's layers
 (`backbones.pytorch_weights`; ResNet-18/34/50/101/152 at width 1 with the ImageNet stem:
-torchvision's), the weights are written with its names and layouts (OIHW kernels), so that
-`torchvision.models.resnet50().load_state_dict(tensors, strict=False)` misses only `fc` and
-gives this project's features: to float32 rounding for an encoder pretrained in float32, to
+torchvision's; ViTs: timm's VisionTransformer), the weights are written with its names and
+layouts (OIHW kernels, (out, in) dense weights), so that
+`torchvision.models.resnet50().load_state_dict(tensors, strict=False)` misses only `fc`
+(timm's model, built without a classifier, misses nothing) and gives this project's
+features: to float32 rounding for an encoder pretrained in float32, to
 bfloat16 rounding for one pretrained with compute_dtype bfloat16 (`load_encoder` computes in
 it, PyTorch in float32; encoder.json's `agreement` says which). Other encoders keep the
 project's names ('/'-joined module paths such as `blocks/0/bn1/mean`) and HWIO kernels
@@ -62,7 +64,8 @@ def encoder_tensors(encoder: encoder_lib.Encoder):
   the PyTorch library's layout when the backbone family has a PyTorch model of these layers
   (ResNets: torchvision's), else this project's."""
   weights = backbones.pytorch_weights(encoder.config.model, encoder.params,
-                                      encoder.batch_stats, encoder.step)
+                                      encoder.batch_stats, encoder.step,
+                                      encoder.config.augment.image_size)
   if isinstance(weights, str):
     return SIMCLR_JAX, flat_state_dict(encoder.params, encoder.batch_stats), weights
   return weights.library, weights.tensors, weights
@@ -91,13 +94,19 @@ def pytorch_lines(weights, norm: dict[str, Any], num_features: int) -> list[str]
             "kernels (in, out). No PyTorch model has this layout: in JAX, "
             "simclr_jax.load_encoder(<pretraining workdir>)(images) gives the features."]
   head = weights.head
+  if head is None:  # The constructor builds it without a classifier: every key loads.
+    loading = ["model.load_state_dict(load_file('encoder.safetensors'))  # strict: all keys, "
+               f"(B, 3, H, W) -> (B, {num_features}) features"]
+  else:
+    loading = ["missing, unexpected = model.load_state_dict(load_file('encoder.safetensors'), "
+               "strict=False)",
+               f"assert sorted(missing) == ['{head}.bias', '{head}.weight'] and not unexpected",
+               f"model.{head} = torch.nn.Identity()  # (B, 3, H, W) -> (B, {num_features}) "
+               "features"]
   return [f"import torch, {weights.library}",
           "from safetensors.torch import load_file",
           f"model = {weights.constructor}",
-          "missing, unexpected = model.load_state_dict(load_file('encoder.safetensors'), "
-          "strict=False)",
-          f"assert sorted(missing) == ['{head}.bias', '{head}.weight'] and not unexpected",
-          f"model.{head} = torch.nn.Identity()  # (B, 3, H, W) -> (B, {num_features}) features",
+          *loading,
           "model.eval()",
           "x = torch.as_tensor(images).permute(0, 3, 1, 2).float() / 255  # NCHW in [0, 1]",
           f"mean = torch.tensor({norm['mean']}).view(1, 3, 1, 1)",
@@ -120,12 +129,12 @@ def encoder_metadata(encoder: encoder_lib.Encoder, layout: str, weights) -> dict
   `weights` as `encoder_tensors` gives them)."""
   config = encoder.config
   norm = normalization(config)
-  return {
+  metadata = {
       "layout": layout,
       "layout_reason": (f"This project's names and HWIO kernels, because {weights}"
                         if isinstance(weights, str) else
                         f"{weights.constructor} has this encoder's layers: its names and "
-                        f"OIHW kernels."),
+                        f"layouts (OIHW kernels, (out, in) dense weights)."),
       "architecture": backbones.describe(config.model),
       "backbone": config.model.to_dict(),
       "image_size": config.augment.image_size,
@@ -142,6 +151,9 @@ def encoder_metadata(encoder: encoder_lib.Encoder, layout: str, weights) -> dict
               f"encoder = load_encoder({str(encoder.workdir)!r})",
               "features = encoder(images)  # (B, H, W, 3) uint8 RGB -> (B, F) float32"],
   }
+  if not isinstance(weights, str) and weights.details:
+    metadata["pytorch_model"] = weights.details  # E.g. timm's model name, heads, pooling.
+  return metadata
 
 
 def export_encoder(config, workdir: str) -> dict[str, Any]:

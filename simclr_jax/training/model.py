@@ -33,8 +33,8 @@ def model_fields(config) -> tuple[str, ...]:
   """Config fields (dotted prefixes) that shape the model, or its input: a checkpoint
   restores only into a config that agrees on them (an encoder pretrained on raw [0, 1]
   pixels fed normalised ones would give wrong features without a word)."""
-  return ("method", "model.", "online_probe", "augment.normalize",
-          *methods.get(config).model_fields)
+  return ("method", *backbones.model_fields(config.model), "online_probe",
+          "augment.normalize", *methods.get(config).model_fields)
 
 
 def config_from_checkpoint(config, pretrain_workdir, step: int | None = None):

@@ -718,7 +718,7 @@ def test_layer_decay_needs_a_backbone_with_layers(toy_vit_config):
   config.finetune.optimizer.layer_decay = 0.75
   with pytest.raises(config_checks.ConfigError,
                      match=r"^finetune.optimizer.layer_decay needs a backbone with layers "
-                           r"\(toy_vit\); 'toy_mlp' has none: set it to 1.$"):
+                           r"\(toy_vit, vit\); 'toy_mlp' has none: set it to 1.$"):
     finetune.check_settings(config)
   config.finetune.optimizer.layer_decay = 1.0
   finetune.check_settings(config)
