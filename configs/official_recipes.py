@@ -304,6 +304,70 @@ MOCOV3 = (
         "README.md:159-171", project="SimCLR v2's", why=_FINETUNE_WHY),
 )
 
+MOCOV3_VIT = (
+    Row("ViT-S: width 384, 12 blocks, MLP ratio 4, qkv bias, LayerNorm eps 1e-6", "S",
+        "vits.py:115-118", "model.vit.variant"),
+    Row("heads", 12, "vits.py:117", "model.vit.num_heads", note="timm's ViT-S has 6"),
+    Row("patch size", 16, "vits.py:117", "model.vit.patch_size"),
+    Row("fixed 2-D sin-cos position embedding, a zero row for the class token", "sincos",
+        "vits.py:28-29, 53-69", "model.vit.position_embedding"),
+    Row("features: the class token after the last LayerNorm (timm's VisionTransformer)", "cls",
+        "vits.py:25", "model.vit.pooling"),
+    Row("init: xavier_uniform Linear (q, k, v each its own matrix), class token N(0, 1e-6)",
+        "MoCo v3's", "vits.py:31-47"),
+    Row("patch embedding frozen at its random init (--stop-grad-conv1)",
+        ("^encoder/patch_embed/",), "vits.py:49-51", "optimizer.frozen_patterns"),
+    Row("SyncBatchNorm (global) in the heads", "on", "main_moco.py:195-196"),
+    Row("each view through the encoders alone", True, "moco/builder.py:86-94",
+        "mocov3.forward_views_separately"),
+    Row("projector: _build_mlp(3, 384, 4096, 256), last BatchNorm without affine",
+        (4096, 4096, 256), "moco/builder.py:118", "mocov3.projector_widths"),
+    Row("predictor: _build_mlp(2, 256, 4096, 256)", (4096, 256), "moco/builder.py:122",
+        "mocov3.predictor_widths"),
+    Row("predictor's last BatchNorm without affine (last_bn=True)", True,
+        "moco/builder.py:47-50", "mocov3.predictor_last_batch_norm"),
+    Row("Linear layers without bias", "no bias", "moco/builder.py:42"),
+    Row("temperature (--moco-t=.2)", 0.2, "CONFIG.md:113", "mocov3.temperature"),
+    Row("momentum m_base (--moco-m)", 0.99, "main_moco.py:99-100",
+        "mocov3.base_target_momentum"),
+    Row("m to 1 by cosine (--moco-m-cos)", 1.0, "main_moco.py:431-434",
+        "mocov3.final_target_momentum"),
+    Row("crop area (--crop-min's default: the ViT commands do not set it)", (0.08, 1.0),
+        "main_moco.py:117-118", "augment.crop_area_range"),
+    *_asymmetric_views({
+        "flip": "main_moco.py:269", "jitter": "main_moco.py:264-266",
+        "jitter_p": "main_moco.py:264-266", "gray": "main_moco.py:267",
+        "blur1": "main_moco.py:268", "blur2": "main_moco.py:280", "sigma": "moco/loader.py:29-35",
+        "solarize": "main_moco.py:281", "normalize": "main_moco.py:258-259"}),
+    Row("optimiser (--optimizer=adamw)", "adamw", "CONFIG.md:111", "optimizer.name"),
+    Row("AdamW betas (torch's defaults)", (0.9, 0.999), "main_moco.py:229-230",
+        "optimizer.adam_betas"),
+    Row("AdamW epsilon (torch's default)", 1e-8, "main_moco.py:229-230",
+        "optimizer.adam_epsilon"),
+    Row("weight decay on every parameter (AdamW(model.parameters()))", False,
+        "main_moco.py:229", "optimizer.exclude_bn_and_bias"),
+    Row("weight decay", 0.1, "CONFIG.md:111", "optimizer.weight_decay"),
+    Row("base learning rate", 1.5e-4, "CONFIG.md:111", "optimizer.base_learning_rate"),
+    Row("rate scaling: lr x batch / 256", "linear", "main_moco.py:189-190",
+        "optimizer.lr_scaling"),
+    Row("warm-up epochs, then cosine to 0", 40.0, "CONFIG.md:112", "optimizer.warmup_epochs"),
+    Row("epochs", 300, "CONFIG.md:112", "num_epochs"),
+    _batch(1024, "CONFIG.md:110"),
+    Row("linear: learning rate 3 x batch / 256 (--lr=3)", 3.0, "CONFIG.md:144",
+        "linear_eval.learning_rate", "linear"),
+    Row("linear: rate scaling", "linear", "main_lincls.py:195-196", "linear_eval.lr_scaling",
+        "linear"),
+    Row("linear: Nesterov momentum (no: plain SGD momentum)", False, "main_lincls.py:233-238",
+        "linear_eval.nesterov", "linear"),
+    Row("linear: momentum", 0.9, "main_lincls.py:60", "linear_eval.momentum", "linear"),
+    Row("linear: weight decay", 0.0, "main_lincls.py:62-63", "linear_eval.weight_decay",
+        "linear"),
+    Row("linear: epochs", 90, "main_lincls.py:49", "linear_eval.epochs", "linear"),
+    _batch(1024, "main_lincls.py:53-55", "linear", "linear_eval.batch_size"),
+    Row("fine-tuning", "DeiT's recipe (in the DeiT repository)", "README.md:159-171",
+        project="SimCLR v2's", why=_FINETUNE_WHY),
+)
+
 VICREG = (
     Row("ResNet-50, zero_init_residual=True", True, "main_vicreg.py:189-191",
         "model.zero_init_residual"),
@@ -365,13 +429,20 @@ VICREG = (
         project="SimCLR v2's", why=_FINETUNE_WHY),
 )
 
-RECIPES = {"simclr": SIMCLR, "byol": BYOL, "mocov3": MOCOV3, "vicreg": VICREG}
+RECIPES = {"simclr": SIMCLR, "byol": BYOL, "mocov3": MOCOV3, "mocov3_vit": MOCOV3_VIT,
+           "vicreg": VICREG}
 TITLES = {"simclr": "SimCLR (v2 head)", "byol": "BYOL", "mocov3": "MoCo v3 (ResNet-50)",
-          "vicreg": "VICReg"}
+          "mocov3_vit": "MoCo v3 (ViT-S/16)", "vicreg": "VICReg"}
+# A recipe's method (config.method) where its name is not one.
+METHODS = {"mocov3_vit": "mocov3"}
+# Recipes whose one config holds their linear protocol too (not food101_linear.py's).
+SINGLE_CONFIG = {"mocov3_vit": "food101_mocov3_vit_s16"}
 
 
 def config_for(method: str, stage: str):
   """The project's Food-101 config that holds `stage`'s values for `method`."""
+  if method in SINGLE_CONFIG and stage in ("pretrain", "linear"):
+    return importlib.import_module(f"configs.{SINGLE_CONFIG[method]}").get_config()
   if stage == "pretrain":
     name = "food101" if method == "simclr" else f"food101_{method}"
     return importlib.import_module(f"configs.{name}").get_config()
@@ -382,6 +453,8 @@ def config_for(method: str, stage: str):
 
 
 def config_name(method: str, stage: str) -> str:
+  if method in SINGLE_CONFIG and stage in ("pretrain", "linear"):
+    return f"configs/{SINGLE_CONFIG[method]}.py"
   if stage == "pretrain":
     return "configs/food101.py" if method == "simclr" else f"configs/food101_{method}.py"
   if stage == "linear":

@@ -57,7 +57,8 @@ def test_each_method_s_linear_protocol_restores_its_checkpoints(method):
   linear = official_recipes.config_for(method, "linear")
   for field in model_lib.model_fields(pretraining):
     assert _value(linear, field.rstrip(".")) == _value(pretraining, field.rstrip(".")), field
-  assert linear.method == method and not linear.linear_eval.precompute_features
+  assert linear.method == official_recipes.METHODS.get(method, method)
+  assert not linear.linear_eval.precompute_features
 
 
 def test_food101_linear_rejects_an_unknown_method():
