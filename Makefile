@@ -5,7 +5,11 @@ SUPPORTED_PYTHONS := 3.11 3.12 3.13
 PYTHON ?= $(firstword $(foreach v,$(SUPPORTED_PYTHONS),$(shell command -v python$(v))) python3)
 VENV ?= .venv
 METHOD ?= simclr
-WORKDIR ?= /tmp/simclr_demo$(if $(filter-out simclr,$(METHOD)),_$(METHOD))
+# MODEL=vit: the demo on a tiny ViT instead of the ResNet.
+MODEL ?=
+comma := ,
+DEMO_ARG := $(METHOD)$(if $(MODEL),$(comma)$(MODEL))
+WORKDIR ?= /tmp/simclr_demo$(if $(filter-out simclr,$(METHOD)),_$(METHOD))$(if $(MODEL),_$(MODEL))
 PY := $(VENV)/bin/python
 
 .PHONY: demo test test-e2e test-slow check-demos clean-demo
@@ -18,8 +22,8 @@ $(VENV)/.installed: requirements.txt
 	touch $@
 
 demo: $(VENV)/.installed
-	$(PY) main.py --config=configs/demo.py:$(METHOD) --workdir=$(WORKDIR) --mode=pretrain
-	$(PY) main.py --config=configs/demo.py:$(METHOD) --workdir=$(WORKDIR) --mode=linear_eval
+	$(PY) main.py --config=configs/demo.py:$(DEMO_ARG) --workdir=$(WORKDIR) --mode=pretrain
+	$(PY) main.py --config=configs/demo.py:$(DEMO_ARG) --workdir=$(WORKDIR) --mode=linear_eval
 
 # Two pytest-xdist workers: one pytest process compiles on about one core.
 JOBS ?= 2

@@ -30,11 +30,13 @@ from configs import arguments, default, methods
 ARGS = arguments.Args(
     arguments.Part("METHOD", methods.NAMES, default="simclr"),
     arguments.Part("SPLIT", ("validation",), help="pretrain on 80% of the training split, "
-                   "evaluate on the other 20%"))
+                   "evaluate on the other 20%"),
+    arguments.Part("MODEL", ("vit",), help="a tiny ViT (4 blocks of width 64, 4x4 patches) "
+                   "instead of the ResNet"))
 
 
 def get_config(arg: str | None = None):
-  method, split = ARGS.parse(arg)
+  method, split, model = ARGS.parse(arg)
   config = default.get_config()
   config.dataset = "digits"
   config.train_split = "train"
@@ -95,6 +97,8 @@ def get_config(arg: str | None = None):
 
   config.method = method
   METHOD_SETTINGS.get(method, lambda c: None)(config)
+  if model == "vit":
+    _vit(config)
   if split == "validation":
     config.train_split = "train_without_validation"
     config.eval_split = "validation"
@@ -157,3 +161,18 @@ def _vicreg(config):
 
 # SimCLR's are the settings above.
 METHOD_SETTINGS = {"byol": _byol, "mocov3": _mocov3, "vicreg": _vicreg}
+
+
+def _vit(config):
+  """A tiny ViT ('mu': 4 blocks of width 64, 4 heads) on 4x4 patches of the 16x16 views,
+  with the AdamW its family trains with (MoCo v3's ViT recipe)."""
+  config.model.name = "vit"
+  config.model.vit.variant = "mu"
+  config.model.vit.patch_size = 4
+  config.model.vit.position_embedding = "sincos"
+  config.model.vit.pooling = "cls"
+  config.optimizer.name = "adamw"
+  config.optimizer.base_learning_rate = 5e-4
+  config.optimizer.lr_scaling = "linear"
+  config.optimizer.weight_decay = 0.05
+  config.optimizer.warmup_epochs = 10.0
