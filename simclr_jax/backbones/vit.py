@@ -346,6 +346,10 @@ def check_config(config) -> None:
           f"model.vit.pooling must be one of {list(POOLINGS)}, got {vit.pooling!r}.")
   require(0.0 <= vit.drop_path_rate < 1.0,
           f"model.vit.drop_path_rate must be in [0, 1), got {vit.drop_path_rate}.")
+  # The module supports it (`rngs` at the call); the training steps pass none yet.
+  require(vit.drop_path_rate == 0.0,
+          f"model.vit.drop_path_rate={vit.drop_path_rate}: drop-path is not yet wired into the "
+          f"training steps (they give the encoder no per-step randomness); use 0.")
   size = config.augment.image_size
   require(size % vit.patch_size == 0,
           f"augment.image_size={size} is not a multiple of model.vit.patch_size="

@@ -296,6 +296,7 @@ def test_drop_path_zeroes_whole_examples_and_rescales_the_rest():
     ({"position_embedding": "rope"}, 16, "model.vit.position_embedding must be one of"),
     ({"pooling": "max"}, 16, "model.vit.pooling must be one of"),
     ({"drop_path_rate": 1.0}, 16, r"model.vit.drop_path_rate must be in \[0, 1\)"),
+    ({"drop_path_rate": 0.1}, 16, "drop-path is not yet wired into the training steps"),
     ({"pos_embed_image_size": 18, "position_embedding": "learned"}, 16,
      "the learned position table's grid\\) must be a positive multiple of model.vit.patch_size"),
     ({"attention": "flash"}, 16, "model.vit.attention must be one of"),
