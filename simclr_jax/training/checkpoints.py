@@ -234,6 +234,22 @@ def _move_aside(manager: ocp.CheckpointManager, damaged_steps: Sequence[int]) ->
 # A field that a checkpoint's config lacks (saved before the field existed) matches its
 # off value: a run resumes across a code update that adds a field it does not use.
 _OFF_VALUES = (None, False, "", [], ())
+# Fields added later whose "off" is not in _OFF_VALUES, by their last dotted parts: the value
+# that computes what the code did before the field existed. AdamW's betas and epsilon came
+# with AdamW, so a checkpoint without them used LARS or SGD, which they do not touch.
+_VALUES_BEFORE_THE_FIELD = {"optimizer.layer_decay": 1.0,
+                            "optimizer.adam_betas": [0.9, 0.999],
+                            "optimizer.adam_epsilon": 1e-8}
+
+
+def _newer_field_is_off(name: str, value: Any) -> bool:
+  """Whether `value` of `name`, a field the checkpoint's config lacks, leaves the
+  computation as it was before the field existed."""
+  before = next((v for suffix, v in _VALUES_BEFORE_THE_FIELD.items()
+                 if name == suffix or name.endswith("." + suffix)), None)
+  if before is not None:
+    return _tuples(value) == _tuples(before)
+  return value in _OFF_VALUES
 
 
 def _check_same_fields(saved: dict[str, Any], current: dict[str, Any],
@@ -244,7 +260,8 @@ def _check_same_fields(saved: dict[str, Any], current: dict[str, Any],
                  if name.startswith(tuple(prefixes)))
   differing = [f"{name}: checkpoint {saved_flat.get(name)!r}, config {current_flat.get(name)!r}"
                for name in names if saved_flat.get(name) != current_flat.get(name)
-               and not (name not in saved_flat and current_flat.get(name) in _OFF_VALUES)]
+               and not (name not in saved_flat
+                        and _newer_field_is_off(name, current_flat.get(name)))]
   if differing:
     raise CheckpointMismatchError(
         f"The checkpoint {path} was made with a different config: {'; '.join(differing)}. "

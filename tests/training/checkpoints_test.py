@@ -143,6 +143,28 @@ def test_learning_rate_multipliers_are_checked_and_a_field_newer_than_the_checkp
         fields, "ckpt")
 
 
+# The fine-tuning optimiser's fields added with the ViT (AdamW, clipping, freezing, layer
+# decay): a fine-tuning checkpoint written before them lacks all five.
+FIELDS_ADDED_WITH_THE_VIT = ("adam_betas", "adam_epsilon", "gradient_clip_norm",
+                             "frozen_patterns", "layer_decay")
+
+
+def test_a_finetuning_checkpoint_from_before_the_vit_fields_resumes_with_their_defaults():
+  """The defaults of the fields added later compute what the code did before them, so a
+  checkpoint without them resumes; layer decay switched on is a named mismatch."""
+  from simclr_jax.stages import finetune  # pylint: disable=g-import-not-at-top
+  config = tiny_food101_config()
+  saved = checkpoints.config_json(config)
+  for name in FIELDS_ADDED_WITH_THE_VIT:
+    del saved["finetune"]["optimizer"][name]
+  fields = finetune.resume_fields(config)
+  checkpoints._check_same_fields(saved, checkpoints.config_json(config), fields, "ckpt")  # pylint: disable=protected-access
+  config.finetune.optimizer.layer_decay = 0.65
+  with pytest.raises(checkpoints.CheckpointMismatchError,
+                     match="finetune.optimizer.layer_decay: checkpoint None, config 0.65"):
+    checkpoints._check_same_fields(saved, checkpoints.config_json(config), fields, "ckpt")  # pylint: disable=protected-access
+
+
 def test_resuming_with_another_optimiser_is_named(two_step_workdir):
   config = tiny_food101_config()
   config.optimizer.name = "sgd"
