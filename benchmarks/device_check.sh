@@ -13,6 +13,9 @@
 #   h2d             host-to-device put of a uint8 global batch of view pairs, bytes/s
 #   nt_xent         the loss alone, global batch 4096
 #   demo            the digits demo's model (ResNet-18 at 1/8 width, 16 px), float32
+#   vit-bf16-xla    SimCLR on ViT-S/16 (`--config.model.name=vit`), 224 px, bfloat16, batch
+#                   256, attention by XLA
+#   vit-bf16-cudnn  the same with cuDNN's fused attention (model.vit.attention='cudnn')
 #   simclr-bf16-S   as simclr-bf16-L at per-device batch 128
 #   simclr-f32-L, simclr-f32-S   float32 at 256 and 128
 #   summary         each case's wall seconds, the failed and skipped cases, the output folder
@@ -20,9 +23,10 @@
 # Time on one H200, estimated (nothing measured there yet): a process starts JAX on the GPU
 # in ~8 s; a ResNet-50 step compiles in ~40-60 s (cuDNN autotuning included), its state's
 # initialisation in ~10 s more; 25 bf16 steps of 512 views take ~3 s, float32 ~3-4x that.
-# The estimates per case below sum to ~455 s (~7.5 minutes). A case whose estimate would end
-# past DEVICE_CHECK_BUDGET_S (default 480 s: 8 minutes) is skipped with a "skipped" line
-# instead, so slow compiles cost the float32 cases (last), not the run. With the device
+# A ViT-S/16 step (~half a ResNet-50's FLOPs, fewer ops) is estimated at ~50 s a case. The
+# estimates per case below sum to ~555 s. A case whose estimate would end past
+# DEVICE_CHECK_BUDGET_S (default 480 s: 8 minutes) is skipped with a "skipped" line instead,
+# so the float32 cases (last) run only when compiles are quicker than estimated. With the device
 # tool: one `run` of this script with timeout_s=600 (docs/benchmarks.md).
 #
 #   bash benchmarks/device_check.sh            # on the accelerator machine; files under $OUT
@@ -79,6 +83,7 @@ if [ "$mode" = cpu ]; then
   h2d=(--batch_per_device=2 --image_size=32 --repeats=2)
   ntxent=(--global_batch=64 --steps=3)
   demo=(--config=configs/demo.py "${tiny[@]}" --batch_per_device=8 --steps=2 --warmup=1)
+  vit=(--config.model.name=vit --config.model.vit.variant=mu --config.model.vit.patch_size=4)
 else
   resnet=(--config=configs/food101.py --image_size=224 --steps=20 --warmup=3)
   large=256 small=128
@@ -88,6 +93,7 @@ else
   h2d=(--batch_per_device=256 --image_size=224 --repeats=5)
   ntxent=(--global_batch=4096 --steps=20)
   demo=(--config=configs/demo.py --batch_per_device=256 --steps=20 --warmup=3)
+  vit=(--config.model.name=vit)  # ViT-S/16.
 fi
 
 case_s=()  # '"name": seconds', in the order run.
@@ -104,7 +110,12 @@ run_case() {  # NAME ESTIMATE_S COMMAND...: runs it unless the budget is spent; 
   if [ -z "$estimate" ] || (( SECONDS + estimate > budget )); then
     skipped+=("$name")
     local why="the ${budget} s budget: ${SECONDS} s spent, about ${estimate} s more needed"
-    [ -n "$estimate" ] || why="--cpu runs one batch size"
+    if [ -z "$estimate" ]; then
+      case $name in
+        *cudnn) why="--cpu: cuDNN attention needs a GPU" ;;
+        *) why="--cpu runs one batch size" ;;
+      esac
+    fi
     emit "{\"case\": \"$name\", \"what\": \"skipped\", \"reason\": \"$why\"}"
     return
   fi
@@ -126,6 +137,11 @@ run_case supervised 60 "$PY" benchmarks/supervised_step.py "${supervised[@]}"
 run_case h2d 10 "$PY" benchmarks/host_to_device.py "${h2d[@]}"
 run_case nt_xent 15 "$PY" benchmarks/nt_xent.py "${ntxent[@]}"
 run_case demo 30 "$PY" benchmarks/train_step.py "${demo[@]}" --compute_dtypes=float32
+run_case vit-bf16-xla 50 "$PY" "${step[@]}" "${vit[@]}" --batch_per_device="$large" \
+  --compute_dtypes=bfloat16
+cudnn=$([ "$mode" = device ] && echo 50)
+run_case vit-bf16-cudnn "$cudnn" "$PY" "${step[@]}" "${vit[@]}" --batch_per_device="$large" \
+  --compute_dtypes=bfloat16 --config.model.vit.attention=cudnn
 run_case simclr-bf16-S "${small:+75}" "$PY" "${step[@]}" --batch_per_device="$small" \
   --compute_dtypes=bfloat16
 run_case simclr-f32-L 90 "$PY" "${step[@]}" --batch_per_device="$large" \

@@ -42,7 +42,7 @@ from absl import app, flags  # pylint: disable=g-import-not-at-top,wrong-import-
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from benchmarks import device_stats
-from simclr_jax import sharding
+from simclr_jax import backbones, sharding
 from simclr_jax.training import device_memory
 from simclr_jax.training import model as model_lib
 from simclr_jax.training import pretrain_step
@@ -91,6 +91,7 @@ def measure(config, batch_per_device: int, image_size: int, steps: int, warmup: 
   kind = jax.devices()[0].device_kind
   views_per_device = 2 * batch_per_device
   return {"what": "simclr_jax train step", "method": config.method,
+          "backbone": backbones.describe(config.model),
           "compute_dtype": config.compute_dtype,
           "conv_algorithm": config.get("conv_algorithm", "xla"),
           "xla_flags": os.environ.get("XLA_FLAGS", ""),

@@ -43,8 +43,8 @@ class RegisterToy(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, RegisterToy())
 """
 TOY = "--config.model.name=toy_mlp --config.simclr.head_widths=(32,16)"
-ORDER = ["device", "simclr-bf16-L", "supervised", "h2d", "nt_xent", "demo", "simclr-bf16-S",
-         "simclr-f32-L", "simclr-f32-S", "summary"]
+ORDER = ["device", "simclr-bf16-L", "supervised", "h2d", "nt_xent", "demo", "vit-bf16-xla",
+         "vit-bf16-cudnn", "simclr-bf16-S", "simclr-f32-L", "simclr-f32-S", "summary"]
 
 
 def _run(tmp_path, *args, **env):
@@ -78,7 +78,9 @@ def test_cases_run_in_order_bf16_at_the_larger_batch_first(cpu_run):
   assert cases["simclr-bf16-S"] == {"case": "simclr-bf16-S", "what": "skipped",
                                     "reason": "--cpu runs one batch size"}
   summary = cases["summary"]
-  assert summary["failed"] == [] and summary["skipped"] == ["simclr-bf16-S", "simclr-f32-S"]
+  assert cases["vit-bf16-cudnn"]["reason"] == "--cpu: cuDNN attention needs a GPU"
+  assert summary["failed"] == [] and summary["skipped"] == ["vit-bf16-cudnn", "simclr-bf16-S",
+                                                            "simclr-f32-S"]
   assert list(summary["case_s"]) == [c for c in ORDER if c not in summary["skipped"] + [
       "summary"]]
   assert summary["mode"] == "cpu" and summary["out_dir"] == str(out)
@@ -109,6 +111,14 @@ def test_simclr_steps_throughput_flops_and_memory(cpu_run, case, dtype, config):
   assert line["peak_flops"] is None and line["mfu"] is None
   assert line["runtime_peak_bytes"] is None and "mfu_vs_tf32" not in line
   assert ("trace_files" in line) == (case == "simclr-bf16-L")
+
+
+def test_the_vit_case_runs_the_vit(cpu_run):
+  """--cpu: the 'mu' ViT in place of ViT-S/16, its step in bfloat16 with XLA's attention."""
+  line = cpu_run[0]["vit-bf16-xla"]
+  assert line["what"] == "simclr_jax train step" and line["loss_finite"]
+  assert line["backbone"].startswith("vit_mu4") and line["compute_dtype"] == "bfloat16"
+  assert cpu_run[0]["demo"]["backbone"].startswith("toy_mlp")
 
 
 def test_the_first_case_writes_a_small_flat_trace(cpu_run):
@@ -156,7 +166,7 @@ def test_a_spent_budget_skips_every_case(tmp_path):
 def test_a_failed_case_is_reported_and_the_rest_still_run(tmp_path):
   result, lines, out = _run(tmp_path, "--cpu", PYTHON="false")
   assert result.returncode == 1
-  ran = [c for c in ORDER[:-1] if not c.startswith("simclr-") or c.endswith("-L")]
+  ran = [c for c in ORDER[:-1] if not c.endswith(("-S", "-cudnn"))]
   assert [line["case"] for line in lines if line["what"] == "failed"] == ran
   assert lines[-1]["failed"] == ran
   assert "== device: false benchmarks/device_stats.py" in (out / "device_check.log").read_text()
