@@ -97,7 +97,11 @@ def get_config() -> ml_collections.ConfigDict:
   # resampled for other sizes; set it to the training image size.
   config.model.vit.pos_embed_image_size = 224
   config.model.vit.pooling = "cls"  # 'cls' (class token) or 'gap' (mean of patch tokens).
-  config.model.vit.drop_path_rate = 0.0  # Stochastic depth at the last block (training).
+  # Stochastic depth at the last block, rising linearly from 0 at the first (timm's rule),
+  # in training only, on the online network only (never an EMA target). A run-time field:
+  # fine-tuning sets its own (DeiT's default 0.1, with which MoCo v3 fine-tunes its ViTs);
+  # MoCo v3 pretrains with 0.
+  config.model.vit.drop_path_rate = 0.0
   # jax.nn.dot_product_attention's implementation: 'xla' (anywhere) or 'cudnn' (GPU,
   # compute_dtype bfloat16); checkpoints move freely between them.
   config.model.vit.attention = "xla"

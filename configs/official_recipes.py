@@ -320,6 +320,8 @@ MOCOV3_VIT = (
         "MoCo v3's", "vits.py:31-47"),
     Row("patch embedding frozen at its random init (--stop-grad-conv1)",
         ("^encoder/patch_embed/",), "vits.py:49-51", "optimizer.frozen_patterns"),
+    Row("no drop-path in pretraining (vit_small gets no drop_path_rate: timm's default 0)",
+        0.0, "main_moco.py:181-182, vits.py:115-118", "model.vit.drop_path_rate"),
     Row("SyncBatchNorm (global) in the heads", "on", "main_moco.py:195-196"),
     Row("each view through the encoders alone", True, "moco/builder.py:86-94",
         "mocov3.forward_views_separately"),
@@ -363,8 +365,11 @@ MOCOV3_VIT = (
         "linear"),
     Row("linear: epochs", 90, "main_lincls.py:49", "linear_eval.epochs", "linear"),
     _batch(1024, "main_lincls.py:53-55", "linear", "linear_eval.batch_size"),
-    Row("fine-tuning", "DeiT's recipe (in the DeiT repository)", "README.md:159-171",
-        project="SimCLR v2's", why=_FINETUNE_WHY),
+    Row("fine-tuning: DeiT's code with all its default settings (README.md:85), among them "
+        "drop-path 0.1 (facebookresearch/deit main.py:43 at 0282d2a; set it here with "
+        "--config.model.vit.drop_path_rate=0.1); the transfer commands pass --drop-path 0.1 "
+        "but 0 for Pets (transfer/README.md:97-124)", "DeiT's recipe (in the DeiT repository)",
+        "README.md:85, 159-171", project="SimCLR v2's", why=_FINETUNE_WHY),
 )
 
 VICREG = (

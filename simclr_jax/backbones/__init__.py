@@ -1,9 +1,11 @@
 """The backbone registry: `config.model.name` -> the module that builds that family.
 
 Every backbone maps (B, H, W, 3) images to (B, num_features) float32 features, has a
-`num_features` attribute and takes `train` (BatchNorm's mode, the ViT's drop-path); what a
-family's module provides is backbones/contract.py. Adding one is a file and a line here:
-export, `load_encoder` and every stage reach it only through the functions below.
+`num_features` attribute and is called as `encoder(images, train, rngs=None)` (BatchNorm's
+mode; the randomness of stochastic layers such as the ViT's drop-path, which run only with
+both); what a family's module provides is backbones/contract.py. Adding one is a file and
+a line here: export, `load_encoder` and every stage reach it only through the functions
+below.
 """
 
 from __future__ import annotations

@@ -1,10 +1,15 @@
 """What a backbone family is to the rest of the project (the registry in __init__.py).
 
 A family is one module with:
-  create(model_config, rngs, dtype, conv_algorithm) -> nnx.Module: (B, H, W, 3) images ->
-    (B, num_features) float32 features, `train` for BatchNorm's mode (and the ViT's
-    drop-path, which also takes `rngs`), a `num_features` attribute, computing in `dtype`
-    with float32 parameters;
+  create(model_config, rngs, dtype, conv_algorithm) -> nnx.Module, called as
+    `encoder(images, train, rngs=None)`: (B, H, W, 3) images -> (B, num_features) float32
+    features, with a `num_features` attribute, computing in `dtype` with float32
+    parameters. `train`: training mode (BatchNorm's batch statistics). `rngs`: an
+    nnx.Rngs with a 'dropout' stream, or None: the randomness of stochastic layers (the
+    ViT's drop-path), which run only when `train` and `rngs` are both given, so that
+    train=True without `rngs` is training mode without them (EMA target networks; the
+    training steps give `rngs` to the online network only). A family without stochastic
+    layers takes `rngs` and ignores it;
   check_config(config): ConfigError for a `config.model` it cannot build;
   describe(model_config) -> str: what it is, for logs, `repr(load_encoder(...))` and
     encoder.json;

@@ -156,7 +156,12 @@ class ResNet(nnx.Module):
     self.blocks = nnx.List(blocks)
     self.num_features = in_features
 
-  def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool = True, rngs: nnx.Rngs | None = None
+               ) -> jax.Array:
+    """x: (B, H, W, 3) -> (B, num_features) float32; `train`: BatchNorm's batch statistics
+    (and their running averages updated). `rngs`: the backbone contract's randomness, unused
+    (a ResNet has no stochastic layer)."""
+    del rngs
     x = nnx.relu(self.stem_bn(self.stem_conv(x), use_running_average=not train))
     if not self.small_image_stem:
       x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))

@@ -213,7 +213,7 @@ class VisionTransformer(nnx.Module):
       patch tokens, then LayerNorm `fc_norm`; timm's global_pool='avg'). Both keep the class
       token, as timm does.
     drop_path_rate: stochastic depth, rising linearly from 0 at the first block to this at
-      the last (timm's calculate_drop_path_rates); only with train=True.
+      the last (timm's calculate_drop_path_rates); only with train=True and `rngs` given.
     dtype: what the layers compute in (bfloat16 for mixed precision); parameters stay
       float32 and the features are float32.
     attention: `jax.nn.dot_product_attention`'s implementation, 'xla' or 'cudnn' (GPU, 16-bit).
@@ -256,12 +256,11 @@ class VisionTransformer(nnx.Module):
     return resample_table(self.pos_embed[...], grid)
 
   def _drop_path_keys(self, train: bool, rngs) -> list | None:
-    """Two keys per block when drop-path is on, else None."""
-    if not train or not any(block.drop_path_rate > 0 for block in self.blocks):
+    """Two keys per block when drop-path runs (train, randomness given and a rate > 0),
+    else None. Training without `rngs` is training without drop-path: what an EMA target
+    network is (MoCo v3's momentum encoder and DINO's teacher run none)."""
+    if not train or rngs is None or not any(b.drop_path_rate > 0 for b in self.blocks):
       return None
-    if rngs is None:
-      raise ValueError("drop_path_rate > 0 needs randomness in training: call the encoder "
-                       "with rngs=nnx.Rngs(dropout=key) (or a PRNG key).")
     key = rngs.dropout() if isinstance(rngs, nnx.Rngs) else rngs
     keys = jax.random.split(key, (len(self.blocks), 2))
     return [tuple(pair) if block.drop_path_rate > 0 else None
@@ -269,8 +268,9 @@ class VisionTransformer(nnx.Module):
 
   def __call__(self, x: jax.Array, train: bool = True,
                rngs: nnx.Rngs | jax.Array | None = None) -> jax.Array:
-    """x: (B, H, W, 3). train: drop-path on (the rest is the same in both modes).
-    rngs: drop-path's randomness (its 'dropout' stream, or a key) when it is on."""
+    """x: (B, H, W, 3) -> (B, width) float32. Drop-path runs when `train` and `rngs` (its
+    randomness: an nnx.Rngs, whose 'dropout' stream gives a fresh key each call, or a PRNG
+    key) are both given; the rest is the same in every mode."""
     patches = self.patch_embed(x)  # (B, H / p, W / p, width)
     batch, grid_h, grid_w, width = patches.shape
     cls_token = jnp.broadcast_to(self.cls_token[...].astype(self.dtype), (batch, 1, width))
@@ -346,10 +346,6 @@ def check_config(config) -> None:
           f"model.vit.pooling must be one of {list(POOLINGS)}, got {vit.pooling!r}.")
   require(0.0 <= vit.drop_path_rate < 1.0,
           f"model.vit.drop_path_rate must be in [0, 1), got {vit.drop_path_rate}.")
-  # The module supports it (`rngs` at the call); the training steps pass none yet.
-  require(vit.drop_path_rate == 0.0,
-          f"model.vit.drop_path_rate={vit.drop_path_rate}: drop-path is not yet wired into the "
-          f"training steps (they give the encoder no per-step randomness); use 0.")
   size = config.augment.image_size
   require(size % vit.patch_size == 0,
           f"augment.image_size={size} is not a multiple of model.vit.patch_size="

@@ -29,9 +29,14 @@ class Method:
   Attributes:
     name: its registry name, also the name of its config block (`config.<name>`).
     build: (config, rngs, num_probe_classes) -> `Model` (backbone + heads + probe).
-    loss: (model, target, views, method_config, mesh) -> (loss, features, metrics).
-      `views` are (N, 2, H, W, 3) model input sharded on 'data'; `target` is the model
-      with the target network's weights in `target_modules` (None without a target);
+    loss: (model, target, views, method_config, mesh, rngs=None) -> (loss, features,
+      metrics). `views` are (N, 2, H, W, 3) model input sharded on 'data'; `target` is the
+      model with the target network's weights in `target_modules` (None without a
+      target); `rngs` is the step's randomness for stochastic layers (an nnx.Rngs with a
+      'dropout' stream: the ViT's drop-path), or None for none: the loss gives it to the
+      ONLINE encoder's calls only (each call draws its own key, so two passes, one per
+      view, get different masks), never to the target network, which runs in training
+      mode without them (MoCo v3's momentum encoder, as DINO's teacher, has no drop-path);
       `features` are the online encoder's (N, 2, F) (for the online probe); `metrics`
       are scalars for TensorBoard.
     check_config: (config) -> None; raises ConfigError for a bad method block.
@@ -89,11 +94,13 @@ def forward_views(fn: Callable[[jax.Array], tuple[jax.Array, ...]], views: jax.A
   return tuple(out.reshape((n, 2, *out.shape[1:])) for out in outputs)
 
 
-def encoder_then(model: Model, head: str) -> Callable[[jax.Array], tuple[jax.Array, jax.Array]]:
-  """images (B, H, W, 3) -> (features (B, F), model.<head>(features)), training mode."""
+def encoder_then(model: Model, head: str, rngs: nnx.Rngs | None = None
+                 ) -> Callable[[jax.Array], tuple[jax.Array, jax.Array]]:
+  """images (B, H, W, 3) -> (features (B, F), model.<head>(features)), training mode, the
+  encoder's stochastic layers drawing from `rngs` (None: none)."""
 
   def forward(images):
-    features = model.encoder(images, train=True)
+    features = model.encoder(images, train=True, rngs=rngs)
     return features, getattr(model, head)(features, train=True)
 
   return forward
@@ -114,18 +121,20 @@ def build_with_predictor(config, block, rngs: nnx.Rngs, num_probe_classes: int,
                predictor=predictor)
 
 
-def predictions_and_targets(model: Model, target: Model, views: jax.Array,
-                            separately: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
+def predictions_and_targets(model: Model, target: Model, views: jax.Array, separately: bool,
+                            rngs: nnx.Rngs | None = None
+                            ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """For (N, 2, H, W, 3) views: the online features (N, 2, F), the online predictions
   predictor(projector(encoder(x))) (N, 2, D) and the target projections
   projector'(encoder'(x)) (N, 2, D), the last as constants (stop_gradient). `separately`:
-  one pass per view (`forward_views`), for the online and the target network alike."""
+  one pass per view (`forward_views`), for the online and the target network alike.
+  `rngs`: the online encoder's stochastic layers (drop-path); the target's run none."""
 
   def online(images):
-    features = model.encoder(images, train=True)
+    features = model.encoder(images, train=True, rngs=rngs)
     return features, model.predictor(model.projector(features, train=True), train=True)
 
-  def projected_by_target(images):
+  def projected_by_target(images):  # No rngs: an EMA target runs no drop-path.
     return (target.projector(target.encoder(images, train=True), train=True),)
 
   features, predictions = forward_views(online, views, separately)

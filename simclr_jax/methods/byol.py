@@ -23,13 +23,13 @@ def build(config, rngs: nnx.Rngs, num_probe_classes: int = 0) -> base.Model:
                                    projector_last_norm="none")
 
 
-def loss(model: base.Model, target: base.Model, views: jax.Array, method_config,
-         mesh: Mesh) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+def loss(model: base.Model, target: base.Model, views: jax.Array, method_config, mesh: Mesh,
+         rngs: nnx.Rngs | None = None) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
   """The symmetric BYOL loss of (N, 2, H, W, 3) views: view 1's prediction regresses view
   2's target projection and the other way round (the paper's L + L~)."""
   del mesh  # A per-example loss: GSPMD reduces its batch mean.
   features, predictions, targets = base.predictions_and_targets(
-      model, target, views, method_config.forward_views_separately)
+      model, target, views, method_config.forward_views_separately, rngs)
   value = (losses.byol_loss(predictions[:, 0], targets[:, 1]) +
            losses.byol_loss(predictions[:, 1], targets[:, 0]))
   return value, features, {"loss": value}

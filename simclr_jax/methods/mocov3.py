@@ -33,11 +33,11 @@ def build(config, rngs: nnx.Rngs, num_probe_classes: int = 0) -> base.Model:
                                                         else "none"))
 
 
-def loss(model: base.Model, target: base.Model, views: jax.Array, method_config,
-         mesh: Mesh) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+def loss(model: base.Model, target: base.Model, views: jax.Array, method_config, mesh: Mesh,
+         rngs: nnx.Rngs | None = None) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
   """ctr(q1, k2) + ctr(q2, k1) for (N, 2, H, W, 3) views (moco-v3's forward)."""
   features, q, k = base.predictions_and_targets(
-      model, target, views, method_config.forward_views_separately)
+      model, target, views, method_config.forward_views_separately, rngs)
   temperature = method_config.temperature
   loss_1, accuracy_1 = losses.sharded_infonce(q[:, 0], k[:, 1], temperature, mesh, DATA_AXIS)
   loss_2, accuracy_2 = losses.sharded_infonce(q[:, 1], k[:, 0], temperature, mesh, DATA_AXIS)

@@ -28,12 +28,12 @@ def build(config, rngs: nnx.Rngs, num_probe_classes: int = 0) -> base.Model:
   return base.Model(encoder, base.create_probe(encoder, num_probe_classes, rngs), head=head)
 
 
-def loss(model: base.Model, target, views: jax.Array, method_config,
-         mesh: Mesh) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+def loss(model: base.Model, target, views: jax.Array, method_config, mesh: Mesh,
+         rngs: nnx.Rngs | None = None) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
   """NT-Xent of (N, 2, H, W, 3) views: (loss, features (N, 2, F), metrics)."""
   del target  # SimCLR has no target network.
 
-  features, z = base.forward_views(base.encoder_then(model, "head"), views,
+  features, z = base.forward_views(base.encoder_then(model, "head", rngs), views,
                                    method_config.forward_views_separately)
   value, accuracy = losses.sharded_nt_xent(z[:, 0], z[:, 1], method_config.temperature, mesh,
                                            DATA_AXIS)

@@ -30,12 +30,12 @@ def build(config, rngs: nnx.Rngs, num_probe_classes: int = 0) -> base.Model:
                     expander=expander)
 
 
-def loss(model: base.Model, target, views: jax.Array, method_config,
-         mesh: Mesh) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+def loss(model: base.Model, target, views: jax.Array, method_config, mesh: Mesh,
+         rngs: nnx.Rngs | None = None) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
   """The weighted VICReg loss of (N, 2, H, W, 3) views and its three terms."""
   del target  # VICReg has no target network.
 
-  features, z = base.forward_views(base.encoder_then(model, "expander"), views,
+  features, z = base.forward_views(base.encoder_then(model, "expander", rngs), views,
                                    method_config.forward_views_separately)
   terms = losses.sharded_vicreg_terms(z[:, 0], z[:, 1], mesh, DATA_AXIS)
   value = losses.combine_vicreg_terms(terms, method_config.invariance_weight,

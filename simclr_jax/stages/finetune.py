@@ -34,7 +34,8 @@ from simclr_jax import (backbones, config_checks, config_text, methods, precisio
                         storage)
 from simclr_jax.data import input_pipeline, subsets
 from simclr_jax.sharding import batch_sharded, replicated
-from simclr_jax.training import checkpoints, device_memory, faults, loop, optim, summaries
+from simclr_jax.training import (checkpoints, device_memory, faults, loop, optim, randomness,
+                                 summaries)
 from simclr_jax.training import model as model_lib
 
 DATA_FIELDS = ("dataset", "data_dir", "train_split", "eval_split")
@@ -67,8 +68,10 @@ class Classifier(nnx.Module):
     self.classifier = nnx.Linear(width, num_classes, kernel_init=nnx.initializers.zeros_init(),
                                  rngs=rngs)
 
-  def __call__(self, images: jax.Array, train: bool) -> jax.Array:
-    h = self.encoder(images, train=train)
+  def __call__(self, images: jax.Array, train: bool,
+               rngs: nnx.Rngs | None = None) -> jax.Array:
+    """`rngs`: the encoder's stochastic layers (drop-path) when training; None: none."""
+    h = self.encoder(images, train=train, rngs=rngs)
     if self.head_linear is not None:
       h = self.head_linear(h)
       if self.head_norm is not None:
@@ -183,16 +186,18 @@ def classifier_layers(config) -> optim.Layers | None:
 
 
 def train_step(train_state: FinetuneState, batch: dict[str, jax.Array], *, graphdef, tx,
-               schedule, num_classes: int, label_smoothing: float,
-               normalize: bool) -> tuple[FinetuneState, dict[str, jax.Array]]:
+               schedule, num_classes: int, label_smoothing: float, normalize: bool,
+               seed: int) -> tuple[FinetuneState, dict[str, jax.Array]]:
   """One update on {'image': (N, H, W, 3) uint8, 'label': (N,)} sharded on 'data'; BatchNorm
-  statistics over the global batch."""
+  statistics over the global batch; the encoder's drop-path (model.vit.drop_path_rate)
+  drawn from `seed` and the step (training/randomness.py), so a resumed run repeats it."""
   images = precision.to_model_input(batch["image"], normalize)
   targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], num_classes), label_smoothing)
+  key = randomness.run_key(seed, randomness.FINETUNE_STREAM)
 
   def loss_fn(params):
     model = nnx.merge(graphdef, params, train_state.batch_stats)
-    logits = model(images, train=True)
+    logits = model(images, train=True, rngs=randomness.step_rngs(key, train_state.step))
     loss = optax.softmax_cross_entropy(logits, targets).mean()
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
     return loss, (nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)), accuracy)
@@ -227,7 +232,7 @@ def compile_steps(config, graphdef, tx, schedule, num_classes: int, mesh):
   update = functools.partial(train_step, graphdef=graphdef, tx=tx, schedule=schedule,
                              num_classes=num_classes,
                              label_smoothing=config.finetune.label_smoothing,
-                             normalize=normalize)
+                             normalize=normalize, seed=config.seed)
   evaluate_batch = functools.partial(eval_step, graphdef=graphdef, normalize=normalize)
   return (jax.jit(update, in_shardings=(replicated(mesh), batch_sharded(mesh)),
                   out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=0),

@@ -2,8 +2,9 @@
 with its fault guard.
 
 views -> model input -> value_and_grad(method's loss + online probe) -> optimiser ->
-EMA of the target network -> metrics. It holds no method names (methods/ does).
-Imports no TensorFlow, TFDS or CLU (a test checks).
+EMA of the target network -> metrics. The online encoder's stochastic layers (the ViT's
+drop-path) draw from a key of the state's `rng` and step (training/randomness.py). It
+holds no method names (methods/ does). Imports no TensorFlow, TFDS or CLU (a test checks).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from jax.sharding import Mesh
 from simclr_jax import methods, precision
 from simclr_jax.methods import base
 from simclr_jax.sharding import batch_sharded, replicated
+from simclr_jax.training import randomness
 from simclr_jax.training.faults import apply_unless_faulty, fault_code, guarded_update
 from simclr_jax.training.state import TrainState
 
@@ -40,11 +42,14 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, method: base.M
   sharded on 'data' (labels only for the online probe)."""
   views = precision.to_model_input(batch["views"], normalize)
   modules = method.target_modules
+  # The same masks at a step whatever the device count, and again when a run resumes.
+  key = randomness.run_key(state.rng, randomness.PRETRAIN_STREAM)
 
   def loss_fn(params):
     model = nnx.merge(graphdef, params, state.batch_stats)
     target = _target_model(graphdef, state, params, modules) if modules else None
-    loss, features, metrics = method.loss(model, target, views, method_config, mesh)
+    rngs = randomness.step_rngs(key, state.step)
+    loss, features, metrics = method.loss(model, target, views, method_config, mesh, rngs)
     total = loss
     if model.probe is not None:
       probe_loss, probe_accuracy = base.online_probe_loss(model, features, batch["label"])

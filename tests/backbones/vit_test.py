@@ -271,8 +271,8 @@ def test_drop_path_only_in_training_and_as_timm_s():
   np.testing.assert_array_equal(first, _features(model, images, True, nnx.Rngs(dropout=0)))
   by_key = np.asarray(_features(model, images, True, jax.random.key(0)))  # A key does too.
   assert not np.allclose(by_key, evaluated)
-  with pytest.raises(ValueError, match="drop_path_rate > 0 needs randomness"):
-    model(images, train=True)
+  # Training without randomness is training without drop-path (an EMA target's mode).
+  np.testing.assert_array_equal(evaluated, np.asarray(_features(model, images, True)))
   # Without drop-path, training and evaluation are the same function (no BatchNorm).
   np.testing.assert_array_equal(evaluated, np.asarray(_features(plain, images, True)))
 
@@ -286,6 +286,24 @@ def test_drop_path_zeroes_whole_examples_and_rescales_the_rest():
   assert abs((per_example[:, 0] == 0).mean() - 0.25) < 0.03
 
 
+def test_a_block_drops_each_residual_branch_on_its_own():
+  """timm's Block (x + drop_path1(attn(norm1(x))), then + drop_path2(mlp(norm2(x)))) by hand
+  from the block's layers and `drop_path`: each branch has its own mask, and of 256
+  examples at rate 0.5 about half keep each branch."""
+  block = vit.Block(16, 2, 0.5, rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(1), (256, 3, 16))
+  keys = tuple(jax.random.split(jax.random.key(2)))
+  attn = block.attn(block.norm1(x))
+  y = x + vit.drop_path(attn, 0.5, keys[0])
+  expected = y + vit.drop_path(block.mlp(block.norm2(y)), 0.5, keys[1])
+  np.testing.assert_allclose(block(x, keys), expected, rtol=1e-6, atol=1e-6)
+  kept_attn = np.abs(np.asarray(y - x)).max(axis=(1, 2)) > 0
+  kept_mlp = np.abs(np.asarray(expected - y)).max(axis=(1, 2)) > 0
+  assert 0.4 < kept_attn.mean() < 0.6 and 0.4 < kept_mlp.mean() < 0.6
+  assert (kept_attn != kept_mlp).any()  # Two masks, not one.
+  np.testing.assert_array_equal(block(x), x + attn + block.mlp(block.norm2(x + attn)))
+
+
 # ---------------------------------------------------------------------------- the config
 
 
@@ -296,7 +314,7 @@ def test_drop_path_zeroes_whole_examples_and_rescales_the_rest():
     ({"position_embedding": "rope"}, 16, "model.vit.position_embedding must be one of"),
     ({"pooling": "max"}, 16, "model.vit.pooling must be one of"),
     ({"drop_path_rate": 1.0}, 16, r"model.vit.drop_path_rate must be in \[0, 1\)"),
-    ({"drop_path_rate": 0.1}, 16, "drop-path is not yet wired into the training steps"),
+    ({"drop_path_rate": -0.1}, 16, r"model.vit.drop_path_rate must be in \[0, 1\)"),
     ({"pos_embed_image_size": 18, "position_embedding": "learned"}, 16,
      "the learned position table's grid\\) must be a positive multiple of model.vit.patch_size"),
     ({"attention": "flash"}, 16, "model.vit.attention must be one of"),
@@ -307,6 +325,11 @@ def test_config_errors(fields, image_size, message):
   config.augment.image_size = image_size
   with pytest.raises(config_checks.ConfigError, match=message):
     model_lib.check_model_config(config)
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.1, 0.99])
+def test_drop_path_rates_in_0_1_are_accepted(rate):
+  model_lib.check_model_config(_config(drop_path_rate=rate))
 
 
 def test_cudnn_needs_bfloat16_and_a_head_width_cudnn_has(monkeypatch):

@@ -19,7 +19,7 @@ from simclr_jax.stages import pretrain
 from simclr_jax.training import model as model_lib
 from simclr_jax.training import pretrain_step
 from simclr_jax.training import state as state_lib
-from tests.support.helpers import probed_config, tiny_method_config
+from tests.support.helpers import probed_config, tiny_method_config, tiny_vit_method_config
 
 METHOD_NAMES = sorted(methods.METHODS)
 
@@ -245,3 +245,36 @@ def test_mocov3s_vit_predictor_ends_in_batchnorm_without_affine(last_batch_norm)
   standardised = np.allclose(outputs.mean(0), 0, atol=1e-4) and np.allclose(
       outputs.std(0), 1, atol=1e-2)
   assert standardised == last_batch_norm
+
+
+@pytest.mark.parametrize("name", ["byol", pytest.param("mocov3", marks=pytest.mark.slow)])
+def test_drop_path_reaches_the_online_encoder_only(name):
+  """With rngs, BYOL's and MoCo v3's online passes run drop-path and the target's do not:
+  the target projections equal the same weights' without drop-path (a rate-0 model's
+  projector'(encoder'(x)) in training mode); each view's online pass draws its own masks
+  (the same image as both views, different features)."""
+  config = tiny_vit_method_config(name, 0.5)
+  assert config[name].forward_views_separately
+  mesh = sharding.create_mesh()
+  item = model_lib.init_model(config, mesh)
+  dropping = model_lib.model_graphdef(config)
+  plain = model_lib.model_graphdef(tiny_vit_method_config(name, 0.0))
+  image = jax.random.uniform(jax.random.key(0), (16, 1, 8, 8, 3))
+  views = jnp.concatenate([image, image], axis=1)  # (16, 2, 8, 8, 3): the same image twice.
+
+  @jax.jit
+  def outputs(views):
+    model = nnx.merge(dropping, item["params"], item["batch_stats"])
+    target = nnx.merge(dropping, item["params"], item["batch_stats"])
+    features, _, targets = base.predictions_and_targets(model, target, views, True,
+                                                        nnx.Rngs(dropout=3))
+    reference = nnx.merge(plain, item["params"], item["batch_stats"])
+    expected = [reference.projector(reference.encoder(views[:, i], train=True), train=True)
+                for i in range(2)]
+    return features, targets, jnp.stack(expected, axis=1)
+
+  with jax.set_mesh(mesh):
+    features, targets, expected = jax.device_get(outputs(views))
+  np.testing.assert_allclose(targets, expected, rtol=1e-5, atol=1e-6)
+  assert np.abs(targets[:, 0] - targets[:, 1]).max() < 1e-5  # The same image, no masks.
+  assert np.abs(features[:, 0] - features[:, 1]).max() > 1e-2

@@ -18,7 +18,7 @@ from simclr_jax.stages import finetune
 from simclr_jax.training import checkpoints, preemption
 from simclr_jax.training import model as model_lib
 from tests.conftest import MOCK_EXAMPLES
-from tests.support.helpers import tiny_food101_config, tiny_resnet_config
+from tests.support.helpers import tiny_food101_config, tiny_resnet_config, tiny_vit_method_config
 
 
 def test_stratified_fraction_keeps_every_class_in_proportion_and_is_reproducible():
@@ -285,6 +285,56 @@ def test_the_update_s_loss_is_smoothed_cross_entropy_of_the_model_s_logits(head_
   log_probs -= np.log(np.exp(log_probs).sum(1, keepdims=True))
   assert float(metrics["loss"]) == pytest.approx(-(targets * log_probs).sum(1).mean(),
                                                  rel=1e-5)
+
+
+def test_a_vit_s_fine_tuning_step_runs_drop_path_from_the_seed_and_the_step():
+  """model.vit.drop_path_rate 0.5: the step's loss is the cross entropy of the logits with
+  drop-path drawn from fold_in(fold_in(key(seed), stream 2), step), computed outside the
+  step; the same when repeated (a resumed run), another at another step, and not that of
+  the logits without drop-path."""
+  config = tiny_vit_method_config("simclr", 0.5)
+  num_classes, mesh = 5, sharding.create_mesh()
+  graphdef, params, stats = nnx.split(
+      finetune.build_classifier(config, num_classes, nnx.Rngs(0)), nnx.Param, nnx.BatchStat)
+  # On the host: the step donates its state, which must not take these buffers.
+  params, stats = jax.device_get((nnx.to_pure_dict(params), nnx.to_pure_dict(stats)))
+  rng = np.random.default_rng(3)
+  params["classifier"]["kernel"] = rng.normal(  # Zero logits would not see drop-path.
+      size=params["classifier"]["kernel"].shape).astype(np.float32)
+  tx = optax.sgd(0.0)
+  update, _ = finetune.compile_steps(config, graphdef, tx, lambda step: 0.0, num_classes, mesh)
+  images = rng.integers(0, 256, (16, 8, 8, 3), np.uint8)
+  labels = rng.integers(0, num_classes, 16).astype(np.int32)
+
+  def loss_at(step):
+    train_state = finetune.FinetuneState(step=np.int32(step), params=params, batch_stats=stats,
+                                         opt_state=tx.init(params), history=np.zeros((1, 2)))
+    _, metrics = update(jax.device_put(train_state, sharding.replicated(mesh)),
+                        {"image": images, "label": labels})
+    return float(metrics["loss"])
+
+  losses = [loss_at(0), loss_at(0), loss_at(4)]
+  base_key = jax.random.fold_in(jax.random.key(config.seed), 2)
+  keys = (None, jax.random.fold_in(base_key, 0), jax.random.fold_in(base_key, 4))
+
+  @jax.jit
+  def all_logits(model_input):
+    model = nnx.merge(graphdef, params, stats)
+    return [model(model_input, train=True, rngs=None if key is None else nnx.Rngs(dropout=key))
+            for key in keys]
+
+  logits = [np.asarray(x, np.float64) for x in all_logits(
+      precision.to_model_input(images, config.augment.normalize))]
+  expected = []
+  for value in logits:
+    log_probs = value - value.max(1, keepdims=True)
+    log_probs -= np.log(np.exp(log_probs).sum(1, keepdims=True))
+    expected.append(-log_probs[np.arange(16), labels].mean())
+  np.testing.assert_allclose(losses, [expected[1], expected[1], expected[2]], rtol=1e-5)
+  assert losses[0] == losses[1]
+  # Drop-path moves the loss by percents here; float sums by 1e-6.
+  for other in (expected[0], losses[2]):
+    assert abs(other - losses[0]) > 1e-3 * losses[0], (losses, expected)
 
 
 def test_a_fine_tuning_image_size_too_small_for_the_backbone_is_a_config_error(tmp_path):

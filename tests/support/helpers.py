@@ -75,6 +75,17 @@ def tiny_method_config(method: str, **overrides):
   return config
 
 
+def tiny_vit_method_config(method: str, drop_path_rate: float = 0.0):
+  """`tiny_method_config(method)` on the 'mu' ViT at 8 px with 4 px patches (4 patches +
+  the class token), no warm-up: for tests of the ViT in training (drop-path)."""
+  config = tiny_method_config(method)
+  config.model = tiny_vit_config().model
+  config.model.vit.update(drop_path_rate=drop_path_rate, pos_embed_image_size=8)
+  config.augment.image_size = 8
+  config.optimizer.warmup_epochs = 0.0
+  return config
+
+
 def probed_config(method: str):
   """2 steps of `method` with the online probe (conftest's `probed_workdir` runs it)."""
   return tiny_method_config(method, num_train_steps=2, online_probe=True)

@@ -21,7 +21,9 @@ class PooledPixelMLP(nnx.Module):
     self.out = nnx.Linear(hidden, features, use_bias=False, dtype=dtype, rngs=rngs)
     self.num_features = features
 
-  def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool = True, rngs: nnx.Rngs | None = None
+               ) -> jax.Array:
+    del rngs  # No stochastic layer.
     x = jax.image.resize(x, (x.shape[0], GRID, GRID, x.shape[-1]), "linear")
     h = nnx.relu(self.norm(self.hidden(x.reshape(x.shape[0], -1)),
                            use_running_average=not train))

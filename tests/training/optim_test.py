@@ -449,8 +449,8 @@ class _ToyViT(nnx.Module):
     self.norm = nnx.LayerNorm(width, rngs=rngs)
     self.num_features = width
 
-  def __call__(self, images, train: bool = True):
-    del train
+  def __call__(self, images, train: bool = True, rngs=None):
+    del train, rngs
     x = jax.image.resize(images, (images.shape[0], 8, 8, 3), "linear")
     x = self.patch_embed(x).reshape(images.shape[0], 4, -1)
     x = jnp.concatenate([jnp.broadcast_to(self.cls_token[...], (x.shape[0], 1, x.shape[-1])),
