@@ -3,7 +3,11 @@ accelerator is paid for (issue 27).
 
     python benchmarks/readiness.py [--config=configs/food101.py] [--checks=...]
         [--batch_size=0] [--image_size=0] [--small_depth=18] [--small_width=0.0625]
-        [--small_image_size=32] [--small_batch_per_device=2] [--cache_dir=] [--config.x=...]
+        [--small_vit_variant=mu] [--small_image_size=32] [--small_batch_per_device=2]
+        [--cache_dir=] [--config.x=...]
+
+A ResNet or a ViT (config.model.name; e.g. configs/food101_mocov3_vit_s16.py, or
+--config.model.name=vit for food101.py's SimCLR on ViT-S/16).
 
 Five checks, one JSON line each on stdout ({"check": name, "ok": bool, ...figures}); the exit
 status is 1 when any check fails. 8 simulated CPU devices (unless XLA_FLAGS names a count).
@@ -13,22 +17,29 @@ status is 1 when any check fails. 8 simulated CPU devices (unless XLA_FLAGS name
                 result), there are as many as the network implies (forward, weight and input
                 gradients; none for the stem's input), and no host callback (jax.debug.print,
                 pure_callback, io_callback: a custom call to a Python callback; infeed,
-                outfeed, send or recv).
+                outfeed, send or recv). A ViT: its patch embedding is the one convolution,
+                and every dot_general computes in bfloat16 (operands, or the algorithm
+                it names: attention's logits accumulate in float32), as many as the
+                blocks' dense layers, attention's two products and the heads imply, but
+                those that ask for HIGHEST precision (the losses' logits) and the online
+                probe's.
   flops         XLA's cost analysis of that lowered program (no compile), FLOPs per view,
                 within --flops_tolerance of the analytic figure: every convolution's and
                 dense layer's multiply-adds from the layer shapes the config implies, x2
                 FLOPs, x3 passes (forward, input and weight gradients) less the stem's input
                 gradient; a target network forward only, an online probe forward and weight
                 gradient. The analytic count skips the kernel taps over padding, as XLA does.
-  collectives   the step of a small ResNet of the same config (--small_*), compiled for the
-                8-device mesh (SPMD), every array its collectives move counted against the
-                model: the all-gathers, reduce-scatters and psums the loss asks for itself
-                (in the lowered program: SimCLR's two (N, D) key gathers and their
-                gradients), and the all-reduces the partitioner adds for the split batch,
-                exactly: each BatchNorm application's mean and mean of squares (forward),
-                each parameter's gradient once per pass over the views, and each
-                BatchNorm's batch sums for its input gradient (backward); no all-to-all,
-                no collective-permute.
+                A ViT: the patch embedding, each block's dense layers on every token and
+                attention's q k^T and softmax(.) v (T^2 D multiply-adds each).
+  collectives   the step of a small ResNet or ViT of the same config (--small_*), compiled
+                for the 8-device mesh (SPMD), every array its collectives move counted
+                against the model: the all-gathers, reduce-scatters and psums the loss
+                asks for itself (in the lowered program: SimCLR's two (N, D) key gathers
+                and their gradients), and the all-reduces the partitioner adds for the
+                split batch, exactly: each BatchNorm application's mean and mean of
+                squares (forward), each parameter's gradient once per pass over the
+                views, and each BatchNorm's batch sums for its input gradient
+                (backward); no all-to-all, no collective-permute.
   no_recompile  the small step run 3 steps, saved with the project's Orbax checkpoints,
                 restored (into the fresh state's structure and shardings, as a resumed run
                 does) and run 2 more: traced and compiled once, before the first step's
@@ -79,7 +90,7 @@ from absl import app, flags  # pylint: disable=g-import-not-at-top,wrong-import-
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from simclr_jax import backbones, methods, sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
-from simclr_jax.backbones import resnet  # pylint: disable=g-import-not-at-top,wrong-import-position
+from simclr_jax.backbones import resnet, vit  # pylint: disable=g-import-not-at-top,wrong-import-position
 from simclr_jax.stages import compile_check  # pylint: disable=g-import-not-at-top,wrong-import-position
 from simclr_jax.training import checkpoints, compile_cache  # pylint: disable=g-import-not-at-top,wrong-import-position
 from simclr_jax.training import model as model_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -97,6 +108,8 @@ flags.DEFINE_integer("image_size", 0, "View size of the lowered step; 0: the con
 flags.DEFINE_float("flops_tolerance", 0.05, "Allowed |XLA / analytic - 1| of FLOPs per view.")
 flags.DEFINE_integer("small_depth", 18, "ResNet depth of the compiled (small) step.")
 flags.DEFINE_float("small_width", 1 / 16, "ResNet width multiplier of the small step.")
+flags.DEFINE_string("small_vit_variant", "mu", "ViT variant of the small step (its heads "
+                    "too; the config's patch size).")
 flags.DEFINE_integer("small_image_size", 32, "View size of the small step.")
 flags.DEFINE_integer("small_batch_per_device", 2, "Images per device of the small step.")
 flags.DEFINE_string("cache_dir", "", "Persistent compilation cache of the compile_cache "
@@ -181,12 +194,11 @@ def passes(config) -> int:
 def analytic_flops_per_view(config, params, image_size: int,
                             skip_padding: bool = True) -> dict[str, float]:
   """FLOPs of one view in one training step, from the layer shapes: the online network's
-  convolutions and dense layers forward and both gradients (the stem has no input
-  gradient: its input is the data), the target network's forward only, the online
-  probe's forward and weight gradient (its input, the features, is a constant)."""
-  convs = resnet_convs(config.model, image_size)
-  encoder = sum(conv_macs(c, skip_padding) for c in convs)
-  stem = conv_macs(convs[0], skip_padding)
+  convolutions, dense layers (and a ViT's attention products) forward and both gradients
+  (the stem or patch embedding has no input gradient: its input is the data), the target
+  network's forward only, the online probe's forward and weight gradient (its input, the
+  features, is a constant)."""
+  encoder, stem = encoder_macs(config, image_size, skip_padding)
   targets = methods.get(config).target_modules
   dense = dense_macs(params)
   heads = sum(v for k, v in dense.items() if k not in ("encoder", "probe"))
@@ -198,13 +210,62 @@ def analytic_flops_per_view(config, params, image_size: int,
           "head_forward_macs": heads}
 
 
+def vit_layers(model_config, image_size: int) -> dict[str, Any]:
+  """The layer shapes of the ViT that `model_config` describes, on (image_size,
+  image_size) views (Dosovitskiy et al. 2021, Eq. 1-4, as timm's VisionTransformer):
+  {patch_kernel (p, p, 3, D), patches, tokens (the class token and the patches), width,
+  depth, dense: each block's (in, out) kernels applied to every token (qkv, proj, fc1,
+  fc2)}."""
+  width, depth, _ = vit.architecture(model_config)
+  patch = model_config.vit.patch_size
+  patches = (image_size // patch)**2
+  block = [(width, 3 * width), (width, width), (width, vit.MLP_RATIO * width),
+           (vit.MLP_RATIO * width, width)]
+  return {"patch_kernel": (patch, patch, 3, width), "patches": patches,
+          "tokens": 1 + patches, "width": width, "depth": depth, "dense": block * depth}
+
+
+def vit_macs(layers: dict[str, Any]) -> dict[str, int]:
+  """Multiply-adds of one view's ViT forward: the patch embedding (a p x p, stride p
+  convolution: each patch times a (3 p^2, D) matrix), every block's dense layers on every
+  token, and attention's two products per block, q k^T and softmax(.) v, T^2 D each
+  (whatever the heads: they split D). LayerNorm, GELU and softmax are left out."""
+  patch = layers["patches"] * math.prod(layers["patch_kernel"])
+  dense = layers["tokens"] * sum(a * b for a, b in layers["dense"])
+  attention = layers["depth"] * 2 * layers["tokens"]**2 * layers["width"]
+  return {"patch_embed": patch, "dense": dense, "attention": attention,
+          "total": patch + dense + attention}
+
+
+def encoder_macs(config, image_size: int, skip_padding: bool = True) -> tuple[int, int]:
+  """(the encoder's forward multiply-adds per view, those of its first layer: the one whose
+  input is the data, so that it has no input gradient)."""
+  if _family(config) is vit:
+    macs = vit_macs(vit_layers(config.model, image_size))
+    return macs["total"], macs["patch_embed"]
+  convs = resnet_convs(config.model, image_size)
+  return (sum(conv_macs(c, skip_padding) for c in convs), conv_macs(convs[0], skip_padding))
+
+
 def check_layers_match(config, params, image_size: int) -> bool:
-  """The analytic convolutions are the model's: the same multiset of kernel shapes."""
+  """The analytic layers are the model's: the same multiset of kernel shapes (a ResNet's
+  convolutions; a ViT's patch embedding and dense layers)."""
+  if _family(config) is vit:
+    layers = vit_layers(config.model, image_size)
+    analytic = sorted([layers["patch_kernel"], *layers["dense"]])
+    model = sorted(tuple(leaf.shape) for leaf in jax.tree.leaves(params["encoder"])
+                   if len(leaf.shape) in (2, 4))
+    return analytic == model
   analytic = sorted((c["kernel"], c["kernel"], c["cin"], c["cout"])
                     for c in resnet_convs(config.model, image_size))
   model = sorted(tuple(leaf.shape) for leaf in jax.tree.leaves(params["encoder"])
                  if len(leaf.shape) == 4)
   return analytic == model
+
+
+def _family(config):
+  """The backbone family's module (the registry's, not its name)."""
+  return backbones.BACKBONES.get(config.model.name)
 
 
 # ------------------------------------------------------------- the program's text
@@ -220,6 +281,25 @@ def convolution_dtypes(stablehlo: str) -> collections.Counter:
   found = collections.Counter()
   for operands, result in _CONV.findall(stablehlo):
     found[f"{','.join(_ELEMENT.findall(operands))}->{_ELEMENT.findall(result)[0]}"] += 1
+  return found
+
+
+_DOT = re.compile(r"stablehlo\.dot_general\b(.*):\s*\((.*)\)\s*->\s*(tensor<[^>]*>)\s*$",
+                  re.MULTILINE)
+_ALGORITHM = re.compile(r"lhs_precision_type = (\w+), rhs_precision_type = (\w+)")
+
+
+def dot_general_dtypes(stablehlo: str) -> collections.Counter:
+  """{'lhs,rhs->out' element types: count} over the StableHLO's dot_generals; 'lhs,rhs'
+  are the types the product computes in when the op names an algorithm (jax's attention
+  asks BF16_BF16_F32 for its logits, so their gradients take float32 cotangents and still
+  multiply in bfloat16), and ' HIGHEST' follows when it asks for full precision."""
+  found = collections.Counter()
+  for attributes, operands, result in _DOT.findall(stablehlo):
+    algorithm = _ALGORITHM.search(attributes)
+    inputs = algorithm.groups() if algorithm else _ELEMENT.findall(operands)
+    highest = " HIGHEST" if "HIGHEST" in attributes else ""
+    found[f"{','.join(inputs)}->{_ELEMENT.findall(result)[0]}{highest}"] += 1
   return found
 
 
@@ -293,25 +373,61 @@ def lowered_step(config, mesh):
 
 def check_bf16(config, lowered, state, lower_s: float) -> dict[str, Any]:
   """Check 1: every convolution in bfloat16, as many as the network implies, and no host
-  callback."""
+  callback; for a ViT also every matrix product but those that ask for full precision
+  (the losses' logits) and the online probe's, as many as the network implies."""
   text = lowered.as_text()
   dtypes = convolution_dtypes(text)
-  convs = len(resnet_convs(config.model, config.augment.image_size))
-  target = convs if "encoder" in methods.get(config).target_modules else 0
+  is_vit = _family(config) is vit
+  convs = 1 if is_vit else len(resnet_convs(config.model, config.augment.image_size))
+  target_encoder = "encoder" in methods.get(config).target_modules
   # Per pass: forward, weight and input gradients of each (none for the stem's input);
   # a target encoder's forward.
-  expected = passes(config) * (3 * convs - 1 + target)
+  expected = passes(config) * (3 * convs - 1 + (convs if target_encoder else 0))
   callbacks = host_callbacks(text)
   bf16 = dtypes.get("bf16,bf16->bf16", 0)
   total = sum(dtypes.values())
-  return {"check": "bf16",
-          "ok": bf16 == total == expected and not callbacks,
-          "compute_dtype": config.compute_dtype, "image_size": config.augment.image_size,
-          "global_batch": config.batch_size, "convolutions": total,
-          "expected_convolutions": expected, "bf16_convolutions": bf16,
-          "convolution_dtypes": dict(dtypes), "host_callbacks": callbacks,
-          "custom_calls": sorted(set(_CUSTOM_CALL.findall(text))),
-          "lower_s": round(lower_s, 2)}
+  result = {"check": "bf16",
+            "ok": bf16 == total == expected and not callbacks,
+            "compute_dtype": config.compute_dtype, "image_size": config.augment.image_size,
+            "global_batch": config.batch_size, "convolutions": total,
+            "expected_convolutions": expected, "bf16_convolutions": bf16,
+            "convolution_dtypes": dict(dtypes), "host_callbacks": callbacks,
+            "custom_calls": sorted(set(_CUSTOM_CALL.findall(text))),
+            "lower_s": round(lower_s, 2)}
+  if is_vit:
+    result.update(_check_vit_products(config, text, state.params))
+    result["ok"] = result["ok"] and result["products_ok"]
+  return result
+
+
+def _check_vit_products(config, stablehlo: str, params) -> dict[str, Any]:
+  """A ViT's matrix products (dot_generals): those of the encoder (each block's four dense
+  layers and attention's two products) and of the heads compute in bfloat16, forward,
+  input and weight gradients (attention's two products: both operands' gradients) for the
+  online network, forward only for a target network; the rest are full-precision float32
+  ones that the losses ask for and the online probe's forward and weight gradient."""
+  dtypes = dot_general_dtypes(stablehlo)
+  targets = methods.get(config).target_modules
+  dense = {k: v for k, v in _dense_kernels(params).items() if k != "probe"}
+  encoder = 6 * vit.architecture(config.model)[1]
+  heads = sum(v for k, v in dense.items() if k != "encoder")
+  target = ((encoder if "encoder" in targets else 0)
+            + sum(v for k, v in dense.items() if k in targets and k != "encoder"))
+  expected = passes(config) * (3 * (encoder + heads) + target)
+  bf16 = sum(n for key, n in dtypes.items() if key.startswith("bf16,bf16->"))
+  highest = sum(n for key, n in dtypes.items() if key.endswith(" HIGHEST"))
+  probe = 2 * _dense_kernels(params).get("probe", 0)
+  other = sum(dtypes.values()) - bf16 - highest
+  return {"products_ok": bf16 == expected and other == probe,
+          "dot_generals": sum(dtypes.values()), "bf16_dot_generals": bf16,
+          "expected_bf16_dot_generals": expected, "highest_precision_dot_generals": highest,
+          "other_dot_generals": other, "probe_dot_generals": probe,
+          "dot_general_dtypes": dict(dtypes)}
+
+
+def _dense_kernels(params) -> collections.Counter:
+  """{top-level module: its dense layers (2-D kernels)}."""
+  return collections.Counter(path[0] for path, leaf in _leaves(params) if len(leaf.shape) == 2)
 
 
 def check_flops(config, lowered, state, tolerance: float) -> dict[str, Any]:
@@ -559,11 +675,15 @@ def lowered_config(config, batch_size: int, image_size: int):
 
 
 def small_config(config):
-  """The config with a small ResNet (--small_*) over all the devices."""
+  """The config with a small ResNet or ViT (--small_*) over all the devices."""
   config = config.copy_and_resolve_references()
   with config.unlocked():
-    config.model.depth = FLAGS.small_depth
-    config.model.width_multiplier = FLAGS.small_width
+    if _family(config) is vit:
+      config.model.vit.variant = FLAGS.small_vit_variant
+      config.model.vit.num_heads = None  # The variant's.
+    else:
+      config.model.depth = FLAGS.small_depth
+      config.model.width_multiplier = FLAGS.small_width
     config.augment.image_size = FLAGS.small_image_size
     config.batch_size = FLAGS.small_batch_per_device * jax.device_count()
   return config
@@ -607,9 +727,9 @@ def main(argv):
   unknown = set(FLAGS.checks) - set(CHECKS)
   if unknown:
     raise app.UsageError(f"Unknown checks {sorted(unknown)}; known: {', '.join(CHECKS)}.")
-  if backbones.BACKBONES.get(FLAGS.config.model.name) is not resnet:
-    raise app.UsageError(f"readiness.py counts a ResNet's layers; config.model.name is "
-                         f"{FLAGS.config.model.name!r}.")
+  if _family(FLAGS.config) not in (resnet, vit):
+    raise app.UsageError(f"readiness.py counts a ResNet's or a ViT's layers; "
+                         f"config.model.name is {FLAGS.config.model.name!r}.")
   ok = True
   with tempfile.TemporaryDirectory() as scratch:
     for result in run_checks(FLAGS.config, FLAGS.checks, scratch):
