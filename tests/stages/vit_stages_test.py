@@ -1,0 +1,213 @@
+"""Every stage on a real tiny ViT (the 'mu' variant, 4 px patches, 16 px digits; learned
+position table): pretraining that resumes from its checkpoint bit for bit, load_encoder's
+features equal to the stages', linear and kNN probes against NumPy on those features, and
+fine-tuning at another image size with MAE's layer-wise learning-rate decay, read off the
+first AdamW step.
+
+One pretraining run serves the module (XLA's CPU compile of a ViT step is the cost); the
+other backbones' stage tests run on the toy backbone (tests/stages/, tests/encoder_test.py).
+"""
+
+import json
+import shutil
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from simclr_jax import encoder as encoder_lib
+from simclr_jax import sharding
+from simclr_jax.data import input_pipeline, sources, subsets
+from simclr_jax.evaluation import encoding, linear_probe
+from simclr_jax.stages import finetune, linear_eval, pretrain
+from simclr_jax.training import checkpoints
+from simclr_jax.training import model as model_lib
+from simclr_jax.training import optim
+from simclr_jax.training import state as state_lib
+from tests.evaluation.knn_test import numpy_knn
+from tests.support.helpers import tiny_method_config, tiny_vit_config
+
+WIDTH, DEPTH = 64, 4  # The 'mu' variant.
+
+
+def _config(num_train_steps=2):
+  """SimCLR with AdamW (the ViT recipes' optimiser) on the 'mu' ViT, its learned position
+  table made for 16 px, on the offline digits; a checkpoint every step."""
+  config = tiny_method_config("simclr", num_train_steps=num_train_steps, dataset="digits",
+                              train_split="train", eval_split="test")
+  config.model = tiny_vit_config().model
+  config.model.vit.position_embedding = "learned"
+  config.optimizer.update(name="adamw", base_learning_rate=1e-3, lr_scaling="none",
+                          weight_decay=0.1, warmup_epochs=0.0, gradient_clip_norm=1.0)
+  return config
+
+
+@pytest.fixture(scope="module", name="vit_workdir")
+def _vit_workdir(tmp_path_factory):
+  """Two pretraining steps (checkpoints 1 and 2), once for the module: read it, copy it
+  before writing."""
+  workdir = tmp_path_factory.mktemp("vit_pretrained")
+  pretrain.pretrain(_config(), str(workdir))
+  return workdir
+
+
+def _restore(config, workdir):
+  """(step, TrainState) of the newest checkpoint, restored as pretraining resumes."""
+  tx, _ = state_lib.create_optimizer(config, 2, 2)
+  target = state_lib.init_train_state(config, tx, sharding.create_mesh())
+  with checkpoints.create_manager(checkpoints.checkpoint_dir(workdir)) as manager:
+    step, items = checkpoints.restore(manager, target.checkpoint_items(), config,
+                                      check_fields=pretrain.resume_fields(config))
+  return step, target, state_lib.TrainState.from_checkpoint_items(items)
+
+
+def test_pretraining_resumed_from_its_checkpoint_equals_the_straight_run(vit_workdir,
+                                                                        tmp_path):
+  """Step 1's checkpoint (parameters, AdamW's moments, the data stream's position) resumed
+  to step 2 gives step 2's checkpoint of the run that was not stopped, bit for bit."""
+  resumed = tmp_path / "resumed"
+  shutil.copytree(vit_workdir, resumed)
+  shutil.rmtree(resumed / "checkpoints" / "2")
+  summary = pretrain.pretrain(_config(), str(resumed))
+  assert summary["resumed_from_step"] == 1 and summary["step"] == 2
+  step, initial, straight = _restore(_config(), vit_workdir)
+  _, _, again = _restore(_config(), resumed)
+  assert step == 2 and int(straight.step) == int(again.step) == 2
+  assert jax.tree.structure(straight) == jax.tree.structure(again)
+  for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(again)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # Both steps moved every ViT parameter (the comparison can fail), the frozen-free AdamW
+  # holding a first moment of each.
+  encoder = lambda state: jax.tree.leaves(state.params["encoder"])
+  assert all(np.abs(np.asarray(a) - np.asarray(b)).max() > 0
+             for a, b in zip(encoder(straight), encoder(initial)))
+  assert any(np.asarray(m).shape == (1, 17, WIDTH) and np.abs(np.asarray(m)).max() > 0
+             for m in jax.tree.leaves(straight.opt_state))  # pos_embed's moments.
+
+
+def _eval_images(config, split):
+  """(images, labels) of `split` as the stages' exact passes see them (16 px uint8)."""
+  source = input_pipeline.create_source(config)
+  batches = list(input_pipeline.eval_dataset(config, source, split, 512).as_numpy_iterator())
+  keep = np.concatenate([b["mask"] for b in batches])
+  images = np.concatenate([b["image"] for b in batches])[keep]
+  labels = np.concatenate([b["label"] for b in batches])[keep]
+  return images, labels
+
+
+def test_load_encoder_gives_the_stages_features(vit_workdir):
+  """load_encoder (one device) and the stages' encoder (8 devices, the model item) agree on
+  the ViT: its parameters restored as saved, its features the same."""
+  config = _config()
+  encoder = encoder_lib.load_encoder(str(vit_workdir))
+  assert encoder.step == 2 and encoder.num_features == WIDTH
+  assert repr(encoder).startswith("Encoder(vit_mu4, learned position embedding")
+  mesh = sharding.create_mesh()
+  _, model = model_lib.restore_model(config, str(vit_workdir), mesh)
+  encode = encoding.make_encoder(model_lib.model_graphdef(config), config.augment.normalize)
+  images = np.random.default_rng(0).integers(0, 256, (16, 16, 16, 3), np.uint8)
+  expected = np.asarray(encode(model["params"], model["batch_stats"], images))
+  features = np.asarray(encoder(images))
+  assert features.shape == (16, WIDTH) and features.dtype == np.float32
+  assert expected.std() > 0.1  # Features that differ between images.
+  np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-5)
+  assert jax.tree.structure(encoder.params) == jax.tree.structure(model["params"]["encoder"])
+  for a, b in zip(jax.tree.leaves(encoder.params), jax.tree.leaves(model["params"]["encoder"])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_linear_and_knn_probes_equal_numpy_s_on_load_encoder_s_features(vit_workdir,
+                                                                       tmp_path):
+  """The linear evaluation stage (precomputed features) on the digits: every example once,
+  64 features; its kNN top-1 is a NumPy weighted kNN's, and its linear top-1 the probe's,
+  on load_encoder's features of the same evaluation views; both far above chance (0.1)."""
+  config = _config()
+  config.linear_eval.update(pretrain_workdir=str(vit_workdir), precompute_features=True,
+                            tsne_points=0, epochs=20, batch_size=64, learning_rate=0.1)
+  results = linear_eval.evaluate(config, str(tmp_path))
+  assert json.loads((tmp_path / "linear_eval.json").read_text()) == results
+  digits = sources.DigitsSource()
+  assert results["num_train_examples"] == digits.num_examples("train")
+  assert results["num_eval_examples"] == digits.num_examples("test")
+  assert results["num_features"] == WIDTH and results["checkpoint_step"] == 2
+
+  encoder = encoder_lib.load_encoder(str(vit_workdir))
+  train_images, train_y = _eval_images(config, "train")
+  eval_images, eval_y = _eval_images(config, "test")
+  train_x, eval_x = np.asarray(encoder(train_images)), np.asarray(encoder(eval_images))
+  le = config.linear_eval
+  knn = np.mean(numpy_knn(train_x, train_y, eval_x, 10, le.knn_k, le.knn_temperature) == eval_y)
+  classifier = linear_probe.train_linear_classifier(train_x, train_y, 10, le.epochs, le,
+                                                    config.seed)
+  top1 = linear_probe.top_k_accuracy(classifier, eval_x, eval_y, 1)
+  # Features on 8 devices and on 1 differ in their last bits: a near tie may flip.
+  assert results["knn_top1"] == pytest.approx(knn, abs=2 / len(eval_y))
+  assert results["top1"] == pytest.approx(top1, abs=2 / len(eval_y))
+  assert results["knn_top1"] > 0.5 and results["top1"] > 0.5
+
+
+def test_fine_tuning_at_24_px_takes_mae_s_layer_decayed_steps(vit_workdir, tmp_path):
+  """The fine-tuning stage on the ViT pretrained at 16 px, at 24 px (its learned table
+  resampled to the 6 x 6 grid), with layer_decay 0.65: two steps on 10 labelled digits.
+
+  Adam with betas (0, 0) steps by the learning rate times sign(gradient), so each
+  parameter's largest move is the rate times its layer's factor (MAE's lr_decay.py): 0.65^5
+  for the embeddings, 0.65^(4 - i) for block i, 1 for the final norm and the classifier.
+  The classifier starts at zero, so the encoder's first gradient is zero: the encoder moves
+  on the second step only, the classifier on both. Also: the stage starts from the
+  checkpoint's encoder (load_encoder's parameters), evaluates every test digit, and its
+  history is its result."""
+  config = _config()
+  config.finetune.update(pretrain_workdir=str(vit_workdir), image_size=24, batch_size=8,
+                         epochs=1, label_fraction=0.01, log_every_steps=1)
+  rate = 1e-3
+  config.finetune.optimizer.update(
+      name="adamw", base_learning_rate=rate, lr_scaling="none", weight_decay=0.0,
+      adam_betas=(0.0, 0.0), adam_epsilon=1e-12, schedule_unit="epoch", layer_decay=0.65)
+  results = finetune.finetune(config, str(tmp_path))
+  labelled = subsets.stratified_fraction(sources.DigitsSource().labels("train"), 0.01,
+                                         config.seed)
+  assert results["num_labelled_examples"] == len(labelled) == 10
+  assert results["num_steps"] == 2 and results["num_eval_examples"] == 450
+  assert results["top1"] == results["history"][0]["top1"] and 0 <= results["top1"] <= 1
+
+  tuned = _flat(_finetuned_params(tmp_path, step=2))
+  before = {("encoder",) + key: value for key, value in
+            _flat(encoder_lib.load_encoder(str(vit_workdir)).params).items()}
+  before[("classifier", "kernel")] = np.zeros((WIDTH, 10), np.float32)
+  before[("classifier", "bias")] = np.zeros(10, np.float32)
+  assert tuned.keys() == before.keys()
+  layers = finetune.classifier_layers(config)
+  assert layers.num_layers == DEPTH + 1
+  factors = {}
+  for key, value in tuned.items():
+    factor = optim.layer_decay_factor(0.65, DEPTH + 1, layers.layer_of("/".join(key)))
+    steps = 2 if key[0] == "classifier" else 1
+    # Up to float32's rounding of the parameter's largest entries.
+    ulp = np.spacing(np.abs(before[key]).max().astype(np.float32))
+    np.testing.assert_allclose(np.abs(value - before[key]).max(), steps * rate * factor,
+                               rtol=1e-5, atol=2 * ulp, err_msg=str(key))
+    factors.setdefault(round(factor, 9), set()).add(key)
+  assert sorted(factors) == [round(0.65 ** k, 9) for k in range(DEPTH + 1, -1, -1)]
+  assert {("encoder", "pos_embed"), ("encoder", "cls_token"),
+          ("encoder", "patch_embed", "kernel")} <= factors[round(0.65 ** 5, 9)]
+  assert ("encoder", "blocks", "3", "mlp", "fc2", "kernel") in factors[0.65]
+  assert {("encoder", "norm", "scale"), ("classifier", "kernel")} <= factors[1.0]
+
+
+def _flat(tree, prefix=()):
+  """{path tuple: array} of a nested dict (keys as strings)."""
+  if not isinstance(tree, dict):
+    return {prefix: np.asarray(tree)}
+  return {k: v for key, value in tree.items() for k, v in _flat(value, prefix + (str(key),)).items()}
+
+
+def _finetuned_params(workdir, step):
+  """The fine-tuned classifier model's parameters, from the stage's last checkpoint."""
+  directory = workdir / "finetune_checkpoints" / "pretrained"
+  with checkpoints.create_manager(directory) as manager:
+    assert manager.latest_step() == step
+    restored = manager.restore(step, args=ocp.args.Composite(
+        finetune=ocp.args.StandardRestore()))
+  return jax.device_get(restored["finetune"]["params"])
