@@ -26,7 +26,7 @@ from simclr_jax.training import model as model_lib
 from simclr_jax.training import optim
 from simclr_jax.training import state as state_lib
 from tests.evaluation.knn_test import numpy_knn
-from tests.support.helpers import tiny_method_config, tiny_vit_config
+from tests.support.helpers import on_tiny_vit, tiny_method_config
 
 WIDTH, DEPTH = 64, 4  # The 'mu' variant.
 
@@ -36,7 +36,7 @@ def _config(num_train_steps=2):
   table made for 16 px, on the offline digits; a checkpoint every step."""
   config = tiny_method_config("simclr", num_train_steps=num_train_steps, dataset="digits",
                               train_split="train", eval_split="test")
-  config.model = tiny_vit_config().model
+  on_tiny_vit(config)
   config.model.vit.position_embedding = "learned"
   config.optimizer.update(name="adamw", base_learning_rate=1e-3, lr_scaling="none",
                           weight_decay=0.1, warmup_epochs=0.0, gradient_clip_norm=1.0)
