@@ -1,11 +1,11 @@
 """Every stage on a real tiny ViT (the 'mu' variant, 4 px patches, 16 px digits; learned
-position table): pretraining that resumes from its checkpoint bit for bit, load_encoder's
-features equal to the stages', linear and kNN probes against NumPy on those features, and
-fine-tuning at another image size with MAE's layer-wise learning-rate decay, read off the
-first AdamW step.
+position table), from one pretraining step: load_encoder's features equal to the stages', the linear and
+kNN probes against NumPy's on those features; and (slow) fine-tuning at another image size
+with MAE's layer-wise learning-rate decay, read off its AdamW steps, and pretraining
+resumed from the checkpoint equal to the straight run, bit for bit.
 
-One pretraining run serves the module (XLA's CPU compile of a ViT step is the cost); the
-other backbones' stage tests run on the toy backbone (tests/stages/, tests/encoder_test.py).
+One pretraining run serves the module: a ViT step's XLA compile is most of its cost. The
+stages' other tests run on the toy backbone (tests/stages/, tests/encoder_test.py).
 """
 
 import json
@@ -31,7 +31,7 @@ from tests.support.helpers import on_tiny_vit, tiny_method_config
 WIDTH, DEPTH = 64, 4  # The 'mu' variant.
 
 
-def _config(num_train_steps=2):
+def _config(num_train_steps=1):
   """SimCLR with AdamW (the ViT recipes' optimiser) on the 'mu' ViT, its learned position
   table made for 16 px, on the offline digits; a checkpoint every step."""
   config = tiny_method_config("simclr", num_train_steps=num_train_steps, dataset="digits",
@@ -45,15 +45,16 @@ def _config(num_train_steps=2):
 
 @pytest.fixture(scope="module", name="vit_workdir")
 def _vit_workdir(tmp_path_factory):
-  """Two pretraining steps (checkpoints 1 and 2), once for the module: read it, copy it
-  before writing."""
+  """One pretraining step (checkpoint 1), once for the module: read it, copy it before
+  writing."""
   workdir = tmp_path_factory.mktemp("vit_pretrained")
   pretrain.pretrain(_config(), str(workdir))
   return workdir
 
 
 def _restore(config, workdir):
-  """(step, TrainState) of the newest checkpoint, restored as pretraining resumes."""
+  """(step, the fresh TrainState restored into, the restored one) of the newest checkpoint,
+  restored as pretraining resumes."""
   tx, _ = state_lib.create_optimizer(config, 2, 2)
   target = state_lib.init_train_state(config, tx, sharding.create_mesh())
   with checkpoints.create_manager(checkpoints.checkpoint_dir(workdir)) as manager:
@@ -62,28 +63,46 @@ def _restore(config, workdir):
   return step, target, state_lib.TrainState.from_checkpoint_items(items)
 
 
+@pytest.mark.slow  # 2 more pretraining runs (a ViT's is about 20 s on a CPU core).
 def test_pretraining_resumed_from_its_checkpoint_equals_the_straight_run(vit_workdir,
                                                                         tmp_path):
   """Step 1's checkpoint (parameters, AdamW's moments, the data stream's position) resumed
-  to step 2 gives step 2's checkpoint of the run that was not stopped, bit for bit."""
-  resumed = tmp_path / "resumed"
+  to step 2 gives the step 2 of a run that was not stopped, bit for bit."""
+  resumed, straight = tmp_path / "resumed", tmp_path / "straight"
   shutil.copytree(vit_workdir, resumed)
-  shutil.rmtree(resumed / "checkpoints" / "2")
-  summary = pretrain.pretrain(_config(), str(resumed))
+  summary = pretrain.pretrain(_config(num_train_steps=2), str(resumed))
   assert summary["resumed_from_step"] == 1 and summary["step"] == 2
-  step, initial, straight = _restore(_config(), vit_workdir)
-  _, _, again = _restore(_config(), resumed)
-  assert step == 2 and int(straight.step) == int(again.step) == 2
-  assert jax.tree.structure(straight) == jax.tree.structure(again)
-  for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(again)):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  # Both steps moved every ViT parameter (the comparison can fail), the frozen-free AdamW
-  # holding a first moment of each.
-  encoder = lambda state: jax.tree.leaves(state.params["encoder"])
-  assert all(np.abs(np.asarray(a) - np.asarray(b)).max() > 0
-             for a, b in zip(encoder(straight), encoder(initial)))
+  pretrain.pretrain(_config(num_train_steps=2), str(straight))
+  step, initial, a = _restore(_config(2), straight)
+  _, _, b = _restore(_config(2), resumed)
+  assert step == 2 and int(a.step) == int(b.step) == 2
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  # The ViT's parameters moved (the comparison can fail; the final norm's bias has no
+  # gradient but rounding's, tests/methods/methods_test.py), and AdamW keeps moments for
+  # the learned position table.
+  moved = [np.abs(np.asarray(x) - np.asarray(y)).max() > 1e-5 for x, y in zip(
+      jax.tree.leaves(a.params["encoder"]), jax.tree.leaves(initial.params["encoder"]))]
+  assert sum(moved) >= len(moved) - 1
   assert any(np.asarray(m).shape == (1, 17, WIDTH) and np.abs(np.asarray(m)).max() > 0
-             for m in jax.tree.leaves(straight.opt_state))  # pos_embed's moments.
+             for m in jax.tree.leaves(a.opt_state))
+
+
+@pytest.fixture(scope="module", name="encoder")
+def _encoder(vit_workdir):
+  return encoder_lib.load_encoder(str(vit_workdir))
+
+
+CHUNK = 256  # load_encoder compiles once per batch shape: every call here has this one.
+
+
+def _encode(encoder, images):
+  """(n, 64) features of (n, 16, 16, 3) uint8 images, by batches of CHUNK (padded)."""
+  padded = np.concatenate([images, np.zeros((-len(images) % CHUNK,) + images.shape[1:],
+                                            np.uint8)])
+  return np.concatenate([np.asarray(encoder(padded[i:i + CHUNK]))
+                         for i in range(0, len(padded), CHUNK)])[:len(images)]
 
 
 def _eval_images(config, split):
@@ -96,20 +115,19 @@ def _eval_images(config, split):
   return images, labels
 
 
-def test_load_encoder_gives_the_stages_features(vit_workdir):
+def test_load_encoder_gives_the_stages_features(vit_workdir, encoder):
   """load_encoder (one device) and the stages' encoder (8 devices, the model item) agree on
   the ViT: its parameters restored as saved, its features the same."""
   config = _config()
-  encoder = encoder_lib.load_encoder(str(vit_workdir))
-  assert encoder.step == 2 and encoder.num_features == WIDTH
+  assert encoder.step == 1 and encoder.num_features == WIDTH
   assert repr(encoder).startswith("Encoder(vit_mu4, learned position embedding")
   mesh = sharding.create_mesh()
   _, model = model_lib.restore_model(config, str(vit_workdir), mesh)
   encode = encoding.make_encoder(model_lib.model_graphdef(config), config.augment.normalize)
-  images = np.random.default_rng(0).integers(0, 256, (16, 16, 16, 3), np.uint8)
+  images = np.random.default_rng(0).integers(0, 256, (CHUNK, 16, 16, 3), np.uint8)
   expected = np.asarray(encode(model["params"], model["batch_stats"], images))
   features = np.asarray(encoder(images))
-  assert features.shape == (16, WIDTH) and features.dtype == np.float32
+  assert features.shape == (CHUNK, WIDTH) and features.dtype == np.float32
   assert expected.std() > 0.1  # Features that differ between images.
   np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-5)
   assert jax.tree.structure(encoder.params) == jax.tree.structure(model["params"]["encoder"])
@@ -117,7 +135,7 @@ def test_load_encoder_gives_the_stages_features(vit_workdir):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_linear_and_knn_probes_equal_numpy_s_on_load_encoder_s_features(vit_workdir,
+def test_linear_and_knn_probes_equal_numpy_s_on_load_encoder_s_features(vit_workdir, encoder,
                                                                        tmp_path):
   """The linear evaluation stage (precomputed features) on the digits: every example once,
   64 features; its kNN top-1 is a NumPy weighted kNN's, and its linear top-1 the probe's,
@@ -130,12 +148,11 @@ def test_linear_and_knn_probes_equal_numpy_s_on_load_encoder_s_features(vit_work
   digits = sources.DigitsSource()
   assert results["num_train_examples"] == digits.num_examples("train")
   assert results["num_eval_examples"] == digits.num_examples("test")
-  assert results["num_features"] == WIDTH and results["checkpoint_step"] == 2
+  assert results["num_features"] == WIDTH and results["checkpoint_step"] == 1
 
-  encoder = encoder_lib.load_encoder(str(vit_workdir))
   train_images, train_y = _eval_images(config, "train")
   eval_images, eval_y = _eval_images(config, "test")
-  train_x, eval_x = np.asarray(encoder(train_images)), np.asarray(encoder(eval_images))
+  train_x, eval_x = _encode(encoder, train_images), _encode(encoder, eval_images)
   le = config.linear_eval
   knn = np.mean(numpy_knn(train_x, train_y, eval_x, 10, le.knn_k, le.knn_temperature) == eval_y)
   classifier = linear_probe.train_linear_classifier(train_x, train_y, 10, le.epochs, le,
@@ -144,10 +161,13 @@ def test_linear_and_knn_probes_equal_numpy_s_on_load_encoder_s_features(vit_work
   # Features on 8 devices and on 1 differ in their last bits: a near tie may flip.
   assert results["knn_top1"] == pytest.approx(knn, abs=2 / len(eval_y))
   assert results["top1"] == pytest.approx(top1, abs=2 / len(eval_y))
-  assert results["knn_top1"] > 0.5 and results["top1"] > 0.5
+  # 0.56 and 0.89 (2026-12-03): a one-step ViT's features already tell digits apart.
+  assert results["knn_top1"] > 0.3 and results["top1"] > 0.5
 
 
-def test_fine_tuning_at_24_px_takes_mae_s_layer_decayed_steps(vit_workdir, tmp_path):
+@pytest.mark.slow  # 20 s on a CPU core, most of it compiling the classifier's step; the
+# default suite checks layer decay's groups on the ViT in tests/training/optim_test.py.
+def test_fine_tuning_at_24_px_takes_mae_s_layer_decayed_steps(vit_workdir, encoder, tmp_path):
   """The fine-tuning stage on the ViT pretrained at 16 px, at 24 px (its learned table
   resampled to the 6 x 6 grid), with layer_decay 0.65: two steps on 10 labelled digits.
 
@@ -174,7 +194,7 @@ def test_fine_tuning_at_24_px_takes_mae_s_layer_decayed_steps(vit_workdir, tmp_p
 
   tuned = _flat(_finetuned_params(tmp_path, step=2))
   before = {("encoder",) + key: value for key, value in
-            _flat(encoder_lib.load_encoder(str(vit_workdir)).params).items()}
+            _flat(encoder.params).items()}
   before[("classifier", "kernel")] = np.zeros((WIDTH, 10), np.float32)
   before[("classifier", "bias")] = np.zeros(10, np.float32)
   assert tuned.keys() == before.keys()
