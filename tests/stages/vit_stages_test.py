@@ -1,8 +1,8 @@
 """Every stage on a real tiny ViT (the 'mu' variant, 4 px patches, 16 px digits; learned
-position table), from one pretraining step: load_encoder's features equal to the stages', the linear and
-kNN probes against NumPy's on those features; and (slow) fine-tuning at another image size
-with MAE's layer-wise learning-rate decay, read off its AdamW steps, and pretraining
-resumed from the checkpoint equal to the straight run, bit for bit.
+position table), from one pretraining step: load_encoder's features equal to the stages',
+the linear and kNN probes against NumPy's on those features; and (slow) fine-tuning at
+another image size with MAE's layer-wise learning-rate decay, read off its AdamW steps, and
+pretraining resumed from the checkpoint equal to the straight run, bit for bit.
 
 One pretraining run serves the module: a ViT step's XLA compile is most of its cost. The
 stages' other tests run on the toy backbone (tests/stages/, tests/encoder_test.py).
@@ -21,12 +21,11 @@ from simclr_jax import sharding
 from simclr_jax.data import input_pipeline, sources, subsets
 from simclr_jax.evaluation import encoding, linear_probe
 from simclr_jax.stages import finetune, linear_eval, pretrain
-from simclr_jax.training import checkpoints
+from simclr_jax.training import checkpoints, optim
 from simclr_jax.training import model as model_lib
-from simclr_jax.training import optim
 from simclr_jax.training import state as state_lib
-from tests.evaluation.knn_test import numpy_knn
 from tests.support.helpers import on_tiny_vit, tiny_method_config
+from tests.support.knn_numpy import numpy_knn
 
 WIDTH, DEPTH = 64, 4  # The 'mu' variant.
 
@@ -220,7 +219,8 @@ def _flat(tree, prefix=()):
   """{path tuple: array} of a nested dict (keys as strings)."""
   if not isinstance(tree, dict):
     return {prefix: np.asarray(tree)}
-  return {k: v for key, value in tree.items() for k, v in _flat(value, prefix + (str(key),)).items()}
+  return {path: leaf for key, value in tree.items()
+          for path, leaf in _flat(value, prefix + (str(key),)).items()}
 
 
 def _finetuned_params(workdir, step):
