@@ -3,20 +3,7 @@
 import numpy as np
 
 from simclr_jax.evaluation import knn
-
-
-def numpy_knn(train_x, train_y, eval_x, num_classes, k, temperature):
-  train_x = train_x / np.linalg.norm(train_x, axis=1, keepdims=True)
-  eval_x = eval_x / np.linalg.norm(eval_x, axis=1, keepdims=True)
-  predictions = []
-  for query in eval_x:
-    similarity = train_x @ query
-    neighbours = np.argsort(-similarity)[:k]
-    scores = np.zeros(num_classes)
-    for j in neighbours:
-      scores[train_y[j]] += np.exp(similarity[j] / temperature)
-    predictions.append(np.argmax(scores))
-  return np.array(predictions)
+from tests.support.knn_numpy import numpy_knn
 
 
 def test_knn_matches_numpy_reference_across_chunks():

@@ -51,7 +51,11 @@ def tiny_resnet_config(**overrides):
 def tiny_vit_config(**overrides):
   """`tiny_food101_config` on the 'mu' ViT (width 64, 4 blocks, 4 heads) with 4 px patches
   at 16 px (16 patches + the class token): for tests of the ViT's layers or its export."""
-  config = tiny_food101_config(**overrides)
+  return on_tiny_vit(tiny_food101_config(**overrides))
+
+
+def on_tiny_vit(config):
+  """`config` (a tiny one, 16 px) with its backbone replaced by `tiny_vit_config`'s ViT."""
   config.model = food101.get_config().model
   config.model.name = "vit"
   config.model.vit.update(variant="mu", patch_size=4, pos_embed_image_size=16)

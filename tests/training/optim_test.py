@@ -682,13 +682,20 @@ def _mae_layer_scale(name: str, depth: int, decay: float) -> float:
   return [decay ** (num_layers - i) for i in range(num_layers + 1)][layer_id]
 
 
+@pytest.mark.parametrize("backbone, depth", [("toy_vit", 3), ("vit", 4)])
 @pytest.mark.parametrize("from_head_layer", [False, True])
-def test_layer_decay_scales_each_layers_rate_as_mae(toy_vit_config, from_head_layer):
+def test_layer_decay_scales_each_layers_rate_as_mae(toy_vit_config, from_head_layer, backbone,
+                                                    depth):
   """The fine-tuning stage's optimiser on its classifier model (encoder, head layer,
   classifier): with SGD at rate 1 and no momentum or decay, each parameter's update is
-  -g x MAE's lr_scale of its PyTorch name (the head layer and classifier: 'head')."""
+  -g x MAE's lr_scale of its PyTorch name (the head layer and classifier: 'head'). On the
+  toy family and on the real ViT ('mu': 4 blocks; learned table and class token, so that
+  every layer-0 parameter is there)."""
   from simclr_jax.stages import finetune  # pylint: disable=g-import-not-at-top
+  from tests.support import helpers  # pylint: disable=g-import-not-at-top
   config = toy_vit_config
+  if backbone == "vit":
+    helpers.on_tiny_vit(config).model.vit.position_embedding = "learned"
   config.finetune.from_head_layer = from_head_layer
   config.finetune.optimizer.update(name="sgd", momentum=0.0, weight_decay=0.0,
                                    layer_decay=0.65)
@@ -702,12 +709,13 @@ def test_layer_decay_scales_each_layers_rate_as_mae(toy_vit_config, from_head_la
   scales = set()
   for key, grad in _flat(grads).items():
     name = ("head." if key[0] != "encoder" else "") + ".".join(str(k) for k in key[1:])
-    scale = _mae_layer_scale(name, depth=3, decay=0.65)
+    scale = _mae_layer_scale(name, depth=depth, decay=0.65)
     scales.add(round(scale, 6))
     np.testing.assert_allclose(updates[key], -scale * grad, rtol=1e-6, err_msg=str(key))
   assert ("head_linear" in params) == from_head_layer
-  assert len(scales) == 5  # Embeddings, 3 blocks, the rest: 0.65^4 .. 1.
-  assert min(scales) == pytest.approx(0.65 ** 4, rel=1e-5)
+  assert {"patch_embed", "cls_token", "pos_embed", "blocks", "norm"} <= set(params["encoder"])
+  assert len(scales) == depth + 2  # Embeddings, the blocks, the rest: 0.65^(depth+1) .. 1.
+  assert min(scales) == pytest.approx(0.65 ** (depth + 1), rel=1e-5)
 
 
 def test_layer_decay_needs_a_backbone_with_layers(toy_vit_config):
