@@ -119,9 +119,9 @@ def table(rows: list[dict]) -> str:
     tuned = (f"{r['finetune_top1']:.3f} | {r['finetune_random']:.3f} | "
              f"{100 * r['finetune_margin']:+.1f}" if "finetune_top1" in r else "- | - | -")
     verdict = "yes" if not r["misses"] else "NO: " + "; ".join(r["misses"])
-    lines.append(f"| {r['method']} | {r['model']} | {r['seed']} | {r['top1']:.3f} | {r['top1_5shot']:.3f} | "
-                 f"{r['random_5shot']:.3f} | {100 * r['margin_5shot']:+.1f} | {tuned} | "
-                 f"{r['minutes']:.1f} | {verdict} |")
+    lines.append(f"| {r['method']} | {r['model']} | {r['seed']} | {r['top1']:.3f} | "
+                 f"{r['top1_5shot']:.3f} | {r['random_5shot']:.3f} | "
+                 f"{100 * r['margin_5shot']:+.1f} | {tuned} | {r['minutes']:.1f} | {verdict} |")
   return "\n".join(lines)
 
 
