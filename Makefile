@@ -46,8 +46,9 @@ test-slow: $(VENV)/.installed
 	$(PY) -m pytest -q $(XDIST) --dist loadgroup -m slow
 
 # Every method's full demo against its targets, one table (docs/development.md: when to run it).
+# MODEL=vit: the ViT demos' rows (configs/demo.py:METHOD,vit).
 check-demos: $(VENV)/.installed
-	$(PY) benchmarks/check_demos.py $(if $(SEEDS),--seeds=$(SEEDS))
+	$(PY) benchmarks/check_demos.py $(if $(SEEDS),--seeds=$(SEEDS)) $(if $(MODEL),--model=$(MODEL))
 
 clean-demo:
 	rm -rf $(WORKDIR)
